@@ -1,0 +1,1 @@
+"""The Typer app: thin wiring over the library (parse, call one function, render)."""

@@ -1,0 +1,121 @@
+"""Files are written atomically (temp file + rename) and read with clear errors; never pickles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dna_deploy.errors import DataError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write next to the target then rename, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{what} {path} is corrupt or truncated ({e}); delete it or regenerate it") from e
+
+
+def read_structured(path: str | os.PathLike, *, what: str = "file") -> Any:
+    """YAML, JSON or TOML by extension (YAML with safe_load only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as e:  # parser errors of three libraries: report them as one kind
+        raise DataError(f"{what} {path} cannot be parsed: {str(e).splitlines()[0]}") from e
+
+
+def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
+    import yaml
+
+    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(obj: Any) -> str:
+    """Short stable hash of a JSON-serialisable object (settings, space definitions)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
+    """torch.save to a temp file then rename; payload must be tensors and plain data only."""
+    import io as _io
+
+    import torch
+
+    buf = _io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dict:
+    """weights_only=True: a file a user hands us is never unpickled as arbitrary objects."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"{what} {path} cannot be loaded safely ({str(e).splitlines()[0][:200]})") from e
+
+
+def shipped_dir(name: str) -> Path:
+    """A folder shipped with the tool (devices, latency_tables, examples), checkout or wheel."""
+    pkg = Path(__file__).resolve().parent
+    for candidate in (pkg / "_shipped" / name, pkg.parent / name):
+        if candidate.is_dir():
+            return candidate
+    return pkg.parent / name
