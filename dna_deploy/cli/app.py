@@ -39,9 +39,11 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from dna_deploy.cli import space
+    from dna_deploy.cli import devices, profile, space
 
     app.add_typer(space.app, name="space")
+    app.add_typer(devices.app, name="devices")
+    app.add_typer(profile.app, name="profile")
 
 
 _register()

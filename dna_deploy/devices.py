@@ -1,0 +1,93 @@
+"""Device specs: which runtime, precision, threads and batch a latency table is measured under."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dna_deploy.errors import DataError, DnaDeployError, suggest
+from dna_deploy.io import read_structured, shipped_dir
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    runtime: str
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: int = 1
+    batch: int = 1
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "device spec") -> "DeviceSpec":
+        from dna_deploy.runtimes import RUNTIME_NAMES
+
+        if not isinstance(d, dict):
+            raise DataError(f"{source}: a device spec is a mapping (name, runtime, device, precision, threads, batch)")
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            k = sorted(unknown)[0]
+            raise DataError(f"{source}: unknown key {k!r}; {suggest(k, cls.__dataclass_fields__)}")
+        for req in ("name", "runtime"):
+            if req not in d:
+                raise DataError(f"{source}: missing key {req!r}")
+        spec = cls(**d)
+        if spec.runtime not in RUNTIME_NAMES:
+            raise DataError(f"{source}: unknown runtime {spec.runtime!r}; {suggest(spec.runtime, RUNTIME_NAMES)}")
+        if spec.precision not in PRECISIONS:
+            raise DataError(f"{source}: precision {spec.precision!r}; choose {', '.join(PRECISIONS)}")
+        for k in ("threads", "batch"):
+            v = getattr(spec, k)
+            if not isinstance(v, int) or v < 1:
+                raise DataError(f"{source}: {k} must be a positive integer, got {v!r}")
+        return spec
+
+
+def devices_dir() -> Path:
+    return shipped_dir("devices")
+
+
+def list_devices() -> list[DeviceSpec]:
+    return [load_device(p) for p in sorted(devices_dir().glob("*.yaml"))]
+
+
+def load_device(name_or_path: str | Path) -> DeviceSpec:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml", ".json", ".toml") and p.exists():
+        return DeviceSpec.from_dict(read_structured(p, what="device spec"), source=str(p))
+    shipped = devices_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return DeviceSpec.from_dict(read_structured(shipped, what="device spec"), source=str(shipped))
+    names = [q.stem for q in devices_dir().glob("*.yaml")]
+    raise DnaDeployError(f"unknown device {str(name_or_path)!r}; {suggest(str(name_or_path), names)} "
+                         f"(or give a device .yaml file)")
+
+
+def host_description(device: str = "cpu") -> dict:
+    """CPU model (and GPU, when used) of the machine measuring: recorded in every table."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    info = {"cpu": cpu, "machine": platform.machine(), "cores": os.cpu_count(), "os": platform.platform()}
+    if device == "cuda":
+        try:
+            import torch
+
+            info["gpu"] = torch.cuda.get_device_name(0)
+        except Exception:  # GPU name is informative only
+            info["gpu"] = None
+    return info

@@ -1,0 +1,138 @@
+"""One interface for every runtime, and one timing loop for all of them.
+
+Public methods check state and inputs, then call the runtime's `_prepare/_run/_close`. Inputs are
+NCHW float32 arrays for every runtime; a runner converts them to its native form (NHWC, int8, a CUDA
+tensor) in `_to_native` *outside* the timed region, and back in `_from_native`.
+Not measured is None, never 0.0.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from dna_deploy.errors import DataError
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    runs: int
+
+    @classmethod
+    def from_samples(cls, samples_ms) -> "TimingStats":
+        s = np.asarray(samples_ms, dtype=np.float64)
+        if s.size == 0:
+            raise ValueError("no timing samples")
+        return cls(float(np.median(s)), float(np.percentile(s, 10)), float(np.percentile(s, 90)),
+                   float(s.mean()), float(s.std(ddof=1)) if s.size > 1 else 0.0, int(s.size))
+
+    @property
+    def cv(self) -> float:
+        """Spread relative to the median, robust to outliers: (p90 - p10) / (2.56 * median)."""
+        return (self.p90_ms - self.p10_ms) / (2.563 * self.median_ms) if self.median_ms > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+class Runner(ABC):
+    """A model loaded on one runtime. Use as a context manager."""
+
+    name: ClassVar[str]
+    extra: ClassVar[str | None] = None  # pip extra that installs the runtime
+    artifact_suffix: ClassVar[str] = ".onnx"  # what the host prepares for this runtime
+
+    def __init__(self, model: Any, *, threads: int = 1, device: str = "cpu", precision: str = "fp32",
+                 input_shape: tuple[int, ...] | None = None):
+        self.model, self.threads, self.device, self.precision = model, threads, device, precision
+        self.is_active = False
+        # logical NCHW shape: read from the model file by _prepare; given by the caller for torch modules
+        self.input_shape: tuple[int, ...] | None = tuple(input_shape) if input_shape else None
+
+    # ---- what a runtime implements ----
+    @classmethod
+    def unavailable_reason(cls, device: str = "cpu") -> str | None:
+        """None when usable here; else why not (naming the extra to install)."""
+        return None
+
+    @classmethod
+    @abstractmethod
+    def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32",
+                         calibration: np.ndarray | None = None) -> Any:
+        """Host side: a torch module -> what this runtime loads (a file path; for torch the module)."""
+
+    @abstractmethod
+    def _prepare(self) -> None: ...
+
+    @abstractmethod
+    def _run(self, native: Any) -> Any: ...
+
+    def _to_native(self, x: np.ndarray) -> Any:
+        return x
+
+    def _from_native(self, y: Any) -> np.ndarray:
+        return np.asarray(y, dtype=np.float32)
+
+    def _sync(self) -> None:
+        """Wait for queued device work (GPU runtimes)."""
+
+    def _timed_run(self, native: Any) -> float:
+        """One timed inference in ms; GPU runtimes override with device events."""
+        t0 = time.perf_counter_ns()
+        self._run(native)
+        self._sync()
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    def _close(self) -> None: ...
+
+    # ---- the public interface ----
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            self._prepare()
+            self.is_active = True
+        return self
+
+    def close(self) -> None:
+        if self.is_active:
+            self._close()
+            self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check(self, x: np.ndarray) -> np.ndarray:
+        if not self.is_active:
+            raise RuntimeError(f"{self.name} runner used before activate()")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.input_shape is not None and tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
+            raise DataError(f"{self.name}: input shape {list(x.shape)} does not fit the model's {list(self.input_shape)}")
+        return x
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """NCHW float32 in, float32 out (feature maps back in NCHW)."""
+        return self._from_native(self._run(self._to_native(self._check(x))))
+
+    def time(self, x: np.ndarray, *, warmup: int = 10, runs: int = 50) -> list[float]:
+        """Raw latency samples in ms (warm-up discarded). The one timing loop of the project."""
+        native = self._to_native(self._check(x))
+        for _ in range(warmup):
+            self._run(native)
+        self._sync()
+        return [self._timed_run(native) for _ in range(runs)]
+
+
+def measure(runner: Runner, x: np.ndarray, *, warmup: int = 10, runs: int = 50) -> TimingStats:
+    return TimingStats.from_samples(runner.time(x, warmup=warmup, runs=runs))
