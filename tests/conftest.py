@@ -25,3 +25,38 @@ def mbconv():
 @pytest.fixture
 def rng():
     return random.Random(1234)
+
+
+@pytest.fixture(scope="session")
+def mnist32():
+    from dna_deploy.data import load_mnist
+
+    return load_mnist(32)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, mnist32):
+    """A teacher of the tiny space, trained briefly on the embedded MNIST subset (real training)."""
+    from dna_deploy.classify import ClassifierConfig
+    from dna_deploy.space import load_space
+    from dna_deploy.teacher import train_space_teacher
+
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    result = train_space_teacher(load_space("tiny"), mnist32, path, show_progress=False,
+                                 arch="k3e3.k3e3|k3e3.k3e3.k3e3|k3e3.k3e3.k3e3|k3e3.k3e3",
+                                 config=ClassifierConfig(epochs=2))
+    return path, result
+
+
+@pytest.fixture(scope="session")
+def tiny_supernet(tmp_path_factory, mnist32, tiny_teacher):
+    """Block supernets of the tiny space distilled from that teacher (a few epochs, capped steps)."""
+    from dna_deploy.space import load_space
+    from dna_deploy.teacher import load_teacher
+    from dna_deploy.train import DistillConfig, train_blocks
+
+    space = load_space("tiny")
+    out = tmp_path_factory.mktemp("supernet")
+    teacher = load_teacher(str(tiny_teacher[0]), space)
+    result = train_blocks(space, mnist32, teacher, out, config=DistillConfig(epochs=3, max_steps=12), show_progress=False)
+    return out, result

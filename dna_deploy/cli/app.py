@@ -39,11 +39,13 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from dna_deploy.cli import devices, profile, space
+    from dna_deploy.cli import devices, profile, space, train
 
     app.add_typer(space.app, name="space")
     app.add_typer(devices.app, name="devices")
     app.add_typer(profile.app, name="profile")
+    app.add_typer(train.teacher_app, name="teacher")
+    app.command("train")(train.train)
 
 
 _register()

@@ -1,0 +1,5 @@
+"""`python -m dna_deploy ...` (and `torchrun -m dna_deploy train ...`)."""
+
+from dna_deploy.cli.app import main
+
+main()

