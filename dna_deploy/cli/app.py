@@ -39,13 +39,15 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from dna_deploy.cli import devices, profile, space, train
+    from dna_deploy.cli import devices, profile, search, space, train
 
     app.add_typer(space.app, name="space")
     app.add_typer(devices.app, name="devices")
     app.add_typer(profile.app, name="profile")
     app.add_typer(train.teacher_app, name="teacher")
     app.command("train")(train.train)
+    app.command("rate")(search.rate)
+    app.command("search")(search.search)
 
 
 _register()

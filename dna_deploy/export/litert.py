@@ -23,10 +23,26 @@ PRECISION_SUFFIX = {"fp32": "_float32.tflite", "fp16": "_float16.tflite", "int8"
 _ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """TensorFlow's C++ logging writes to fd 2 before Python can filter it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def require_onnx2tf():
     try:
-        import onnx2tf  # noqa: F401
-        import tensorflow  # noqa: F401
+        with _quiet_native_stderr():
+            import onnx2tf  # noqa: F401
+            import tensorflow  # noqa: F401
     except ImportError as e:
         raise RuntimeUnavailable(f"LiteRT conversion needs onnx2tf and TensorFlow ({e.name} missing): "
                                  "pip install 'dna-deploy[tflite]'") from None
@@ -89,7 +105,7 @@ def onnx_to_litert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                           input_quant_dtype="int8", output_quant_dtype="int8")
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         sink = io.StringIO()
-        with _chdir(tmp), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with _chdir(tmp), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _quiet_native_stderr():
             try:
                 onnx2tf.convert(**kwargs)
             except SystemExit as e:  # onnx2tf calls sys.exit on conversion errors

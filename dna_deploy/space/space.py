@@ -223,6 +223,14 @@ class SearchSpace:
         return list(seen.values())
 
     # ---------------- architectures ----------------
+    def parse_arch_block(self, block: int, text: str) -> tuple[Op, ...]:
+        """One block's ops from 'k3e6.k5e3.skip' (validated like a whole architecture)."""
+        b = self.blocks[block]
+        tokens = text.split(".")
+        if len(tokens) != b.layers:
+            raise ArchError(f"block {block} has {len(tokens)} layers, space {self.name!r} wants {b.layers}")
+        return tuple(parse_op(t, allowed=b.layer_choices(i), where=f"block {block} layer {i}") for i, t in enumerate(tokens))
+
     def parse_arch(self, text: str) -> "Arch":
         return Arch.parse(text, self)
 
