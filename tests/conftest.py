@@ -60,3 +60,17 @@ def tiny_supernet(tmp_path_factory, mnist32, tiny_teacher):
     teacher = load_teacher(str(tiny_teacher[0]), space)
     result = train_blocks(space, mnist32, teacher, out, config=DistillConfig(epochs=3, max_steps=12), show_progress=False)
     return out, result
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, mnist32):
+    """A small network of the tiny space trained for real (2 epochs): what export ships."""
+    from dna_deploy.classify import ClassifierConfig
+    from dna_deploy.retrain import retrain
+    from dna_deploy.space import load_space
+
+    space = load_space("tiny")
+    arch = space.parse_arch("k3e3.skip|k3e3.k3e3.skip|k3e3.k3e3.skip|k3e3.skip")
+    out = tmp_path_factory.mktemp("model")
+    r = retrain(space, arch, mnist32, out, config=ClassifierConfig(epochs=2), show_progress=False)
+    return out / "model.pt", r

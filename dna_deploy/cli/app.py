@@ -39,7 +39,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from dna_deploy.cli import devices, profile, search, space, train
+    from dna_deploy.cli import deploy, devices, profile, search, space, train
 
     app.add_typer(space.app, name="space")
     app.add_typer(devices.app, name="devices")
@@ -48,6 +48,9 @@ def _register() -> None:
     app.command("train")(train.train)
     app.command("rate")(search.rate)
     app.command("search")(search.search)
+    app.command("retrain")(deploy.retrain)
+    app.command("export")(deploy.export)
+    app.command("verify")(deploy.verify)
 
 
 _register()

@@ -9,7 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+import sys
+
+# Piped or captured output is not cut at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 SpaceOpt = typer.Option("dna-mbconv", "--space", "-s", help="Preset (dna-mbconv, tiny) or a space file (.yaml/.json/.toml).")

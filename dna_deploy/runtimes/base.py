@@ -98,7 +98,12 @@ class Runner(ABC):
     # ---- the public interface ----
     def activate(self) -> "Runner":
         if not self.is_active:
-            self._prepare()
+            try:
+                self._prepare()
+            except Exception as e:  # runtimes raise their own types for unreadable files
+                if isinstance(self.model, (str, Path)):  # a model file the user handed us
+                    raise DataError(f"{self.name} cannot load {self.model}: {str(e).strip().splitlines()[0][:300]}") from e
+                raise
             self.is_active = True
         return self
 

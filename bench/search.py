@@ -1,0 +1,101 @@
+"""Exact search vs Once-for-All-style evolution vs random search, on the same ratings and tables.
+
+Two problems: (1) paper-scale: a DNA space of blocks with 2/4/5/5/5/1 layers (~3e17 networks,
+~30k rated candidates), synthetic ratings (bigger candidates distil better, plus noise), latencies
+from the shipped dna-mbconv ONNX Runtime table (the layer shapes are the same); (2) the tiny space
+with real ratings (from a run folder, if given) and its shipped table.
+Run: python bench/search.py [--ratings runs/quickstart/ratings.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+from baselines import evolutionary, random_search  # noqa: E402
+
+from dna_deploy.io import read_json, write_json  # noqa: E402
+from dna_deploy.profile.table import LatencyTable  # noqa: E402
+from dna_deploy.search import build_problem, pareto, solve, synthetic_ratings  # noqa: E402
+from dna_deploy.space import BlockDef, load_space  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def paper_scale():
+    base = load_space("dna-mbconv")
+    layers = (2, 4, 5, 5, 5, 1)
+    blocks = tuple(dataclasses.replace(b, layers=n) for b, n in zip(base.blocks, layers))
+    space = dataclasses.replace(base, name="dna-mbconv-paper-scale", blocks=blocks)
+    table = LatencyTable.load(ROOT / "latency_tables/x86-cpu-onnxruntime__dna-mbconv.json")
+    table.meta = {**table.meta, "space_fingerprint": space.fingerprint}  # same layer shapes, deeper blocks
+    return space, synthetic_ratings(space, seed=0), table
+
+
+def run(space, ratings, table, fractions, label, evo_generations):
+    lo = table.predict(space, space.smallest_arch())["predicted_ms"]
+    hi = table.predict(space, space.largest_arch())["predicted_ms"]
+    rows = []
+    for f in fractions:
+        budget = lo + f * (hi - lo)
+        t = time.perf_counter()
+        problem = build_problem(space, ratings, [table], [budget])
+        t_build = time.perf_counter() - t
+        t = time.perf_counter()
+        exact = float(solve(problem).scores[0])
+        t_exact = time.perf_counter() - t
+        t = time.perf_counter()
+        evo = evolutionary(space, problem, generations=evo_generations)
+        t_evo = time.perf_counter() - t
+        t = time.perf_counter()
+        rnd = random_search(space, problem, samples=20_000)
+        t_rnd = time.perf_counter() - t
+        rows.append({"problem": label, "budget_ms": round(budget, 3), "exact": exact, "exact_s": t_exact, "build_s": t_build,
+                     "evolution": evo, "evolution_s": t_evo, "random": rnd, "random_s": t_rnd,
+                     "evolution_gap_pct": None if evo is None else 100 * (evo - exact) / abs(exact),
+                     "random_gap_pct": None if rnd is None else 100 * (rnd - exact) / abs(exact),
+                     "speedup_vs_evolution": t_evo / t_exact})
+    t = time.perf_counter()
+    front = pareto(space, ratings, [table], [None])
+    t_front = time.perf_counter() - t
+    return rows, {"problem": label, "front_points": len(front), "front_s": t_front}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ratings", help="real rating table of the tiny space (e.g. runs/quickstart/ratings.json)")
+    ap.add_argument("--generations", type=int, default=500)
+    args = ap.parse_args()
+    results = {"rows": [], "fronts": []}
+    space, ratings, table = paper_scale()
+    n_cand = sum(len(b["candidates"]) for b in ratings["blocks"])
+    print(f"paper-scale space: {space.count_architectures():.3g} networks, {n_cand} rated candidates")
+    rows, front = run(space, ratings, table, [0.1, 0.3, 0.6], "paper-scale (synthetic ratings)", args.generations)
+    results["rows"] += rows
+    results["fronts"].append(front)
+    if args.ratings:
+        tiny = load_space("tiny")
+        r = read_json(args.ratings)
+        t = LatencyTable.load(ROOT / "latency_tables/x86-cpu-onnxruntime__tiny.json")
+        rows, front = run(tiny, r, t, [0.1, 0.3, 0.6], "tiny (real ratings)", args.generations)
+        results["rows"] += rows
+        results["fronts"].append(front)
+    print(f"{'problem':34} {'budget':>8} {'exact':>9} {'t_exact':>8} {'evo gap%':>9} {'t_evo':>7} {'rnd gap%':>9} {'evo/exact time':>15}")
+    for r in results["rows"]:
+        g = lambda v: "fail" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"{r['problem']:34} {r['budget_ms']:8.3f} {r['exact']:9.4f} {r['exact_s']:8.3f} {g(r['evolution_gap_pct']):>9} "
+              f"{r['evolution_s']:7.2f} {g(r['random_gap_pct']):>9} {r['speedup_vs_evolution']:14.0f}x")
+    for f in results["fronts"]:
+        print(f"whole Pareto front, {f['problem']}: {f['front_points']} networks in {f['front_s']:.2f} s")
+    write_json(ROOT / "bench/results/search.json", results)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

@@ -1,0 +1,122 @@
+"""Export a trained model: ONNX always (the hub format), then LiteRT or TensorRT as asked.
+
+The sidecar model.json records what was actually produced: every artifact with its runtime,
+precision, input layout and dtype, the architecture, normalisation, the source weights' hash and
+tool versions. Nothing is silently downgraded: a precision that cannot be produced is an error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from dna_deploy import __version__
+from dna_deploy.errors import DataError
+from dna_deploy.io import read_json, sha256_file, write_json
+
+TARGETS = {"onnx": ("fp32",), "tflite": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
+SIDECAR = "model.json"
+
+
+def _versions(*pkgs) -> dict:
+    out = {}
+    for p in pkgs:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def calibration_images(spec: str | Path | None, ckpt: dict, *, n: int = 200, seed: int = 0) -> np.ndarray:
+    """Real images for int8 calibration: a .npy (N,C,H,W, normalised) or a dataset name/folder
+    (its training split; never the validation images verification reports on)."""
+    import torch
+
+    from dna_deploy.data import load_data
+
+    shape = ckpt["input"]["shape"]
+    spec = spec or ckpt.get("data")
+    if spec is None:
+        raise DataError("int8 needs calibration images: pass --calibration-data (a dataset or an .npy file)")
+    if str(spec).endswith(".npy"):
+        p = Path(spec)
+        if not p.is_file():
+            raise DataError(f"calibration data not found: {p}")
+        arr = np.load(p, allow_pickle=False).astype(np.float32)
+        if arr.ndim != 4 or list(arr.shape[1:]) != list(shape[1:]):
+            raise DataError(f"calibration data {p} has shape {list(arr.shape)}; the model takes [N, {', '.join(map(str, shape[1:]))}]")
+        return arr[:n]
+    data = load_data(str(spec), shape[-1], seed=seed)
+    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return torch.stack([data.train[i][0] for i in idx]).numpy()
+
+
+def export_model(weights: str | Path, out_dir: str | Path, *, to: str = "onnx", precisions: tuple[str, ...] = ("fp32",),
+                 calibration: str | Path | None = None, dynamic_batch: bool = False, keep_nchw: bool = False,
+                 opset: int = 17, arch: str | None = None) -> dict:
+    from dna_deploy.export.onnx import onnx_io, torch_to_onnx
+    from dna_deploy.retrain import load_model
+
+    if to not in TARGETS:
+        raise DataError(f"unknown export target {to!r}; choose onnx, tflite or tensorrt")
+    bad = [p for p in precisions if p not in TARGETS[to]]
+    if bad:
+        raise DataError(f"{to} does not support precision {bad[0]!r} here; choose {', '.join(TARGETS[to])}")
+    space, a, net, ckpt = load_model(weights, arch=arch)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    shape = ckpt["input"]["shape"]
+    example = torch.randn(*shape)
+    onnx_path = torch_to_onnx(net, example, out_dir / "model.onnx", opset=opset, dynamic_batch=dynamic_batch)
+    io = onnx_io(onnx_path)
+    artifacts = [{"path": "model.onnx", "format": "onnx", "runtime": "onnxruntime", "precision": "fp32", "layout": "NCHW",
+                  "input_dtype": "float32", "sha256": sha256_file(onnx_path), "opset": io["opset"],
+                  "input_shape": io["inputs"]["input"]}]
+    calib = None
+    if "int8" in precisions:
+        calib = calibration_images(calibration, ckpt)
+    if to == "tflite":
+        from dna_deploy.export.litert import onnx_to_litert
+
+        produced = onnx_to_litert(onnx_path, out_dir, precisions=tuple(precisions), calibration=calib,
+                                  keep_nchw=keep_nchw, name="model")
+        for p, path in produced.items():
+            artifacts.append({"path": path.name, "format": "tflite", "runtime": "litert", "precision": p,
+                              "layout": "NCHW" if keep_nchw else "NHWC", "input_dtype": "int8" if p == "int8" else "float32",
+                              "sha256": sha256_file(path),
+                              "quantization": "full integer (int8 weights, activations, input and output), calibrated on "
+                                              f"{len(calib)} training images" if p == "int8" else None})
+    elif to == "tensorrt":
+        from dna_deploy.export.tensorrt import onnx_to_tensorrt
+
+        for p in precisions:
+            engine = onnx_to_tensorrt(onnx_path, out_dir / f"model_{p}.engine", precision=p, calibration=calib,
+                                      timing_cache=out_dir / "timing.cache", max_batch=8 if dynamic_batch else None)
+            artifacts.append({"path": engine.name, "format": "tensorrt-engine", "runtime": "tensorrt", "precision": p,
+                              "layout": "NCHW", "input_dtype": "float32", "sha256": sha256_file(engine)})
+    weights_copy = out_dir / "weights.pt"
+    if Path(weights).resolve() != weights_copy.resolve():
+        shutil.copyfile(weights, weights_copy)
+    sidecar = {"format": "dna-deploy-export/1", "arch": str(a), "space": space.name, "space_fingerprint": space.fingerprint,
+               "input": {**ckpt["input"], "dynamic_batch": dynamic_batch}, "num_classes": ckpt["num_classes"],
+               "source_weights": {"path": "weights.pt", "sha256": sha256_file(weights_copy)},
+               "trained_on": ckpt.get("data"), "train_metrics": ckpt.get("metrics"), "artifacts": artifacts,
+               "versions": {"dna-deploy": __version__, **_versions("torch", "onnx", "onnxruntime", "onnxslim", "onnx2tf",
+                                                                    "tensorflow", "ai-edge-litert", "tensorrt")},
+               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    write_json(out_dir / SIDECAR, sidecar)
+    return sidecar
+
+
+def load_export(out_dir: str | Path) -> dict:
+    d = read_json(Path(out_dir) / SIDECAR, what="export sidecar (model.json)")
+    if d.get("format") != "dna-deploy-export/1":
+        raise DataError(f"{out_dir} is not a dna-deploy export folder (no valid model.json)")
+    return d
