@@ -13,6 +13,7 @@ worse. So dropping B loses nothing while K such A are kept -- at every merge, by
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -72,44 +73,114 @@ def _keep_mask(scores: np.ndarray, costs: np.ndarray, k: int, batch: int = 512) 
     return keep
 
 
+def _merge(problem: Problem, dims: list[int], top_k: int, *, incumbent: float = np.inf,
+           bounds: dict | None = None) -> Front:
+    """Block-by-block Pareto merge over the cost dimensions `dims` (see the module docstring).
+
+    Partials that cannot be completed within the limits are dropped; with an incumbent (the k-th
+    best score of known feasible networks), so are partials whose lower bound exceeds it."""
+    B, D = len(problem.blocks), len(problem.cost_names)
+    suffix_min = np.zeros((B + 1, D))
+    suffix_score = np.zeros(B + 1)
+    for i in range(B - 1, -1, -1):
+        suffix_min[i] = suffix_min[i + 1] + problem.blocks[i].costs.min(axis=0)
+        suffix_score[i] = suffix_score[i + 1] + problem.blocks[i].scores.min()
+    front = Front(np.zeros(1), problem.fixed[None, :].copy(), np.zeros((1, 0), dtype=np.int64))
+    for i, blk in enumerate(problem.blocks):
+        # a candidate dominated by top_k others of its own block is never needed
+        bidx = np.flatnonzero(_keep_mask(blk.scores, blk.costs[:, dims], top_k))
+        s = (front.scores[:, None] + blk.scores[bidx][None, :]).reshape(-1)
+        c = (front.costs[:, None, :] + blk.costs[bidx][None, :, :]).reshape(-1, D)
+        parent = np.repeat(np.arange(len(front.scores)), len(bidx))
+        cand = np.tile(bidx, len(front.scores))
+        ok = np.all(c + suffix_min[i + 1] <= problem.limits + 1e-12, axis=1)
+        if np.isfinite(incumbent):
+            ok &= _lower_bound(s, c, i + 1, problem, bounds, suffix_score) <= incumbent + 1e-12
+        s, c, parent, cand = s[ok], c[ok], parent[ok], cand[ok]
+        keep = _keep_mask(s, c[:, dims], top_k)
+        front = Front(s[keep], c[keep], np.concatenate([front.choices[parent[keep]], cand[keep, None]], axis=1))
+    return front
+
+
+def _suffix_fronts(problem: Problem, dims: list[int]) -> dict:
+    """For each constrained dimension d and block i: the (cost_d, score) Pareto front of the
+    remaining blocks i.. (cost ascending, score descending). Lower bounds come from it."""
+    B = len(problem.blocks)
+    out = {}
+    for d in dims:
+        costs, scores = [None] * (B + 1), [None] * (B + 1)
+        costs[B], scores[B] = np.zeros(1), np.zeros(1)
+        for i in range(B - 1, -1, -1):
+            blk = problem.blocks[i]
+            c = (costs[i + 1][:, None] + blk.costs[:, d][None, :]).reshape(-1)
+            sc = (scores[i + 1][:, None] + blk.scores[None, :]).reshape(-1)
+            keep = _keep_mask(sc, c[:, None], 1)
+            order = np.argsort(c[keep], kind="stable")
+            costs[i], scores[i] = c[keep][order], sc[keep][order]
+        out[d] = (costs, scores)
+    return out
+
+
+def _lower_bound(s, c, i, problem: Problem, bounds: dict, suffix_score) -> np.ndarray:
+    """Score + the best completion that fits each constraint's remaining budget (each alone)."""
+    lb = s + suffix_score[i]
+    for d, (costs, scores) in bounds.items():
+        room = problem.limits[d] - c[:, d]
+        j = np.searchsorted(costs[i], room + 1e-12, side="right") - 1
+        best = np.where(j >= 0, scores[i][np.clip(j, 0, None)], np.inf)
+        lb = np.maximum(lb, s + best)
+    return lb
+
+
+def _incumbent(problem: Problem, dims: list[int], top_k: int) -> tuple[float, "Front | None"]:
+    """Relax to one constraint at a time (exact and fast). If a relaxation's best top_k are
+    feasible for all constraints they are the answer; otherwise the feasible networks found on
+    the relaxations' fronts give an upper bound (the k-th best of them)."""
+    found: dict[tuple, tuple[float, np.ndarray]] = {}
+    for d in dims:
+        only_d = np.where(np.arange(len(problem.limits)) == d, problem.limits, np.inf)
+        relaxed = _merge(dataclasses.replace(problem, limits=only_d), [d], 1)
+        if len(relaxed.scores) == 0:
+            continue
+        # the relaxed top_k (a lower bound), and whole-front networks as feasible candidates
+        total = relaxed.costs
+        feas = np.all(total <= problem.limits + 1e-12, axis=1)
+        order = np.argsort(relaxed.scores, kind="stable")
+        if top_k == 1 and feas[order[0]]:
+            return relaxed.scores[order[0]], Front(relaxed.scores[order[:1]], total[order[:1]], relaxed.choices[order[:1]])
+        for j in np.flatnonzero(feas):
+            found[tuple(relaxed.choices[j])] = (relaxed.scores[j], total[j])
+    if len(found) < top_k:
+        return np.inf, None
+    return sorted(v[0] for v in found.values())[top_k - 1], None
+
+
 def solve(problem: Problem, *, top_k: int = 1, keep_front_dims: int | None = None) -> Front:
     """The exact top_k networks (by summed rating) within the limits, best first.
 
     keep_front_dims: keep everything on the Pareto front of (rating, first cost) instead, for
     --pareto (limits still apply)."""
-    B = len(problem.blocks)
     D = len(problem.cost_names)
-    # cheapest completion of blocks i.. per cost dimension: prunes partials that cannot fit
-    suffix_min = np.zeros((B + 1, D))
-    for i in range(B - 1, -1, -1):
-        suffix_min[i] = suffix_min[i + 1] + problem.blocks[i].costs.min(axis=0)
-    if np.any(problem.fixed + suffix_min[0] > problem.limits + 1e-12):
-        raise InfeasibleBudget(_infeasible_message(problem, suffix_min[0]))
-    constrained = np.isfinite(problem.limits)
-    dims = list(np.flatnonzero(constrained))
-    if keep_front_dims is not None and 0 not in dims:
-        dims = [0] + dims
-    front = Front(np.zeros(1), problem.fixed[None, :].copy(), np.zeros((1, 0), dtype=np.int64))
-    for i, blk in enumerate(problem.blocks):
-        # per-block pre-filter: a candidate dominated by top_k others of its block is never needed
-        bmask = _keep_mask(blk.scores, blk.costs[:, dims], top_k) if dims else _keep_mask(blk.scores, blk.costs[:, :0], top_k)
-        bidx = np.flatnonzero(bmask)
-        s = front.scores[:, None] + blk.scores[bidx][None, :]
-        c = front.costs[:, None, :] + blk.costs[bidx][None, :, :]
-        parent = np.repeat(np.arange(len(front.scores)), len(bidx))
-        cand = np.tile(bidx, len(front.scores))
-        s, c = s.reshape(-1), c.reshape(-1, D)
-        fits = np.all(c + suffix_min[i + 1] <= problem.limits + 1e-12, axis=1)
-        s, c, parent, cand = s[fits], c[fits], parent[fits], cand[fits]
-        keep = _keep_mask(s, c[:, dims], top_k)
-        front = Front(s[keep], c[keep], np.concatenate([front.choices[parent[keep]], cand[keep, None]], axis=1))
+    mins = problem.fixed + sum(b.costs.min(axis=0) for b in problem.blocks)
+    if np.any(mins > problem.limits + 1e-12):
+        raise InfeasibleBudget(_infeasible_message(problem, mins - problem.fixed))
+    dims = [int(d) for d in np.flatnonzero(np.isfinite(problem.limits))]
+    if keep_front_dims is not None:
+        front = _merge(problem, sorted(set([0] + dims)), 1)
+    else:
+        incumbent, answer = (np.inf, None)
+        if len(dims) >= 2:
+            incumbent, answer = _incumbent(problem, dims, top_k)
+        if answer is not None:
+            return answer
+        front = _merge(problem, dims, top_k, incumbent=incumbent,
+                       bounds=_suffix_fronts(problem, dims) if np.isfinite(incumbent) else None)
     if len(front.scores) == 0:
         raise InfeasibleBudget("no architecture meets all constraints at once (each one alone is reachable); "
                                "relax one of them")
     if keep_front_dims is not None:
         keep = _keep_mask(front.scores, front.costs[:, :1], 1)
-        order = np.argsort(front.costs[keep, 0], kind="stable")
-        idx = np.flatnonzero(keep)[order]
+        idx = np.flatnonzero(keep)[np.argsort(front.costs[keep, 0], kind="stable")]
     else:
         idx = np.lexsort(tuple(front.costs[:, d] for d in reversed(range(D))) + (front.scores,))[:top_k]
     return Front(front.scores[idx], front.costs[idx], front.choices[idx])

@@ -39,7 +39,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from dna_deploy.cli import deploy, devices, profile, search, space, train
+    from dna_deploy.cli import deploy, devices, profile, run, search, space, train
 
     app.add_typer(space.app, name="space")
     app.add_typer(devices.app, name="devices")
@@ -51,6 +51,8 @@ def _register() -> None:
     app.command("retrain")(deploy.retrain)
     app.command("export")(deploy.export)
     app.command("verify")(deploy.verify)
+    app.command("run")(run.run)
+    app.command("quickstart")(run.quickstart)
 
 
 _register()
