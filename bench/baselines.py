@@ -12,14 +12,12 @@ import random
 
 import numpy as np
 
-from dna_deploy.search import Problem
-from dna_deploy.space import SKIP, SearchSpace, parse_op
 
 
 class Encoder:
     """Per-layer genes <-> per-block candidate indices of a Problem."""
 
-    def __init__(self, space: SearchSpace, problem: Problem):
+    def __init__(self, space, problem):
         self.space, self.problem = space, problem
         self.index = [{n: i for i, n in enumerate(b.names)} for b in problem.blocks]
         self.choices = [[b.layer_choices(i) for i in range(b.layers)] for b in space.blocks]
@@ -44,7 +42,7 @@ class Encoder:
 
 
 def evolutionary(space, problem, *, population=100, generations=500, parent_ratio=0.25, mutation_ratio=0.5,
-                 mutate_prob=0.1, max_tries=1000, seed=0):
+                 mutate_prob=0.1, max_tries=1000, init_tries=20000, seed=0):
     rng = random.Random(seed)
     enc = Encoder(space, problem)
 
@@ -58,9 +56,12 @@ def evolutionary(space, problem, *, population=100, generations=500, parent_rati
 
     pop = []
     for _ in range(population):
-        r = feasible_sample(lambda: enc.random_genes(rng))
+        for _ in range(init_tries // max_tries):
+            r = feasible_sample(lambda: enc.random_genes(rng))
+            if r is not None:
+                break
         if r is None:
-            return None  # gave up: budget (nearly) infeasible
+            return None  # no feasible random network in init_tries samples: gave up (OFA would loop forever)
         pop.append(r)
     n_par, n_mut = int(population * parent_ratio), int(population * mutation_ratio)
     for _ in range(generations):
@@ -103,5 +104,3 @@ def random_search(space, problem, *, samples=50_000, seed=0):
             best = s
     return best
 
-
-del SKIP, parse_op

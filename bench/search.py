@@ -76,20 +76,21 @@ def main():
     space, ratings, table = paper_scale()
     n_cand = sum(len(b["candidates"]) for b in ratings["blocks"])
     print(f"paper-scale space: {space.count_architectures():.3g} networks, {n_cand} rated candidates")
-    rows, front = run(space, ratings, table, [0.1, 0.3, 0.6], "paper-scale (synthetic ratings)", args.generations)
+    rows, front = run(space, ratings, table, [0.2, 0.4, 0.7], "paper-scale (synthetic ratings)", args.generations)
     results["rows"] += rows
     results["fronts"].append(front)
     if args.ratings:
         tiny = load_space("tiny")
         r = read_json(args.ratings)
         t = LatencyTable.load(ROOT / "latency_tables/x86-cpu-onnxruntime__tiny.json")
-        rows, front = run(tiny, r, t, [0.1, 0.3, 0.6], "tiny (real ratings)", args.generations)
+        rows, front = run(tiny, r, t, [0.2, 0.4, 0.7], "tiny (real ratings)", args.generations)
         results["rows"] += rows
         results["fronts"].append(front)
-    print(f"{'problem':34} {'budget':>8} {'exact':>9} {'t_exact':>8} {'evo gap%':>9} {'t_evo':>7} {'rnd gap%':>9} {'evo/exact time':>15}")
+    print("gap % = how much worse than the exact optimum; 'none' = no feasible network found")
+    print(f"{'problem':34} {'budget':>8} {'exact':>9} {'t_exact':>8} {'t_build':>8} {'evo gap%':>9} {'t_evo':>7} {'rnd gap%':>9} {'evo/exact time':>15}")
     for r in results["rows"]:
-        g = lambda v: "fail" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"{r['problem']:34} {r['budget_ms']:8.3f} {r['exact']:9.4f} {r['exact_s']:8.3f} {g(r['evolution_gap_pct']):>9} "
+        g = lambda v: "none" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"{r['problem']:34} {r['budget_ms']:8.3f} {r['exact']:9.4f} {r['exact_s']:8.3f} {r['build_s']:8.2f} {g(r['evolution_gap_pct']):>9} "
               f"{r['evolution_s']:7.2f} {g(r['random_gap_pct']):>9} {r['speedup_vs_evolution']:14.0f}x")
     for f in results["fronts"]:
         print(f"whole Pareto front, {f['problem']}: {f['front_points']} networks in {f['front_s']:.2f} s")

@@ -77,6 +77,7 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
              samples: int = typer.Option(30, "--samples", "-n", help="Networks measured end to end (half held out)."),
              seed: int = typer.Option(0, help="Which random networks."),
              plot: Path = typer.Option(None, help="PNG scatter [<table>.fidelity.png]."),
+             resume: bool = typer.Option(True, "--resume/--restart", help="Reuse network measurements of an interrupted run."),
              fmt: str = FormatOpt) -> None:
     """Measure random networks end to end, fit the correction, report held-out fidelity, store both.
 
@@ -86,7 +87,8 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
     from dna_deploy.space import load_space
 
     plot = plot or table.with_suffix(".fidelity.png")
-    r = validate_table(table, load_space(space), samples=samples, seed=seed, plot_path=plot, show_progress=fmt == "table")
+    r = validate_table(table, load_space(space), samples=samples, seed=seed, plot_path=plot, show_progress=fmt == "table",
+                       resume=resume)
     if fmt == "json":
         render(r, fmt="json")
         return

@@ -97,7 +97,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
 
 def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int = 30, holdout: float = 0.5,
                    seed: int = 0, plot_path: str | Path | None = None, work_dir: str | Path | None = None,
-                   show_progress: bool = True, rounds: int = 3, runs_per_round: int = 15) -> dict:
+                   show_progress: bool = True, rounds: int = 3, runs_per_round: int = 15, resume: bool = True) -> dict:
     """Measure `samples` networks, fit the calibration on 1 - holdout of them, report on the rest,
     and store calibration + fidelity in the table (atomically)."""
     from dna_deploy.nn.builder import network_costs
@@ -113,6 +113,8 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     table_path = Path(table_path)
     work = Path(work_dir) if work_dir else table_path.with_name(table_path.stem + ".validate")
     work.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (work / "measurements.json").unlink(missing_ok=True)
     archs = sample_networks(space, samples, seed)
     measured = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round,
                                 show_progress=show_progress, cache_path=work / "measurements.json")
