@@ -15,7 +15,6 @@ Run: python bench/ranking.py [--archs 14] [--train-images 600]   (about 20 minut
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import tempfile
@@ -115,7 +114,8 @@ def main():
     ap.add_argument("--archs", type=int, default=14)
     ap.add_argument("--train-images", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=6, help="stand-alone recipe epochs")
-    ap.add_argument("--dna-epochs", type=int, default=8)
+    ap.add_argument("--dna-epochs", type=int, default=20, help="per block (the reference schedule)")
+    ap.add_argument("--seeds", type=int, default=2, help="stand-alone trainings per network, averaged")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -157,11 +157,12 @@ def main():
         picks = list({str(a): a for a in picks}.values())
         for a in picks:
             t0 = time.time()
-            acc = train_standalone(space, a, data, recipe, tmp, seed=args.seed)
+            per_seed = [train_standalone(space, a, data, recipe, tmp, seed=args.seed + k) for k in range(args.seeds)]
+            acc = float(np.mean(per_seed))
             t_sa = time.time() - t0
             t0 = time.time()
             spos_r = rate_spos(spos, space, a, data, calib)
-            res["archs"].append({"arch": str(a), "val_accuracy": acc, "dna_rating": dna_rating(a), "spos_rate_accuracy": spos_r,
+            res["archs"].append({"arch": str(a), "val_accuracy": acc, "val_accuracy_per_seed": per_seed, "dna_rating": dna_rating(a), "spos_rate_accuracy": spos_r,
                                  "predicted_ms": table.predict(space, a)["predicted_ms"], "standalone_s": t_sa,
                                  "spos_rate_s": time.time() - t0})
             print(f"  {str(a):52} acc {acc:.3f}  DNA {dna_rating(a):.4f}  SPOS {spos_r:.3f}", flush=True)
@@ -181,12 +182,19 @@ def main():
         near = [a for a in pool if abs(table.predict(space, a)["predicted_ms"] - lat) <= 0.05 * lat and str(a) != best["arch"]]
         rng.shuffle(near)
         near = near[:5]
-        best_acc = train_standalone(space, best_arch, data, recipe, tmp, seed=args.seed)
-        near_accs = [train_standalone(space, a, data, recipe, tmp, seed=args.seed) for a in near]
+        best_acc = float(np.mean([train_standalone(space, best_arch, data, recipe, tmp, seed=args.seed + k)
+                                  for k in range(args.seeds)]))
+        near_accs = [float(np.mean([train_standalone(space, a, data, recipe, tmp, seed=args.seed + k) for k in range(args.seeds)]))
+                     for a in near]
         res["searched"] = {"arch": best["arch"], "predicted_ms": lat, "budget_ms": mid, "val_accuracy": best_acc,
                            "random_same_latency": [{"arch": str(a), "val_accuracy": v} for a, v in zip(near, near_accs)],
                            "random_median_accuracy": float(np.median(near_accs)) if near_accs else None}
     res["teacher_val_accuracy"] = teacher_r["val_accuracy"]
+    if args.seeds >= 2:  # how well one training run ranks another: the ceiling any rating can reach here
+        s0 = [r["val_accuracy_per_seed"][0] for r in res["archs"]]
+        s1 = [r["val_accuracy_per_seed"][1] for r in res["archs"]]
+        res["seed_to_seed"] = {"kendall_tau": kendall_tau_b(s0, s1), "spearman_rho": spearman(s0, s1),
+                               "mean_abs_diff_pts": float(100 * np.mean(np.abs(np.array(s0) - np.array(s1))))}
     res["total_wall_s"] = time.time() - t_all
     accs_arr = np.array(accs)
     print(f"\n{len(accs)} networks trained stand-alone: accuracy {accs_arr.min():.3f} .. {accs_arr.max():.3f} "
@@ -194,6 +202,10 @@ def main():
     print(f"{'method':6} {'Kendall tau':>11} {'Spearman rho':>12} {'wall s':>7} {'steps':>6}")
     for m in ("dna", "spos"):
         print(f"{m.upper():6} {res[m]['kendall_tau']:11.3f} {res[m]['spearman_rho']:12.3f} {res[m]['wall_s']:7.0f} {res[m]['steps']:6}")
+    if "seed_to_seed" in res:
+        ss = res["seed_to_seed"]
+        print(f"{'seed 0 vs seed 1':16} tau {ss['kendall_tau']:.3f}  rho {ss['spearman_rho']:.3f}  "
+              f"(mean |difference| {ss['mean_abs_diff_pts']:.2f} points: the noise ceiling)")
     s = res["searched"]
     print(f"searched under {s['budget_ms']:.3f} ms: {s['arch']} acc {s['val_accuracy']:.3f} vs median {s['random_median_accuracy']} "
           f"of {len(s['random_same_latency'])} random networks within 5 % of its predicted latency")

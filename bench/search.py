@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from baselines import evolutionary, random_search  # noqa: E402
 from dna_deploy.io import read_json, write_json  # noqa: E402
 from dna_deploy.profile.table import LatencyTable  # noqa: E402
 from dna_deploy.search import build_problem, pareto, solve, synthetic_ratings  # noqa: E402
-from dna_deploy.space import BlockDef, load_space  # noqa: E402
+from dna_deploy.space import load_space  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,9 +8,7 @@ reruns and so does everything downstream. Long stages also resume inside themsel
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
-import json
 import shlex
 import shutil
 import time
@@ -352,5 +350,3 @@ def run_pipeline(config_path: str | Path, *, out: str | Path | None = None, show
 def quickstart_config() -> Path:
     return shipped_dir("examples") / "quickstart.yaml"
 
-
-del dataclasses, json

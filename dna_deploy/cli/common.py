@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-
-import sys
 
 # Piped or captured output is not cut at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from dna_deploy.errors import ArchError, SpaceError
-from dna_deploy.space import Arch, SearchSpace, load_space
+from dna_deploy.space import Arch, load_space
 
 
 def test_dna_mbconv_exact_counts(mbconv):

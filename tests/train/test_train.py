@@ -1,6 +1,5 @@
 import dataclasses
 import json
-import shutil
 import signal
 import subprocess
 import sys
