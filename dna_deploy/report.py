@@ -25,6 +25,9 @@ def plot_block_losses(metrics_path: Path, png: Path) -> Path | None:
     for b in sorted(per_block):
         ep = sorted(per_block[b])
         ax.plot(ep, [per_block[b][e] for e in ep], marker="o", label=f"block {b}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("distillation loss (per-channel normalised MSE)")
     ax.set_title("DNA block-wise distillation")
@@ -127,7 +130,7 @@ def _md_table(rows):
         return "(none)\n"
     cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

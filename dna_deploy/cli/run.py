@@ -13,7 +13,9 @@ def _run(config: Path, out: Path | None, fmt: str) -> None:
     from dna_deploy.errors import VerificationFailed
     from dna_deploy.pipeline import run_pipeline
 
-    log = (lambda m: console.print(f"[bold cyan]{m}[/]")) if fmt == "table" else (lambda m: None)
+    from rich.markup import escape
+
+    log = (lambda m: console.print(f"[bold cyan]{escape(m)}[/]")) if fmt == "table" else (lambda m: None)
     r = run_pipeline(config, out=out, show_progress=fmt == "table", log=log)
     best = r["results"]["search"]["results"][0]
     summary = {"architecture": best["arch"], "report": r["report"], "verification": r["verify_passed"],
