@@ -6,7 +6,7 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dna_deploy.errors import DataError, DnaDeployError, suggest
+from dna_deploy.errors import DataError, DnaDeployError, check_keys, suggest
 from dna_deploy.io import read_structured, shipped_dir
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -29,15 +29,7 @@ class DeviceSpec:
     def from_dict(cls, d: dict, *, source: str = "device spec") -> "DeviceSpec":
         from dna_deploy.runtimes import RUNTIME_NAMES
 
-        if not isinstance(d, dict):
-            raise DataError(f"{source}: a device spec is a mapping (name, runtime, device, precision, threads, batch)")
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            k = sorted(unknown)[0]
-            raise DataError(f"{source}: unknown key {k!r}; {suggest(k, cls.__dataclass_fields__)}")
-        for req in ("name", "runtime"):
-            if req not in d:
-                raise DataError(f"{source}: missing key {req!r}")
+        check_keys(d, known=cls.__dataclass_fields__, required=("name", "runtime"), where=source, error=DataError)
         spec = cls(**d)
         if spec.runtime not in RUNTIME_NAMES:
             raise DataError(f"{source}: unknown runtime {spec.runtime!r}; {suggest(spec.runtime, RUNTIME_NAMES)}")
@@ -68,6 +60,19 @@ def load_device(name_or_path: str | Path) -> DeviceSpec:
     names = [q.stem for q in devices_dir().glob("*.yaml")]
     raise DnaDeployError(f"unknown device {str(name_or_path)!r}; {suggest(str(name_or_path), names)} "
                          f"(or give a device .yaml file)")
+
+
+def package_versions(*packages: str) -> dict:
+    """Installed versions (None when absent), recorded in tables and export sidecars."""
+    from importlib import metadata
+
+    out = {}
+    for p in packages:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
 
 
 def host_description(device: str = "cpu") -> dict:

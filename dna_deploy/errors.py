@@ -46,3 +46,15 @@ def suggest(value: str, choices: Iterable[str], n: int = 3) -> str:
         return f"did you mean {', '.join(repr(c) for c in close)}?"
     shown = ", ".join(choices[:12]) + (" ..." if len(choices) > 12 else "")
     return f"valid: {shown}"
+
+
+def check_keys(mapping: dict, *, known, required=(), where: str, error=DnaDeployError) -> None:
+    """A user-written mapping: name the first unknown key (with a suggestion) or missing one."""
+    if not isinstance(mapping, dict):
+        raise error(f"{where}: expected a mapping with keys {', '.join(sorted(known))}")
+    unknown = sorted(set(mapping) - set(known))
+    if unknown:
+        raise error(f"{where}: unknown key {unknown[0]!r}; {suggest(unknown[0], known)}")
+    for key in required:
+        if key not in mapping:
+            raise error(f"{where}: missing key {key!r}")

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from dna_deploy.errors import DataError, suggest
+from dna_deploy.errors import DataError, check_keys
 from dna_deploy.io import fingerprint, read_json, read_structured, shipped_dir, write_json
 
 TOP_KEYS = {"name", "output", "seed", "data", "space", "teacher", "devices", "profile", "train", "rate", "search",
@@ -24,15 +24,7 @@ STAGES = ("teacher", "tables", "train", "rate", "search", "retrain", "export", "
 
 def load_pipeline(path: str | Path) -> dict:
     cfg = read_structured(path, what="pipeline file")
-    if not isinstance(cfg, dict):
-        raise DataError(f"pipeline file {path} must be a mapping (see examples/quickstart.yaml)")
-    unknown = set(cfg) - TOP_KEYS
-    if unknown:
-        k = sorted(unknown)[0]
-        raise DataError(f"pipeline file {path}: unknown key {k!r}; {suggest(k, TOP_KEYS)}")
-    for req in ("space", "devices"):
-        if req not in cfg:
-            raise DataError(f"pipeline file {path}: missing key {req!r}")
+    check_keys(cfg, known=TOP_KEYS, required=("space", "devices"), where=f"pipeline file {path}", error=DataError)
     cfg.setdefault("data", "mnist")
     cfg.setdefault("seed", 0)
     cfg.setdefault("teacher", {"train": {"epochs": 3}})
@@ -197,10 +189,7 @@ class Pipeline:
         def fn():
             from dna_deploy.train import DistillConfig, train_blocks
 
-            unknown = set(t) - set(DistillConfig.__dataclass_fields__)
-            if unknown:
-                raise DataError(f"pipeline 'train': unknown setting {sorted(unknown)[0]!r}; "
-                                f"{suggest(sorted(unknown)[0], DistillConfig.__dataclass_fields__)}")
+            check_keys(t, known=DistillConfig.__dataclass_fields__, where="pipeline 'train'", error=DataError)
             cfg = DistillConfig(**{"seed": self.cfg["seed"], **t})
             res = train_blocks(self.space, self.data, self.load_teacher(), self.out / "supernet", config=cfg,
                                show_progress=self.show)

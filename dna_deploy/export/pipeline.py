@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import shutil
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from dna_deploy import __version__
+from dna_deploy.devices import package_versions
 from dna_deploy.errors import DataError
 from dna_deploy.io import read_json, sha256_file, write_json
 
 TARGETS = {"onnx": ("fp32",), "tflite": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
 SIDECAR = "model.json"
-
-
-def _versions(*pkgs) -> dict:
-    out = {}
-    for p in pkgs:
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = None
-    return out
 
 
 def calibration_images(spec: str | Path | None, ckpt: dict, *, n: int = 200, seed: int = 0) -> np.ndarray:
@@ -108,7 +98,7 @@ def export_model(weights: str | Path, out_dir: str | Path, *, to: str = "onnx", 
                "input": {**ckpt["input"], "dynamic_batch": dynamic_batch}, "num_classes": ckpt["num_classes"],
                "source_weights": {"path": "weights.pt", "sha256": sha256_file(weights_copy)},
                "trained_on": ckpt.get("data"), "train_metrics": ckpt.get("metrics"), "artifacts": artifacts,
-               "versions": {"dna-deploy": __version__, **_versions("torch", "onnx", "onnxruntime", "onnxslim", "onnx2tf",
+               "versions": {"dna-deploy": __version__, **package_versions("torch", "onnx", "onnxruntime", "onnxslim", "onnx2tf",
                                                                     "tensorflow", "ai-edge-litert", "tensorrt")},
                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     write_json(out_dir / SIDECAR, sidecar)

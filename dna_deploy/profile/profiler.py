@@ -10,13 +10,12 @@ from __future__ import annotations
 import datetime as _dt
 import random
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from dna_deploy import __version__
-from dna_deploy.devices import DeviceSpec, host_description
+from dna_deploy.devices import DeviceSpec, host_description, package_versions
 from dna_deploy.errors import DataError
 from dna_deploy.io import fingerprint, read_json, write_json
 from dna_deploy.profile.table import LatencyTable
@@ -36,13 +35,7 @@ def default_table_path(device: DeviceSpec, space: SearchSpace, root: str | Path 
 def runtime_versions(runtime: str) -> dict:
     pkgs = {"onnxruntime": ["onnxruntime", "onnx"], "litert": ["ai-edge-litert", "onnx2tf", "tensorflow"],
             "torch": ["torch"], "tensorrt": ["tensorrt", "torch"]}[runtime] + ["numpy"]
-    out = {}
-    for p in pkgs:
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = None
-    return out
+    return package_versions(*pkgs)
 
 
 # ---------------------------------------------------------------- bundle (host side, needs torch)

@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dna_deploy.errors import ArchError, DataError, SpaceError, suggest
+from dna_deploy.errors import ArchError, DataError, SpaceError, check_keys
 from dna_deploy.io import fingerprint, read_structured
 from dna_deploy.space.ops import SKIP, LayerSpec, Op, parse_op
 
@@ -53,31 +53,15 @@ class SearchSpace:
     # ---------------- construction ----------------
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "space") -> "SearchSpace":
-        if not isinstance(d, dict):
-            raise SpaceError(f"{source}: a space is a mapping with keys name, input_size, num_classes, blocks, ...")
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            k = sorted(unknown)[0]
-            raise SpaceError(f"{source}: unknown key {k!r}; {suggest(k, known)}")
-        for req in ("name", "input_size", "num_classes", "blocks"):
-            if req not in d:
-                raise SpaceError(f"{source}: missing key {req!r}")
+        check_keys(d, known=cls.__dataclass_fields__, required=("name", "input_size", "num_classes", "blocks"),
+                   where=source, error=SpaceError)
         blocks_raw = d["blocks"]
         if not isinstance(blocks_raw, list) or not blocks_raw:
             raise SpaceError(f"{source}: 'blocks' must be a non-empty list of blocks")
-        bknown = set(BlockDef.__dataclass_fields__)
         blocks = []
         for i, b in enumerate(blocks_raw):
-            if not isinstance(b, dict):
-                raise SpaceError(f"{source}: block {i} must be a mapping with out_channels, stride, layers")
-            bad = set(b) - bknown
-            if bad:
-                k = sorted(bad)[0]
-                raise SpaceError(f"{source}: block {i}: unknown key {k!r}; {suggest(k, bknown)}")
-            for req in ("out_channels", "stride", "layers"):
-                if req not in b:
-                    raise SpaceError(f"{source}: block {i}: missing key {req!r}")
+            check_keys(b, known=BlockDef.__dataclass_fields__, required=("out_channels", "stride", "layers"),
+                       where=f"{source}: block {i}", error=SpaceError)
             b = dict(b)
             if "choices" in b:
                 b["choices"] = tuple(str(c) for c in b["choices"])
