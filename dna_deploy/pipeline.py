@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from dna_deploy.errors import DataError, check_keys
-from dna_deploy.io import fingerprint, read_json, read_structured, shipped_dir, write_json
+from dna_deploy.io import fingerprint, read_json, read_structured, sha256_file, shipped_dir, write_json
 
 TOP_KEYS = {"name", "output", "seed", "data", "space", "teacher", "devices", "profile", "train", "rate", "search",
-            "retrain", "export", "verify"}
+            "retrain", "export", "verify", "progressive"}
 STAGES = ("teacher", "tables", "train", "rate", "search", "retrain", "export", "verify", "report")
 
 
@@ -109,7 +109,10 @@ class Pipeline:
             self.teacher_args = ["--teacher", spec] + (["--teacher-weights", t["weights"]] if t.get("weights") else []) \
                 + (["--taps", ",".join(t["taps"])] if t.get("taps") else [])
             self.teacher_spec = (spec, t.get("weights"), t.get("taps"))
-            self.stage("teacher", t, [], lambda: {"teacher": spec, "given": True}, [])
+            # the file's content is part of the fingerprint: a new teacher reruns everything after it
+            files = [f for f in (t.get("checkpoint"), t.get("weights")) if f and Path(f).is_file()]
+            self.stage("teacher", {**t, "sha256": [sha256_file(f) for f in files]}, [],
+                       lambda: {"teacher": spec, "given": True}, [])
             return
         train = t.get("train", {})
         self.teacher_spec = (str(out), None, None)
@@ -329,11 +332,35 @@ class Pipeline:
 
 def run_pipeline(config_path: str | Path, *, out: str | Path | None = None, show_progress: bool = True, log=print,
                  overrides: dict | None = None) -> dict:
+    """Run the pipeline; with `progressive: {rounds: N}` (DNA+), round r+1 distils from round r's
+    retrained winner, in out/round{r+1}/. Returns the last round's result plus every round's summary."""
+    import copy
+
     cfg = load_pipeline(config_path)
     for k, v in (overrides or {}).items():
         cfg[k] = v
     out = Path(out or cfg.get("output") or "runs/pipeline")
-    return Pipeline(cfg, out, show_progress=show_progress, log=log, config_path=str(config_path)).run()
+    prog = cfg.get("progressive") or {}
+    check_keys(prog, known=("rounds",), where="pipeline 'progressive'", error=DataError)
+    rounds = int(prog.get("rounds", 1))
+    if rounds < 1:
+        raise DataError("pipeline 'progressive': rounds must be at least 1")
+    summary, result, folder = [], None, out
+    for r in range(1, rounds + 1):
+        cfg_r = copy.deepcopy(cfg)
+        if r > 1:
+            cfg_r["teacher"] = {"checkpoint": str(folder / "retrain" / "model.pt")}
+            folder = out / f"round{r}"
+            log(f"[DNA+ round {r}] teacher: the round {r - 1} network")
+        result = Pipeline(cfg_r, folder, show_progress=show_progress, log=log, config_path=str(config_path)).run()
+        best = result["results"]["search"]["results"][0]
+        summary.append({"round": r, "folder": str(folder), "arch": best["arch"], "rating": best["rating"],
+                        "teacher_val_accuracy": result["results"]["retrain"].get("teacher_val_accuracy"),
+                        "val_accuracy": result["results"]["retrain"]["val_accuracy"], "mmacs": best["mmacs"]})
+    if rounds > 1:
+        write_json(out / "progressive.json", summary)
+    result["rounds"] = summary
+    return result
 
 
 def quickstart_config() -> Path:

@@ -164,10 +164,13 @@ def load_teacher(spec: str, space: SearchSpace, *, weights: str | Path | None = 
     """`torchvision:NAME` (+ weights) or a teacher checkpoint from `dna-deploy teacher train`."""
     if spec.startswith("torchvision:"):
         return torchvision_teacher(spec.split(":", 1)[1], space, weights=weights, taps=taps)
+    from dna_deploy.retrain import MODEL_FORMAT
+
     ckpt = load_checkpoint(spec, what="teacher checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != TEACHER_FORMAT:
-        raise DataError(f"{spec} is not a dna-deploy teacher (make one with `dna-deploy teacher train`, "
-                        "or use --teacher torchvision:NAME --teacher-weights FILE)")
+    # a retrained network (`dna-deploy retrain`'s model.pt) teaches the next round too: DNA+
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (TEACHER_FORMAT, MODEL_FORMAT):
+        raise DataError(f"{spec} is not a dna-deploy teacher (make one with `dna-deploy teacher train`, use a "
+                        "retrained model.pt, or --teacher torchvision:NAME --teacher-weights FILE)")
     from dna_deploy.nn.builder import build_network
     from dna_deploy.space import SearchSpace as _S
 

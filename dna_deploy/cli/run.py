@@ -22,6 +22,8 @@ def _run(config: Path, out: Path | None, fmt: str) -> None:
                **{k: v for k, v in best.items() if k.startswith("latency_ms:")},
                "pytorch accuracy": next(iter(r["results"]["verify"]["reports"].values()))["pytorch_accuracy"]}
     render(summary, fmt=fmt, title="pipeline finished")
+    if len(r["rounds"]) > 1 and fmt == "table":
+        render(r["rounds"], title="DNA+ rounds (each round's teacher is the previous round's network)")
     if not r["verify_passed"]:
         raise VerificationFailed(f"verification failed; see {r['report']}")
 

@@ -77,3 +77,26 @@ def test_quickstart_file_is_valid():
 
     cfg = load_pipeline(quickstart_config())
     assert cfg["space"] == "tiny" and {d["device"] for d in cfg["devices"]} == {"x86-cpu-onnxruntime", "x86-cpu-litert"}
+
+
+def test_progressive_rounds_distil_from_the_previous_winner(smoke_run):
+    """DNA+: round 2's teacher is round 1's retrained network; round 1 is reused, not rerun."""
+    import torch
+
+    out, _ = smoke_run
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["progressive"] = {"rounds": 2}
+    path = out / "progressive.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    logs = []
+    r = run_pipeline(path, out=out, show_progress=False, log=logs.append)
+    assert [x["round"] for x in r["rounds"]] == [1, 2]
+    first_round = logs[: logs.index("[DNA+ round 2] teacher: the round 1 network")]
+    assert not any(m in first_round for m in ("[teacher] running", "[tables] running", "[train] running", "[rate] running"))
+    round2 = out / "round2"
+    state = json.loads((round2 / "pipeline_state.json").read_text())
+    assert state["stages"]["teacher"]["result"]["teacher"] == str(out / "retrain" / "model.pt")
+    meta = json.loads((round2 / "supernet" / "supernet.json").read_text())
+    round1_model = torch.load(out / "retrain" / "model.pt", weights_only=True)
+    assert meta["teacher"]["arch"] == round1_model["arch"]
+    assert (round2 / "report.md").is_file() and json.loads((out / "progressive.json").read_text())[1]["round"] == 2
