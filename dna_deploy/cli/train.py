@@ -19,6 +19,7 @@ def teacher_train(space: str = SpaceOpt, data: str = DataOpt,
                   arch: str = typer.Option(None, help="Architecture of the space to train [its largest]."),
                   epochs: int = typer.Option(3, min=1), batch_size: int = typer.Option(64, min=1),
                   lr: float = typer.Option(3e-3), seed: int = typer.Option(0),
+                  max_steps: int = typer.Option(None, help="Cap steps per epoch (smoke runs)."),
                   resume: bool = typer.Option(True, "--resume/--restart"), fmt: str = FormatOpt) -> None:
     """Train a teacher on the data: a network of the space (default: the largest).
 
@@ -32,7 +33,8 @@ def teacher_train(space: str = SpaceOpt, data: str = DataOpt,
     sp = load_space(space)
     d = load_data(data, sp.input_size, seed=seed)
     r = train_space_teacher(sp, d, output, arch=arch, resume=resume, show_progress=fmt == "table",
-                            config=ClassifierConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+                            config=ClassifierConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                                    max_steps=max_steps))
     render({k: v for k, v in r.items() if k != "history"}, fmt=fmt, title="teacher")
 
 
