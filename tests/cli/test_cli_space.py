@@ -51,3 +51,14 @@ def test_bad_arch_is_one_line_and_exit_1():
 def test_unknown_space_is_one_line(tmp_path):
     r = runner.invoke(app, ["space", "show", "-s", "nope"])
     assert r.exit_code == 1 and "unknown space 'nope'" in r.output
+
+
+def test_cli_import_stays_light():
+    """`dna-deploy --help` must not pay for torch, onnxruntime, TensorFlow or TensorRT."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dna_deploy.cli.app; "
+            "print(','.join(m for m in ('torch', 'onnxruntime', 'tensorflow', 'tensorrt') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
