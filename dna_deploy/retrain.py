@@ -71,6 +71,9 @@ def retrain(space: SearchSpace, arch: Arch, data: DataSplits, out: str | Path, *
         space = dataclasses.replace(space, num_classes=data.num_classes)
     from dna_deploy.nn.builder import build_network
 
+    import torch
+
+    torch.manual_seed(config.seed)  # initial weights depend on the seed only
     net = init_from_supernet(space, arch, supernet_dir) if supernet_dir else build_network(space, arch)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -202,9 +202,11 @@ def train_space_teacher(space: SearchSpace, data, out: str | Path, *, arch=None,
         import dataclasses
 
         space = dataclasses.replace(space, num_classes=data.num_classes)
+    config = config or ClassifierConfig()
+    torch.manual_seed(config.seed)  # initial weights depend on the seed only
     model = build_network(space, arch)
     out = Path(out)
-    result = train_classifier(model, data, out.with_suffix(".train.pt"), config=config or ClassifierConfig(),
+    result = train_classifier(model, data, out.with_suffix(".train.pt"), config=config,
                               resume=resume, show_progress=show_progress, what="teacher")
     metrics = {"val_accuracy": result["val_accuracy"], "epochs": len(result["history"])}
     save_space_teacher(out, space, arch, model, metrics, data.fingerprint)
