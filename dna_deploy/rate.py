@@ -123,7 +123,7 @@ def rate_block_naive(space: SearchSpace, block: int, student: BlockStudent, cal_
     return results
 
 
-def block_inputs(teacher: Teacher, data: DataSplits, *, calib_images: int, calib_batch: int, seed: int = 0):
+def block_inputs(teacher: Teacher, data: DataSplits, *, calib_images: int, seed: int = 0):
     """Teacher features on a few training batches (BN calibration) and on the whole rate split."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=g)[:calib_images].tolist()
@@ -136,7 +136,7 @@ def block_inputs(teacher: Teacher, data: DataSplits, *, calib_images: int, calib
         f_rate.append(teacher.features(x_rate[i:i + 256]))
     f_cal = [torch.cat(f) for f in zip(*f_cal)]
     f_rate = [torch.cat(f) for f in zip(*f_rate)]
-    return x_cal, f_cal, x_rate, f_rate, calib_batch
+    return x_cal, f_cal, x_rate, f_rate
 
 
 def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher, data: DataSplits, out_path: str | Path, *,
@@ -147,7 +147,8 @@ def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher
         raise DataError(f"unknown rating metric {metric!r}; choose {', '.join(METRICS)}")
     supernet_dir, out_path = Path(supernet_dir), Path(out_path)
     blocks = list(range(len(space.blocks))) if blocks is None else blocks
-    x_cal, f_cal, x_rate, f_rate, cb = block_inputs(teacher, data, calib_images=calib_images, calib_batch=calib_batch)
+    x_cal, f_cal, x_rate, f_rate = block_inputs(teacher, data, calib_images=calib_images)
+    cb = calib_batch
     table = {"format": RATINGS_FORMAT, "space": space.name, "space_fingerprint": space.fingerprint, "metric": metric,
              "teacher_fingerprint": teacher.fingerprint, "data": {**data.summary(), "rated_on": "rate split"},
              "bn_calibration": {"images": len(x_cal), "batch": cb}, "tool_version": __version__, "blocks": []}

@@ -41,13 +41,18 @@ def plot_block_losses(metrics_path: Path, png: Path) -> Path | None:
     return png
 
 
-def _fmt(v):
+def format_value(v) -> str:
+    """One cell of a table, for the CLI and the report alike."""
     if v is None:
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
     if isinstance(v, float):
         return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(format_value(x) for x in v)
     return str(v)
 
 
@@ -130,7 +135,7 @@ def _md_table(rows):
         return "(none)\n"
     cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(format_value(r.get(c)).replace("|", "\\|") for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -150,7 +155,7 @@ def _html(title, sections) -> str:
             return "<p>(none)</p>"
         cols = list(dict.fromkeys(k for r in rows for k in r))
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
         return f"<table><tr>{head}</tr>{body}</table>"
 
     render = {"p": lambda x: f"<p>{html.escape(x)}</p>", "table": table,

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dna_deploy.report import format_value
+
 # Piped or captured output is not cut at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
@@ -30,7 +32,7 @@ def render(data: Any, *, fmt: str = "table", title: str | None = None, columns: 
         table.add_column("", style="bold")
         table.add_column("")
         for k, v in data.items():
-            table.add_row(str(k), _fmt(v))
+            table.add_row(str(k), format_value(v))
     else:
         rows = list(data)
         columns = columns or (list(rows[0]) if rows else [])
@@ -38,19 +40,5 @@ def render(data: Any, *, fmt: str = "table", title: str | None = None, columns: 
         for c in columns:
             table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
         for r in rows:
-            table.add_row(*[_fmt(r.get(c)) for c in columns])
+            table.add_row(*[format_value(r.get(c)) for c in columns])
     console.print(table)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return ", ".join(_fmt(x) for x in v)
-    return str(v)

@@ -38,7 +38,8 @@ def test_every_candidate_of_every_block_is_rated(ratings, tiny):
 @pytest.mark.parametrize("block", [0, 3])
 def test_prefix_tree_equals_one_by_one(tiny_supernet, tiny_teacher, mnist32, tiny, block):
     teacher = load_teacher(str(tiny_teacher[0]), tiny)
-    x_cal, f_cal, x_rate, f_rate, cb = block_inputs(teacher, mnist32, calib_images=64, calib_batch=32)
+    x_cal, f_cal, x_rate, f_rate = block_inputs(teacher, mnist32, calib_images=64)
+    cb = 32
     student, state = load_block(tiny, tiny_supernet[0], block)
     cal_in = x_cal if block == 0 else f_cal[block - 1]
     rate_in = (x_rate if block == 0 else f_rate[block - 1])[:128]
@@ -56,7 +57,8 @@ def test_bn_recalibration_changes_ratings(tiny_supernet, tiny_teacher, mnist32, 
     from dna_deploy.train import feature_distance
 
     teacher = load_teacher(str(tiny_teacher[0]), tiny)
-    x_cal, f_cal, x_rate, f_rate, cb = block_inputs(teacher, mnist32, calib_images=64, calib_batch=32)
+    x_cal, f_cal, x_rate, f_rate = block_inputs(teacher, mnist32, calib_images=64)
+    cb = 32
     student, state = load_block(tiny, tiny_supernet[0], 1)
     ops = tiny.smallest_arch().blocks[1]
     with torch.no_grad():
