@@ -13,7 +13,6 @@ import random
 import numpy as np
 
 
-
 class Encoder:
     """Per-layer genes <-> per-block candidate indices of a Problem."""
 

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import torch
 
-from dna_deploy.classify import ClassifierConfig
 from dna_deploy.data import load_mnist, stack
-from dna_deploy.export.pipeline import export_model
+from dna_deploy.deploy.export import export_model
+from dna_deploy.deploy.verify import accuracy, verify_export
+from dna_deploy.distill.checkpoints import load_model
+from dna_deploy.distill.retrain import retrain
 from dna_deploy.io import write_json
-from dna_deploy.retrain import load_model, retrain
 from dna_deploy.runtimes.base import measure
 from dna_deploy.runtimes.torch import TorchRunner
+from dna_deploy.settings import ClassifierConfig, ExportSettings
 from dna_deploy.space import load_space
-from dna_deploy.verify import accuracy, verify_export
 
 
 def main():
@@ -35,7 +36,7 @@ def main():
                     config=ClassifierConfig(epochs=2), show_progress=False)
             weights = Path(tmp) / "model.pt"
         out = Path(tmp) / "export"
-        export_model(weights, out, to="tflite", precisions=("fp32", "fp16", "int8"))
+        export_model(weights, out, ExportSettings(to="tflite", precisions=("fp32", "fp16", "int8")))
         rep = verify_export(out, show_progress=False)
         space, arch, net, _ = load_model(weights)
         x, y = stack(load_mnist(space.input_size).val)

@@ -11,10 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dna_deploy.devices import load_device
 from dna_deploy.io import write_json
-from dna_deploy.profile.profiler import profile
-from dna_deploy.profile.validate import validate_table
+from dna_deploy.latency.devices import load_device
+from dna_deploy.latency.profiler import profile
+from dna_deploy.latency.validate import validate_table
 from dna_deploy.space import load_space
 
 

@@ -25,17 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dna_deploy.classify import ClassifierConfig, evaluate, train_classifier
 from dna_deploy.data import load_mnist, stack
+from dna_deploy.distill.blockwise import train_blocks
+from dna_deploy.distill.supervised import evaluate, train_classifier
+from dna_deploy.distill.teacher import load_teacher, train_space_teacher
 from dna_deploy.io import write_json
+from dna_deploy.latency.table import LatencyTable
 from dna_deploy.nn.builder import build_network
 from dna_deploy.nn.supernet import Supernet
-from dna_deploy.profile.table import LatencyTable
-from dna_deploy.rate import _recalibrate, rate_supernet
-from dna_deploy.search import search
+from dna_deploy.select.rate import _recalibrate, rate_supernet
+from dna_deploy.select.search import search
+from dna_deploy.settings import ClassifierConfig, DistillConfig
 from dna_deploy.space import load_space
-from dna_deploy.teacher import load_teacher, train_space_teacher
-from dna_deploy.train import DistillConfig, train_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,7 +121,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     space = load_space("tiny")
-    data = load_mnist(32, train_limit=args.train_images, seed=args.seed)
+    data = load_mnist(32, train_limit=args.train_images)
     recipe = ClassifierConfig(epochs=args.epochs, batch_size=32, lr=3e-3, seed=args.seed)
     table = LatencyTable.load(ROOT / "latency_tables/x86-cpu-onnxruntime__tiny.json")
     res = {"data": data.summary(), "recipe": recipe.__dict__, "archs": []}
@@ -216,13 +217,10 @@ def main():
 
 
 def plot(res, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dna_deploy.display import new_figure, save_figure
 
     acc = [r["val_accuracy"] for r in res["archs"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = new_figure((10, 4), ncols=2)
     axes[0].scatter([r["dna_rating"] for r in res["archs"]], acc)
     axes[0].set_xlabel("DNA summed block rating (lower is better)")
     axes[0].set_title(f"DNA: tau {res['dna']['kendall_tau']:.2f}, rho {res['dna']['spearman_rho']:.2f}")
@@ -232,9 +230,7 @@ def plot(res, path):
     for ax in axes:
         ax.set_ylabel("stand-alone validation accuracy")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

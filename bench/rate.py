@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
+from dna_deploy.distill.student import BlockStudent
 from dna_deploy.io import write_json
 from dna_deploy.nn.builder import build_network
-from dna_deploy.rate import _Context, rate_block_naive, rate_block_tree
+from dna_deploy.select.rate import _Context, rate_block_naive, rate_block_tree
 from dna_deploy.space import BlockDef, load_space
-from dna_deploy.train import BlockStudent
 
 
 def bench(space, block, n_rate=256, n_cal=128):

@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 from baselines import evolutionary, random_search  # noqa: E402
 
 from dna_deploy.io import read_json, write_json  # noqa: E402
-from dna_deploy.profile.table import LatencyTable  # noqa: E402
-from dna_deploy.search import build_problem, pareto, solve, synthetic_ratings  # noqa: E402
+from dna_deploy.latency.table import LatencyTable  # noqa: E402
+from dna_deploy.select.search import build_problem, pareto, solve, synthetic_ratings  # noqa: E402
 from dna_deploy.space import load_space  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from dna_deploy.data import load_mnist, stack
+from dna_deploy.distill.student import BlockStudent, channel_stats, feature_distance
+from dna_deploy.distill.teacher import Teacher
 from dna_deploy.io import write_json
 from dna_deploy.nn.builder import build_network
 from dna_deploy.nn.supernet import sample_path
 from dna_deploy.space import load_space
-from dna_deploy.teacher import Teacher
-from dna_deploy.train import BlockStudent, channel_stats, feature_distance
 
 
 def main():

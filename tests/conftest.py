@@ -37,9 +37,9 @@ def mnist32():
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory, mnist32):
     """A teacher of the tiny space, trained briefly on the embedded MNIST subset (real training)."""
-    from dna_deploy.classify import ClassifierConfig
+    from dna_deploy.distill.teacher import train_space_teacher
+    from dna_deploy.settings import ClassifierConfig
     from dna_deploy.space import load_space
-    from dna_deploy.teacher import train_space_teacher
 
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     result = train_space_teacher(load_space("tiny"), mnist32, path, show_progress=False,
@@ -51,9 +51,10 @@ def tiny_teacher(tmp_path_factory, mnist32):
 @pytest.fixture(scope="session")
 def tiny_supernet(tmp_path_factory, mnist32, tiny_teacher):
     """Block supernets of the tiny space distilled from that teacher (a few epochs, capped steps)."""
+    from dna_deploy.distill.blockwise import train_blocks
+    from dna_deploy.distill.teacher import load_teacher
+    from dna_deploy.settings import DistillConfig
     from dna_deploy.space import load_space
-    from dna_deploy.teacher import load_teacher
-    from dna_deploy.train import DistillConfig, train_blocks
 
     space = load_space("tiny")
     out = tmp_path_factory.mktemp("supernet")
@@ -65,8 +66,8 @@ def tiny_supernet(tmp_path_factory, mnist32, tiny_teacher):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, mnist32):
     """A small network of the tiny space trained for real (2 epochs): what export ships."""
-    from dna_deploy.classify import ClassifierConfig
-    from dna_deploy.retrain import retrain
+    from dna_deploy.distill.retrain import retrain
+    from dna_deploy.settings import ClassifierConfig
     from dna_deploy.space import load_space
 
     space = load_space("tiny")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dna_deploy.nn.modules import build_layer
 from dna_deploy.space import Arch, LayerSpec, SearchSpace
 
 
@@ -16,10 +17,10 @@ class DnaNet(nn.Module):
     def __init__(self, space: SearchSpace, arch: Arch):
         super().__init__()
         self.space_name, self.arch_str = space.name, str(arch)
-        self.stem = nn.Sequential(*[s.build() for s in space.stem_specs()])
+        self.stem = nn.Sequential(*[build_layer(s) for s in space.stem_specs()])
         self.blocks = nn.ModuleList(
-            nn.Sequential(*[s.build() for s in space.block_specs(i, ops)]) for i, ops in enumerate(arch.blocks))
-        self.head = space.head_spec().build()
+            nn.Sequential(*[build_layer(s) for s in space.block_specs(i, ops)]) for i, ops in enumerate(arch.blocks))
+        self.head = build_layer(space.head_spec())
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Output of every block (block 0 includes the stem): the taps DNA distils at."""

@@ -1,17 +1,16 @@
-"""The layers a LayerSpec builds. Plain, export-friendly modules (no data-dependent control flow)."""
+"""The PyTorch module of each layer kind in the op table (space/ops.py). Plain, export-friendly
+modules: no data-dependent control flow, so ONNX and LiteRT see the same graph as PyTorch."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from dna_deploy.space.ops import LayerSpec
-
-_ACTS = {"swish": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": nn.Hardswish}
+from dna_deploy.space.ops import ACTIVATIONS, LayerSpec
 
 
 def activation(name: str) -> nn.Module:
-    return _ACTS[name]()
+    return getattr(nn, ACTIVATIONS[name])()
 
 
 class ConvBnAct(nn.Sequential):
@@ -64,13 +63,22 @@ class Head(nn.Module):
         return self.classifier(self.conv(x).mean((2, 3)))
 
 
+class StemConv(ConvBnAct):
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec.in_ch, spec.out_ch, spec.kernel, spec.stride, act=spec.act)
+
+
+class Skip(nn.Identity):
+    def __init__(self, spec: LayerSpec):
+        super().__init__()
+
+
+# Layer kind (LayerSpec.kind) -> module class taking the spec: the builder, supernet and profiler use this.
+LAYER_MODULES: dict[str, type[nn.Module]] = {"conv": StemConv, "mbconv": MBConv, "skip": Skip, "head": Head}
+
+
 def build_layer(spec: LayerSpec) -> nn.Module:
-    if spec.kind == "skip":
-        return nn.Identity()
-    if spec.kind == "conv":
-        return ConvBnAct(spec.in_ch, spec.out_ch, spec.kernel, spec.stride, act=spec.act)
-    if spec.kind == "mbconv":
-        return MBConv(spec)
-    if spec.kind == "head":
-        return Head(spec)
-    raise ValueError(f"no module for layer kind {spec.kind!r}")
+    try:
+        return LAYER_MODULES[spec.kind](spec)
+    except KeyError:
+        raise ValueError(f"no module for layer kind {spec.kind!r}; register one in LAYER_MODULES") from None

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dna_deploy.nn.builder import DnaNet
+from dna_deploy.nn.modules import build_layer
 from dna_deploy.space import SKIP, Arch, Op, SearchSpace, parse_op
 
 
@@ -22,7 +23,7 @@ class ChoiceLayer(nn.Module):
         for token in b.choices:
             ops = (parse_op(b.choices[0]),) * index + (parse_op(token),)
             specs[token] = space.block_specs(block, ops)[index]
-        self.ops = nn.ModuleDict({t: s.build() for t, s in specs.items()})
+        self.ops = nn.ModuleDict({t: build_layer(s) for t, s in specs.items()})
 
     def forward(self, x: torch.Tensor, op: Op) -> torch.Tensor:
         return x if op.is_skip else self.ops[str(op)](x)
@@ -34,7 +35,7 @@ class BlockSupernet(nn.Module):
     def __init__(self, space: SearchSpace, block: int):
         super().__init__()
         self.block = block
-        self.stem = nn.Sequential(*[s.build() for s in space.stem_specs()]) if block == 0 else None
+        self.stem = nn.Sequential(*[build_layer(s) for s in space.stem_specs()]) if block == 0 else None
         self.layers = nn.ModuleList(ChoiceLayer(space, block, i) for i in range(space.blocks[block].layers))
 
     def forward(self, x: torch.Tensor, ops: tuple[Op, ...]) -> torch.Tensor:
@@ -44,17 +45,13 @@ class BlockSupernet(nn.Module):
             x = layer(x, op)
         return x
 
-    def path_modules(self, ops: tuple[Op, ...]) -> list[nn.Module]:
-        mods = [self.stem] if self.stem is not None else []
-        return mods + [layer.ops[str(op)] for layer, op in zip(self.layers, ops) if not op.is_skip]
-
 
 class Supernet(nn.Module):
     def __init__(self, space: SearchSpace):
         super().__init__()
         self.space = space
         self.blocks = nn.ModuleList(BlockSupernet(space, b) for b in range(len(space.blocks)))
-        self.head = space.head_spec().build()
+        self.head = build_layer(space.head_spec())
 
     def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         for block, ops in zip(self.blocks, arch.blocks):

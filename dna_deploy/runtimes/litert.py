@@ -32,8 +32,8 @@ class LiteRTRunner(Runner):
 
     @classmethod
     def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32", calibration=None):
-        from dna_deploy.export.litert import onnx_to_litert
-        from dna_deploy.export.onnx import torch_to_onnx
+        from dna_deploy.convert.litert import onnx_to_litert
+        from dna_deploy.convert.onnx import torch_to_onnx
 
         workdir = Path(workdir)
         onnx_path = torch_to_onnx(module, example, workdir / f"{name}.onnx")

@@ -32,7 +32,7 @@ class OnnxRuntimeRunner(Runner):
 
     @classmethod
     def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32", calibration=None):
-        from dna_deploy.export.onnx import torch_to_onnx
+        from dna_deploy.convert.onnx import torch_to_onnx
 
         return torch_to_onnx(module, example, Path(workdir) / f"{name}.onnx")
 

@@ -1,6 +1,8 @@
 """TensorRT: an engine built from ONNX on the target GPU, timed with CUDA events.
 
-Accepts a serialized .engine, or an .onnx that it builds (with a timing cache beside it).
+Accepts a serialized .engine, or an .onnx that it builds: the engine is cached beside the ONNX
+under a key of the graph's content, the precision, the TensorRT version and the GPU name.
+Input copies, execution and output reads all run on one CUDA stream, in order.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class TensorRTRunner(Runner):
 
     @classmethod
     def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32", calibration=None):
-        from dna_deploy.export.onnx import torch_to_onnx
+        from dna_deploy.convert.onnx import torch_to_onnx
 
         return torch_to_onnx(module, example, Path(workdir) / f"{name}.onnx")
 
@@ -39,13 +41,13 @@ class TensorRTRunner(Runner):
         import tensorrt as trt
         import torch
 
-        from dna_deploy.export.tensorrt import onnx_to_tensorrt
+        from dna_deploy.convert.tensorrt import cache_key, onnx_to_tensorrt
 
         path = Path(self.model)
         if path.suffix == ".onnx":
-            engine = path.with_name(f"{path.stem}_{self.precision}.engine")
+            engine = path.with_name(f"{path.stem}-{cache_key(trt, path.read_bytes(), self.precision)}.engine")
             if not engine.is_file():
-                onnx_to_tensorrt(path, engine, precision=self.precision, timing_cache=path.parent / "timing.cache")
+                onnx_to_tensorrt(path, engine, precision=self.precision, cache_dir=path.parent)
             path = engine
         self.torch = torch
         self.trt_runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -69,7 +71,8 @@ class TensorRTRunner(Runner):
 
     def _to_native(self, x: np.ndarray):
         buf = self.buffers[self.input_name]
-        buf.copy_(self.torch.from_numpy(x).to(buf.dtype))
+        with self.torch.cuda.stream(self.stream):  # the copy is queued before the execution that reads it
+            buf.copy_(self.torch.from_numpy(x).to(buf.dtype))
         return buf
 
     def _run(self, native):
@@ -87,8 +90,10 @@ class TensorRTRunner(Runner):
         return float(self.start.elapsed_time(self.end))
 
     def _from_native(self, y) -> np.ndarray:
-        self.stream.synchronize()
-        return y.float().cpu().numpy()
+        self.stream.synchronize()  # the execution that wrote y has finished
+        with self.torch.cuda.stream(self.stream):
+            out = y.float().cpu().numpy()
+        return out
 
     def _close(self) -> None:
         del self.context, self.engine, self.buffers

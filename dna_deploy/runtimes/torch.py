@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dna_deploy.errors import RuntimeUnavailable
 from dna_deploy.runtimes.base import Runner
 
 
@@ -31,9 +32,11 @@ class TorchRunner(Runner):
         import torch
 
         if self.precision == "int8":
-            raise ValueError("the torch runtime times fp32 (CPU/CUDA) or fp16 (CUDA); int8 belongs to LiteRT/TensorRT")
+            raise RuntimeUnavailable("the torch runtime times fp32 (CPU/CUDA) or fp16 (CUDA); for int8 use a "
+                                     "LiteRT or TensorRT device spec")
         if self.precision == "fp16" and self.device != "cuda":
-            raise ValueError("fp16 with the torch runtime needs device cuda")
+            raise RuntimeUnavailable("fp16 with the torch runtime needs device cuda (CPU fp16 kernels are not what "
+                                     "deployment runs); use fp32 on CPU")
         self.torch = torch
         if self.device == "cpu":
             torch.set_num_threads(self.threads)

@@ -1,6 +1,11 @@
-"""The table of operators: each kind maps to its token grammar, its module, its costs and its LUT key.
+"""The table of operators: each layer kind's token grammar, latency-table key and analytic costs.
 
-Parser, builder, cost counter and profiler all read this table, so an op is added in one place.
+Parser, cost counter, latency tables and search read this module; `nn/modules.py` maps each kind
+to its PyTorch module (the only other place a kind appears). Adding an op therefore touches:
+1. here: its token in `parse_op`, and its branch in `LayerSpec.key`, `.macs` and `.params`;
+2. `nn/modules.py`: its module class, registered in `LAYER_MODULES`;
+3. a test that the analytic MACs/params equal torch's counters (tests/nn/test_builder.py does so
+   for every kind a space uses).
 Token grammar: ``k{kernel}e{expansion}`` (an MBConv with squeeze-excite and swish) or ``skip``.
 """
 
@@ -8,12 +13,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from dna_deploy.errors import ArchError
-
-if TYPE_CHECKING:  # torch loads lazily: `dna-deploy --help` must not import it
-    from torch import nn
 
 _MBCONV = re.compile(r"^k(\d+)e(\d+)$")
 
@@ -36,6 +37,9 @@ class Op:
 
 SKIP = Op("skip")
 
+# Activation name in spaces and keys -> the torch.nn class that implements it (read by nn/modules.py).
+ACTIVATIONS = {"swish": "SiLU", "relu": "ReLU", "relu6": "ReLU6", "hswish": "Hardswish"}
+
 
 def parse_op(token: str, *, allowed: tuple[str, ...] | None = None, where: str = "") -> Op:
     """Token -> Op; with `allowed`, the token must be one of those (the error names the choices)."""
@@ -56,10 +60,6 @@ def parse_op(token: str, *, allowed: tuple[str, ...] | None = None, where: str =
 
 def _hw_out(hw: int, stride: int) -> int:
     return (hw - 1) // stride + 1
-
-
-def make_divisible(v: float, divisor: int = 1) -> int:
-    return max(divisor, int(v + divisor / 2) // divisor * divisor)
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,3 @@ class LayerSpec:
             p += mid * self.se_ch + self.se_ch + self.se_ch * mid + mid
         p += mid * self.out_ch + 2 * self.out_ch
         return p
-
-    def build(self) -> "nn.Module":
-        from dna_deploy.nn import modules
-
-        return modules.build_layer(self)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dna_deploy.errors import ArchError, DataError, SpaceError, check_keys
 from dna_deploy.io import fingerprint, read_structured
-from dna_deploy.space.ops import SKIP, LayerSpec, Op, parse_op
+from dna_deploy.space.ops import ACTIVATIONS, SKIP, LayerSpec, Op, parse_op
 
 MBCONV_CHOICES = ("k3e3", "k3e6", "k5e3", "k5e6", "k7e3", "k7e6")
 
@@ -79,8 +79,8 @@ class SearchSpace:
         for name in ("input_size", "num_classes", "in_channels", "stem_channels", "stem_stride",
                      "first_channels", "head_channels"):
             positive_int(name, getattr(self, name))
-        if self.activation not in ("swish", "relu", "relu6", "hswish"):
-            raise SpaceError(f"{source}: activation {self.activation!r}; valid: swish, relu, relu6, hswish")
+        if self.activation not in ACTIVATIONS:
+            raise SpaceError(f"{source}: activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
         if not 0 <= self.se_ratio < 1:
             raise SpaceError(f"{source}: se_ratio must be in [0, 1), got {self.se_ratio}")
         try:
@@ -288,9 +288,6 @@ class Arch:
         """Same network, skips moved to the end of each block."""
         return Arch(tuple(tuple([o for o in ops if not o.is_skip] + [o for o in ops if o.is_skip])
                           for ops in self.blocks))
-
-    def depths(self) -> list[int]:
-        return [sum(not o.is_skip for o in ops) for ops in self.blocks]
 
 
 # ---------------- presets ----------------

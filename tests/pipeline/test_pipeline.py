@@ -7,9 +7,11 @@ from typer.testing import CliRunner
 
 from dna_deploy.cli.app import app
 from dna_deploy.errors import DataError
-from dna_deploy.pipeline import load_pipeline, run_pipeline
+from dna_deploy.pipeline.config import load_pipeline
+from dna_deploy.pipeline.runner import run_pipeline
 
 runner = CliRunner()
+pytestmark = pytest.mark.slow  # each test runs a whole (reduced) pipeline
 SMOKE = Path(__file__).with_name("smoke.yaml")
 
 
@@ -73,10 +75,10 @@ def test_bad_pipeline_files(tmp_path):
 
 
 def test_quickstart_file_is_valid():
-    from dna_deploy.pipeline import quickstart_config
+    from dna_deploy.pipeline.runner import quickstart_config
 
     cfg = load_pipeline(quickstart_config())
-    assert cfg["space"] == "tiny" and {d["device"] for d in cfg["devices"]} == {"x86-cpu-onnxruntime", "x86-cpu-litert"}
+    assert cfg.space == "tiny" and {d.device for d in cfg.devices} == {"x86-cpu-onnxruntime", "x86-cpu-litert"}
 
 
 def test_progressive_rounds_distil_from_the_previous_winner(smoke_run):
@@ -100,3 +102,41 @@ def test_progressive_rounds_distil_from_the_previous_winner(smoke_run):
     round1_model = torch.load(out / "retrain" / "model.pt", weights_only=True)
     assert meta["teacher"]["arch"] == round1_model["arch"]
     assert (round2 / "report.md").is_file() and json.loads((out / "progressive.json").read_text())[1]["round"] == 2
+
+
+def test_reproduce_commands_give_the_same_artifacts(smoke_run, tmp_path):
+    """The commands the report lists, run by hand into another folder, rebuild the same artifacts:
+    ratings, search result, retrained weights, export and verification (the tables are copied,
+    since timings are the one thing a rerun cannot reproduce)."""
+    import shlex
+    import shutil
+
+    import torch
+
+    out, _ = smoke_run
+    script = (out / "reproduce.sh").read_text()
+    assert "\n# tables\n" in script and "dna-deploy profile validate" in script
+    new = tmp_path / "again"
+    shutil.copytree(out / "tables", new / "tables")
+    stage = None
+    for line in script.splitlines():
+        if line.startswith("# "):
+            stage = line[2:]
+            continue
+        if not line.startswith("dna-deploy ") or stage == "tables":
+            continue
+        args = [a.replace(str(out), str(new)) for a in shlex.split(line)[1:]]
+        r = runner.invoke(app, args + ["-f", "json"])
+        assert r.exit_code == 0, f"{line}\n{r.output[-2000:]}"
+    old_r, new_r = (json.loads((d / "ratings.json").read_text()) for d in (out, new))
+    for b_old, b_new in zip(old_r["blocks"], new_r["blocks"]):
+        for name, c in b_old["candidates"].items():
+            assert b_new["candidates"][name]["loss"] == pytest.approx(c["loss"], rel=1e-5, abs=1e-7)
+    old_s, new_s = (json.loads((d / "search.json").read_text()) for d in (out, new))
+    assert [r["arch"] for r in new_s["results"]] == [r["arch"] for r in old_s["results"]]
+    old_m, new_m = (torch.load(d / "retrain" / "model.pt", weights_only=True) for d in (out, new))
+    assert old_m["arch"] == new_m["arch"] and old_m["metrics"]["val_accuracy"] == new_m["metrics"]["val_accuracy"]
+    for k, v in old_m["state_dict"].items():
+        assert torch.allclose(v.float(), new_m["state_dict"][k].float(), rtol=1e-4, atol=1e-5), k
+    old_v, new_v = (json.loads((d / "export/onnx/verify.json").read_text()) for d in (out, new))
+    assert new_v["passed"] and new_v["pytorch_accuracy"] == old_v["pytorch_accuracy"]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dna_deploy.errors import DnaDeployError
+from dna_deploy.nn.modules import build_layer
 from dna_deploy.runtimes import RUNTIME_NAMES, runner_class
 from dna_deploy.runtimes.base import TimingStats, measure
 
@@ -21,7 +22,7 @@ def test_runtime_contract(name, device, tiny, tmp_path):
     _skip_if_unavailable(name, device)
     spec = [s for s in tiny.all_layer_specs() if s.kind == "mbconv" and s.stride == 2][0]
     torch.manual_seed(0)
-    module = spec.build().eval()
+    module = build_layer(spec).eval()
     x = torch.randn(1, spec.in_ch, spec.in_hw, spec.in_hw)
     with torch.no_grad():
         ref = module(x).numpy()

@@ -1,0 +1,117 @@
+"""`dna-deploy retrain`, `export` and `verify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dna_deploy.cli.common import FormatOpt, SpaceOpt, console, render
+from dna_deploy.settings import ExportSettings, RetrainSettings, VerifySettings
+
+R, E = RetrainSettings(), ExportSettings()  # the defaults, shared with the pipeline
+
+
+def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture string (from `search`)."), space: str = SpaceOpt,
+            data: str = typer.Option("mnist", "--data"), output: Path = typer.Option(..., "--output", "-o", help="Folder."),
+            teacher: str = typer.Option(None, help="Teacher for logit distillation (checkpoint or torchvision:NAME)."),
+            teacher_weights: Path = typer.Option(None), kd_weight: float = typer.Option(R.kd_weight, help="Weight of the KD term."),
+            init_supernet: Path = typer.Option(None, help="Start from the distilled block supernets' weights."),
+            epochs: int = typer.Option(R.epochs, min=1), batch_size: int = typer.Option(R.batch_size, min=1),
+            lr: float = typer.Option(R.lr), seed: int = typer.Option(0),
+            max_steps: int = typer.Option(R.max_steps, min=1, help="Cap steps per epoch (smoke runs)."),
+            resume: bool = typer.Option(True, "--resume/--restart"), fmt: str = FormatOpt) -> None:
+    """Train the searched network stand-alone (cross-entropy, + logit KD with a teacher); writes model.pt.
+
+    Example: dna-deploy retrain -s tiny -a 'k5e3.skip|...' --teacher runs/teacher.pt -o runs/retrain
+    """
+    from dna_deploy.data import load_data
+    from dna_deploy.distill.retrain import retrain as run
+    from dna_deploy.distill.teacher import load_teacher
+    from dna_deploy.space import load_space
+
+    sp = load_space(space)
+    a = sp.parse_arch(arch)
+    d = load_data(data, sp.input_size)
+    t = load_teacher(teacher, sp, weights=teacher_weights) if teacher else None
+    settings = RetrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, max_steps=max_steps,
+                               init_supernet=init_supernet is not None)
+    cfg = settings.classifier(seed, with_teacher=t is not None)
+    r = run(sp, a, d, output, config=cfg, teacher=t, supernet_dir=init_supernet, resume=resume,
+            show_progress=fmt == "table", data_spec=data)
+    render({k: v for k, v in r.items() if k != "history"}, fmt=fmt, title="retrained")
+
+
+def export(weights: Path = typer.Option(..., "--weights", "-w", help="model.pt from `dna-deploy retrain`."),
+           to: str = typer.Option(E.to, "--to", help="onnx, tflite or tensorrt."),
+           precision: list[str] = typer.Option(list(E.precisions), "--precisions", "--precision", "-p",
+                                               help="fp32, fp16, int8; repeat for several."),
+           arch: str = typer.Option(None, "--arch", "-a", help="Check that the weights are this architecture."),
+           calibration_data: str = typer.Option(E.calibration_data, help="int8: dataset name/folder (train split) or .npy [the model's data]."),
+           dynamic_batch: bool = typer.Option(E.dynamic_batch, help="ONNX with a dynamic batch axis."),
+           keep_nchw: bool = typer.Option(E.keep_nchw, help="LiteRT: keep NCHW input instead of NHWC."),
+           opset: int = typer.Option(E.opset), output: Path = typer.Option(..., "--output", "-o", help="Folder."),
+           verify: bool = typer.Option(False, "--verify", help="Run `verify` on the result (non-zero exit on failure)."),
+           data: str = typer.Option(None, "--data", help="Labelled data for --verify [the model's data]."),
+           table: list[Path] = typer.Option([], "--table", "-t", help="Latency tables for --verify."),
+           fmt: str = FormatOpt) -> None:
+    """Export to ONNX, LiteRT (fp32/fp16/int8) or a TensorRT engine, with a model.json sidecar.
+
+    Example: dna-deploy export -w runs/retrain/model.pt --to tflite -p fp32 -p int8 -o runs/export
+    """
+    from dna_deploy.deploy.export import export_model
+
+    settings = ExportSettings(to=to, precisions=tuple(precision), calibration_data=calibration_data,
+                              dynamic_batch=dynamic_batch, keep_nchw=keep_nchw, opset=opset)
+    side = export_model(weights, output, settings, arch=arch)
+    rows = [{k: a.get(k) for k in ("path", "runtime", "precision", "layout", "input_dtype")} for a in side["artifacts"]]
+    if not verify:
+        render(rows if fmt == "table" else side, fmt=fmt, title=f"exported {side['arch']} -> {output}")
+        return
+    if fmt == "table":
+        render(rows, title=f"exported {side['arch']} -> {output}")
+    _verify(output, data=data, table=table, fmt=fmt)
+
+
+def verify(folder: Path = typer.Argument(..., help="Export folder (with model.json)."),
+           data: str = typer.Option(None, "--data", help="Labelled data [the model's data]."),
+           table: list[Path] = typer.Option([], "--table", "-t", help="Latency tables: compare measured vs predicted."),
+           max_images: int = typer.Option(None, help="Use the first N validation images."),
+           atol: float = typer.Option(None, help="Override the precision's absolute tolerance."),
+           rtol: float = typer.Option(None, help="Override the relative tolerance."),
+           min_top1_agreement: float = typer.Option(None), max_accuracy_drop_pts: float = typer.Option(None),
+           max_latency_error_pct: float = typer.Option(None, help="Fail if measured latency is off the table by more."),
+           fmt: str = FormatOpt) -> None:
+    """Outputs vs PyTorch, top-1 agreement, accuracy, latency vs the table; non-zero exit on failure.
+
+    Example: dna-deploy verify runs/export --data mnist -t latency_tables/x86-cpu-litert__tiny.json
+    """
+    settings = VerifySettings(max_images=max_images, atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement,
+                              max_accuracy_drop_pts=max_accuracy_drop_pts, max_latency_error_pct=max_latency_error_pct)
+    _verify(folder, data=data, table=table, fmt=fmt, max_images=max_images, overrides=settings.overrides())
+
+
+def _verify(folder, *, data, table, fmt, max_images=None, overrides=None):
+    from dna_deploy.deploy.verify import verify_export
+    from dna_deploy.errors import VerificationFailed
+    from dna_deploy.latency.table import LatencyTable
+
+    tables = [LatencyTable.load(t) for t in table]
+    r = verify_export(folder, data=data, tables=tables, max_images=max_images, overrides=overrides,
+                      show_progress=fmt == "table")
+    if fmt == "json":
+        render(r, fmt="json")
+    else:
+        rows = []
+        for a in r["artifacts"]:
+            s = a["stats"]
+            rows.append({"artifact": a["path"], "precision": a["precision"], "max_abs_err": s["max_abs_error"],
+                         "cosine_min": s["cosine_min"], "top1_agree": s["top1_agreement"], "accuracy": s["accuracy"],
+                         "drop_pts": s["accuracy_drop_pts"], "latency_ms": s["latency_ms"]["median_ms"],
+                         "table_ms": s["predicted_ms"], "passed": a["passed"]})
+        render(rows, title=f"verify {r['arch']} on {r['images']} images (PyTorch accuracy {r['pytorch_accuracy']:.4f})")
+        console.print(f"report: {Path(folder) / 'verify.json'}")
+    if not r["passed"]:
+        failed = [f"{a['path']}: {', '.join(k for k, c in a['checks'].items() if not c['pass'])}"
+                  for a in r["artifacts"] if not a["passed"]]
+        raise VerificationFailed("verification failed: " + "; ".join(failed))

@@ -1,0 +1,159 @@
+"""`dna-deploy profile ...`: measure latency tables, predict with them, check their fidelity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dna_deploy.cli.common import FormatOpt, SpaceOpt, console, render
+from dna_deploy.settings import ProfileSettings
+
+P = ProfileSettings()  # the defaults, shared with the pipeline
+
+app = typer.Typer(help="Per-device latency lookup tables measured on real runtimes.", invoke_without_command=True)
+
+TableOpt = typer.Option(..., "--table", "-t", help="Latency table JSON (from `dna-deploy profile`).")
+
+
+@app.callback()
+def profile_cmd(ctx: typer.Context,
+                device: str = typer.Option(None, "--device", "-d", help="Device spec name (see `devices list`) or .yaml."),
+                space: str = SpaceOpt,
+                output: Path = typer.Option(None, "--output", "-o", help="Table path [latency_tables/<device>__<space>.json]."),
+                rounds: int = typer.Option(P.rounds, min=1, help="Interleaved timing rounds over all ops."),
+                runs: int = typer.Option(P.runs, min=1, help="Timed runs per op per round."),
+                cv_threshold: float = typer.Option(P.cv_threshold, help="Re-measure ops whose robust CV exceeds this."),
+                resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run."),
+                fmt: str = FormatOpt) -> None:
+    """Time every candidate op at every layer position of a space and write a latency table.
+
+    Example: dna-deploy profile --device x86-cpu-onnxruntime --space tiny
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if device is None:
+        console.print(ctx.get_help())
+        raise typer.Exit(2)
+    from dna_deploy.latency.devices import load_device
+    from dna_deploy.latency.profiler import default_table_path, profile
+    from dna_deploy.space import load_space
+
+    dev, sp = load_device(device), load_space(space)
+    out = output or default_table_path(dev, sp)
+    table = profile(sp, dev, out, rounds=rounds, runs_per_round=runs, cv_threshold=cv_threshold, resume=resume,
+                    show_progress=fmt == "table")
+    _summary(table, out, fmt)
+
+
+def _summary(table, out, fmt):
+    med = sorted(e["median_ms"] for e in table.entries.values())
+    cvs = sorted(e["cv"] for e in table.entries.values())
+    render({"table": str(out), "device": table.name, "space": table.meta["space"], "entries": len(table.entries),
+            "fastest op (ms)": med[0], "slowest op (ms)": med[-1], "median robust CV": cvs[len(cvs) // 2],
+            "worst robust CV": cvs[-1]}, fmt=fmt, title="latency table")
+
+
+@app.command("predict")
+def predict(archs: list[str] = typer.Argument(..., help="Architecture strings."), table: Path = TableOpt,
+            space: str = SpaceOpt, fmt: str = FormatOpt) -> None:
+    """Predicted latency of architectures: raw sum of layer entries and the calibrated value.
+
+    Example: dna-deploy profile predict --space tiny --table latency_tables/x86-cpu-onnxruntime__tiny.json 'k3e3.skip|...'
+    """
+    from dna_deploy.latency.table import LatencyTable
+    from dna_deploy.nn.builder import network_costs
+    from dna_deploy.space import load_space
+
+    sp, t = load_space(space), LatencyTable.load(table)
+    rows = []
+    for a in archs:
+        arch = sp.parse_arch(a)
+        p = t.predict(sp, arch)
+        rows.append({"arch": str(arch), "raw_sum_ms": p["raw_ms"], "predicted_ms": p["predicted_ms"],
+                     "calibrated": p["calibrated"], "mmacs": network_costs(sp, arch)["macs"] / 1e6})
+    render(rows, fmt=fmt, title=f"latency on {t.name}")
+
+
+@app.command("validate")
+def validate(table: Path = TableOpt, space: str = SpaceOpt,
+             samples: int = typer.Option(P.validate_samples, "--samples", "-n", help="Networks measured end to end (half held out)."),
+             seed: int = typer.Option(0, help="Which random networks."),
+             rounds: int = typer.Option(P.validate_rounds, min=1, help="Interleaved timing rounds per network."),
+             plot: Path = typer.Option(None, help="PNG scatter [<table>.fidelity.png]."),
+             resume: bool = typer.Option(True, "--resume/--restart", help="Reuse network measurements of an interrupted run."),
+             fmt: str = FormatOpt) -> None:
+    """Measure random networks end to end, fit the correction, report held-out fidelity, store both.
+
+    Example: dna-deploy profile validate --space tiny --table latency_tables/x86-cpu-onnxruntime__tiny.json -n 30
+    """
+    from dna_deploy.latency.validate import validate_table
+    from dna_deploy.space import load_space
+
+    plot = plot or table.with_suffix(".fidelity.png")
+    r = validate_table(table, load_space(space), samples=samples, seed=seed, plot_path=plot, show_progress=fmt == "table",
+                       resume=resume, rounds=rounds)
+    if fmt == "json":
+        render(r, fmt="json")
+        return
+    rows = [{"predictor": k, **{m: r[k][m] for m in ("rmse_ms", "rmspe_pct", "within_5pct", "within_10pct")}}
+            for k in ("raw_sum", "calibrated", "macs_linear")]
+    render(rows, title=f"fidelity on {r['held_out_networks']} held-out networks (fit on {r['fit_networks']})")
+    console.print(f"calibration: measured = {r['calibration']['a']:.4f} * raw_sum + {r['calibration']['b']:.4f} ms; "
+                  f"stored in {table}; plot: {plot}")
+
+
+@app.command("bundle")
+def bundle(device: str = typer.Option(..., "--device", "-d"), space: str = SpaceOpt,
+           output: Path = typer.Option(..., "--output", "-o", help="Folder (or .zip) to write."),
+           fmt: str = FormatOpt) -> None:
+    """Write the op models and a manifest, to profile a target that has only the runtime installed.
+
+    Example: dna-deploy profile bundle --device rpi5-cpu-litert --space tiny -o rpi5-bundle.zip
+    """
+    import shutil
+    import tempfile
+
+    from dna_deploy.latency.devices import load_device
+    from dna_deploy.latency.profiler import build_bundle
+    from dna_deploy.space import load_space
+
+    dev, sp = load_device(device), load_space(space)
+    if output.suffix == ".zip":
+        with tempfile.TemporaryDirectory() as tmp:
+            build_bundle(sp, dev, tmp, show_progress=fmt == "table")
+            shutil.make_archive(str(output.with_suffix("")), "zip", tmp)
+    else:
+        build_bundle(sp, dev, output, show_progress=fmt == "table")
+    render({"bundle": str(output), "device": dev.name, "space": sp.name,
+            "next": f"on the target: dna-deploy profile run-bundle {output.name}"}, fmt=fmt)
+
+
+@app.command("run-bundle")
+def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .zip."),
+               output: Path = typer.Option(None, "--output", "-o", help="Table path [<device>__<space>.json]."),
+               threads: int = typer.Option(None, help="Override the device spec's thread count."),
+               rounds: int = typer.Option(5, min=1), runs: int = typer.Option(20, min=1),
+               resume: bool = typer.Option(True, "--resume/--restart"), fmt: str = FormatOpt) -> None:
+    """Time a bundle's op models on this machine (no torch needed for ONNX Runtime / LiteRT bundles).
+
+    Example: dna-deploy profile run-bundle rpi5-bundle.zip
+    """
+    import zipfile
+
+    from dna_deploy.errors import DataError
+    from dna_deploy.io import read_json
+    from dna_deploy.latency.profiler import MANIFEST, measure_bundle
+
+    if not bundle_path.exists():
+        raise DataError(f"bundle not found: {bundle_path}")
+    folder = bundle_path
+    if bundle_path.suffix == ".zip":
+        folder = bundle_path.with_suffix("")
+        with zipfile.ZipFile(bundle_path) as z:
+            z.extractall(folder)
+    m = read_json(folder / MANIFEST, what="bundle manifest")
+    out = output or Path(f"{m['device']['name']}__{m['space']}.json")
+    table = measure_bundle(folder, out, threads=threads, rounds=rounds, runs_per_round=runs, resume=resume,
+                           show_progress=fmt == "table")
+    _summary(table, out, fmt)

@@ -1,0 +1,85 @@
+"""`dna-deploy rate` and `dna-deploy search`: rate every candidate, then the exact optimum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dna_deploy.cli.common import FormatOpt, SpaceOpt, console, render
+from dna_deploy.errors import DataError
+from dna_deploy.settings import RateSettings, SearchSettings
+
+R, S = RateSettings(), SearchSettings()  # the defaults, shared with the pipeline
+
+
+def rate(space: str = SpaceOpt, data: str = typer.Option("mnist", "--data"),
+         supernet: Path = typer.Option(..., "--supernet", help="Folder written by `dna-deploy train`."),
+         teacher: str = typer.Option(..., "--teacher", help="The teacher the supernet was distilled from."),
+         teacher_weights: Path = typer.Option(None), taps: str = typer.Option(None),
+         output: Path = typer.Option(..., "--output", "-o", help="Rating table JSON to write."),
+         blocks: str = typer.Option(None, help="Comma-separated blocks [all]."),
+         metric: str = typer.Option(R.metric, help="l1-norm (DNA: mean|s-t|/std(t)), mse-channel or mse."),
+         calib_images: int = typer.Option(R.calib_images, min=1, help="Training images used to re-estimate BatchNorm per candidate."),
+         calib_batch: int = typer.Option(R.calib_batch, min=1, help="Batch size of that re-estimation."),
+         seed: int = typer.Option(0, help="Which training images calibrate BatchNorm."), resume: bool = typer.Option(True, "--resume/--restart"),
+         fmt: str = FormatOpt) -> None:
+    """Rate every candidate of every block on the held-out rate split (BN re-estimated per candidate).
+
+    Example: dna-deploy rate --space tiny --supernet runs/supernet --teacher runs/teacher.pt -o runs/ratings.json
+    """
+    from dna_deploy.data import load_data
+    from dna_deploy.distill.teacher import load_teacher
+    from dna_deploy.select.rate import rate_supernet
+    from dna_deploy.space import load_space
+
+    sp = load_space(space)
+    d = load_data(data, sp.input_size)
+    t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None)
+    table = rate_supernet(sp, supernet, t, d, output, blocks=[int(b) for b in blocks.split(",")] if blocks else None,
+                          metric=metric, calib_images=calib_images, calib_batch=calib_batch, seed=seed, resume=resume,
+                          show_progress=fmt == "table")
+    rows = []
+    for b in table["blocks"]:
+        ranked = sorted(b["candidates"].items(), key=lambda kv: kv[1]["loss"])
+        rows.append({"block": b["block"], "candidates": len(ranked), "best": ranked[0][0], "best_loss": ranked[0][1]["loss"],
+                     "worst": ranked[-1][0], "worst_loss": ranked[-1][1]["loss"]})
+    render(rows, fmt=fmt, title=f"ratings ({table['metric']}) -> {output}")
+
+
+def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating table from `dna-deploy rate`."),
+           space: str = SpaceOpt,
+           table: list[Path] = typer.Option([], "--table", "-t", help="Latency table; repeat for several devices."),
+           budget_ms: list[float] = typer.Option([], "--budget-ms", "-b", help="Latency budget per --table, in order."),
+           max_mmacs: float = typer.Option(S.max_mmacs, help="Limit on millions of multiply-accumulates."),
+           max_params: float = typer.Option(S.max_params, help="Limit on parameters."),
+           top_k: int = typer.Option(S.top_k, min=1, help="The K best architectures (exact)."),
+           pareto_out: Path = typer.Option(None, "--pareto", help="Write the Pareto front (rating vs the first table's latency, within every limit): PATH.csv and PATH.png."),
+           output: Path = typer.Option(None, "--output", "-o", help="Write the result as JSON."),
+           fmt: str = FormatOpt) -> None:
+    """Exact search: lowest summed block rating within every latency budget and limit.
+
+    Example: dna-deploy search -s tiny -r runs/ratings.json -t latency_tables/x86-cpu-onnxruntime__tiny.json -b 0.15
+    """
+    from dna_deploy.latency.table import LatencyTable
+    from dna_deploy.select.rate import load_ratings
+    from dna_deploy.select.search import run_search
+    from dna_deploy.space import load_space
+
+    sp = load_space(space)
+    r = load_ratings(ratings, sp)
+    tables = [LatencyTable.load(t) for t in table]
+    if len(budget_ms) > len(tables):
+        raise DataError(f"{len(budget_ms)} --budget-ms values but {len(tables)} --table: give one table per budget")
+    budgets = list(budget_ms) + [None] * (len(tables) - len(budget_ms))
+    settings = SearchSettings(top_k=top_k, max_mmacs=max_mmacs, max_params=max_params)
+    result = run_search(sp, r, tables, budgets, settings, output=output, pareto_path=pareto_out)
+    rows = result["results"]
+    if fmt == "json":
+        render(result, fmt="json")
+        return
+    render([{k: v for k, v in row.items() if k != "block_ratings"} for row in rows], title="exact search result")
+    console.print(f"best: {rows[0]['arch']}")
+    console.print(f"block ratings of the best: {', '.join(f'{x:.4f}' for x in rows[0]['block_ratings'])}")
+    if pareto_out is not None:
+        console.print(f"Pareto front: {result['pareto']['points']} networks -> {result['pareto']['csv']}, {result['pareto']['png']}")

@@ -1,0 +1,85 @@
+"""`dna-deploy teacher train` and `dna-deploy train`: the teacher and DNA block-wise distillation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dna_deploy.cli.common import FormatOpt, SpaceOpt, render
+from dna_deploy.settings import DistillConfig, TeacherTrainSettings
+
+T, D = TeacherTrainSettings(), DistillConfig()  # the defaults, shared with the pipeline
+
+teacher_app = typer.Typer(help="Teachers for block-wise distillation.", no_args_is_help=True)
+
+DataOpt = typer.Option("mnist", "--data", help="'mnist' (embedded 5,000 images) or a folder with train/ and val/.")
+
+
+@teacher_app.command("train")
+def teacher_train(space: str = SpaceOpt, data: str = DataOpt,
+                  output: Path = typer.Option(..., "--output", "-o", help="Teacher checkpoint to write (.pt)."),
+                  arch: str = typer.Option(T.arch, help="Architecture of the space to train [its largest]."),
+                  epochs: int = typer.Option(T.epochs, min=1), batch_size: int = typer.Option(T.batch_size, min=1),
+                  lr: float = typer.Option(T.lr), seed: int = typer.Option(0),
+                  max_steps: int = typer.Option(T.max_steps, min=1, help="Cap steps per epoch (smoke runs)."),
+                  resume: bool = typer.Option(True, "--resume/--restart"), fmt: str = FormatOpt) -> None:
+    """Train a teacher on the data: a network of the space (default: the largest).
+
+    Example: dna-deploy teacher train --space tiny --data mnist -o runs/teacher.pt --epochs 3
+    """
+    from dna_deploy.data import load_data
+    from dna_deploy.distill.teacher import train_space_teacher
+    from dna_deploy.space import load_space
+
+    sp = load_space(space)
+    d = load_data(data, sp.input_size)
+    settings = TeacherTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, arch=arch)
+    r = train_space_teacher(sp, d, output, arch=arch, resume=resume, show_progress=fmt == "table",
+                            config=settings.classifier(seed))
+    render({k: v for k, v in r.items() if k != "history"}, fmt=fmt, title="teacher")
+
+
+def train(space: str = SpaceOpt, data: str = DataOpt,
+          teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint (.pt) or torchvision:NAME."),
+          teacher_weights: Path = typer.Option(None, help="Local weights for a torchvision teacher (weights_only)."),
+          taps: str = typer.Option(None, help="Comma-separated teacher node names, one per block [family defaults]."),
+          output: Path = typer.Option(..., "--output", "-o", help="Folder for block checkpoints and metrics."),
+          blocks: str = typer.Option(None, help="Comma-separated blocks to train [all]."),
+          epochs: int = typer.Option(D.epochs, min=1), batch_size: int = typer.Option(D.batch_size, min=1),
+          lr_edge: float = typer.Option(D.lr_edge, help="LR of the first and last block."),
+          lr_inner: float = typer.Option(D.lr_inner, help="LR of the other blocks."),
+          lr_decay: float = typer.Option(D.lr_decay, help="LR factor per epoch."),
+          weight_decay: float = typer.Option(D.weight_decay),
+          loss: str = typer.Option(D.loss, help="mse-channel (per-channel normalised MSE) or mse."),
+          fairness: bool = typer.Option(D.fairness, help="Strict fairness path sampling instead of uniform."),
+          cache_features: bool = typer.Option(None, "--cache-features/--no-cache-features",
+                                              help="Keep teacher features on disk [on for in-memory data]."),
+          seed: int = typer.Option(0), max_steps: int = typer.Option(D.max_steps, min=1, help="Cap steps per epoch (smoke runs)."),
+          resume: bool = typer.Option(True, "--resume/--restart"), fmt: str = FormatOpt) -> None:
+    """DNA: train every block supernet to reproduce the teacher's features, one random path per step.
+
+    Example: dna-deploy train --space tiny --teacher runs/teacher.pt -o runs/supernet --epochs 5
+    Data-parallel: torchrun --nproc-per-node 2 -m dna_deploy train ...
+    """
+    from dna_deploy.data import load_data
+    from dna_deploy.distill.blockwise import train_blocks
+    from dna_deploy.distill.teacher import load_teacher
+    from dna_deploy.distributed import dist_info, init_distributed_from_env
+    from dna_deploy.space import load_space
+
+    init_distributed_from_env()
+    sp = load_space(space)
+    d = load_data(data, sp.input_size)
+    t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None)
+    cfg = DistillConfig(epochs=epochs, batch_size=batch_size, lr_edge=lr_edge, lr_inner=lr_inner, lr_decay=lr_decay,
+                        weight_decay=weight_decay, loss=loss, fairness=fairness, seed=seed, max_steps=max_steps)
+    block_list = [int(b) for b in blocks.split(",")] if blocks else None
+    res = train_blocks(sp, d, t, output, config=cfg, blocks=block_list, resume=resume, cache_features=cache_features,
+                       show_progress=fmt == "table")
+    if dist_info()[0] != 0:
+        return
+    rows = [{"block": b, "epochs": len(r["history"]), "first_loss": r["history"][0]["loss"] if r["history"] else None,
+             "last_loss": r["history"][-1]["loss"] if r["history"] else None, "checkpoint": r["checkpoint"]}
+            for b, r in res.items()]
+    render(rows, fmt=fmt, title=f"DNA block-wise distillation ({sp.name})")

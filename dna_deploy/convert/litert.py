@@ -1,0 +1,140 @@
+"""ONNX -> LiteRT (.tflite) through onnx2tf: fp32, fp16 and full-integer int8 from one conversion.
+
+onnx2tf quirks handled here: it rewrites the ONNX file it is given (we convert a copy); it fetches a
+sample-image file from the internet unless one is in the working directory (we put ours there, made
+from the caller's calibration images); its models take NHWC input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from dna_deploy.errors import DataError, RuntimeUnavailable
+
+PRECISION_SUFFIX = {"fp32": "_float32.tflite", "fp16": "_float16.tflite", "int8": "_full_integer_quant.tflite"}
+_ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """TensorFlow's C++ logging writes to fd 2 before Python can filter it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def require_onnx2tf():
+    try:
+        with _quiet_native_stderr():
+            import onnx2tf  # noqa: F401
+            import tensorflow  # noqa: F401
+    except ImportError as e:
+        raise RuntimeUnavailable(f"LiteRT conversion needs onnx2tf and TensorFlow ({e.name} missing): "
+                                 "pip install 'dna-deploy[tflite]'") from None
+    import onnx2tf
+
+    return onnx2tf
+
+
+@contextlib.contextmanager
+def _chdir(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def onnx_to_litert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
+                   precisions: tuple[str, ...] = ("fp32",), calibration: np.ndarray | None = None,
+                   keep_nchw: bool = False, name: str = "model", quiet: bool = True) -> dict[str, Path]:
+    """Convert once, keep the requested precisions as `<name>_<precision>.tflite` in out_dir.
+
+    calibration: NCHW float32 images already normalised as the model expects; required for int8.
+    keep_nchw: keep the input in NCHW (default: NHWC, LiteRT's native layout).
+    """
+    bad = set(precisions) - set(PRECISION_SUFFIX)
+    if bad:
+        raise DataError(f"LiteRT precision {sorted(bad)[0]!r} is not supported; choose from fp32, fp16, int8")
+    if "int8" in precisions and calibration is None:
+        raise DataError("int8 LiteRT export needs calibration images: pass --calibration-data (or a dataset)")
+    onnx2tf = require_onnx2tf()
+    from dna_deploy.convert.onnx import INPUT_NAME, onnx_io
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shape = onnx_io(onnx_path)["inputs"][INPUT_NAME]
+    with tempfile.TemporaryDirectory(prefix="onnx2tf-") as tmp:
+        tmp = Path(tmp)
+        work_onnx = tmp / f"{name}.onnx"
+        shutil.copyfile(onnx_path, work_onnx)  # onnx2tf rewrites its input
+        # onnx2tf's self-check wants 20 sample images (NHWC, 128x128x3) in cwd, else it downloads some.
+        _write_sample_file(tmp / _ONNX2TF_SAMPLE, calibration)
+        kwargs = dict(input_onnx_file_path=str(work_onnx), output_folder_path=str(tmp / "saved_model"),
+                      not_use_onnxsim=True, non_verbose=quiet, verbosity="error" if quiet else "info")
+        if keep_nchw:
+            kwargs["keep_ncw_or_nchw_or_ncdhw_input_names"] = [INPUT_NAME]
+        if "int8" in precisions:
+            calib = np.asarray(calibration, dtype=np.float32)
+            if calib.ndim != 4 or list(calib.shape[1:]) != list(shape[1:]):
+                raise DataError(f"calibration images have shape {list(calib.shape)}, the model takes "
+                                f"[N, {', '.join(map(str, shape[1:]))}]")
+            if not keep_nchw:
+                calib = calib.transpose(0, 2, 3, 1)
+            np.save(tmp / "calib.npy", calib)
+            c = calib.shape[-1] if not keep_nchw else calib.shape[1]
+            zeros = np.zeros((1, 1, 1, c), np.float32) if not keep_nchw else np.zeros((1, c, 1, 1), np.float32)
+            kwargs.update(output_integer_quantized_tflite=True, quant_type="per-channel",
+                          custom_input_op_name_np_data_path=[[INPUT_NAME, str(tmp / "calib.npy"), zeros, zeros + 1]],
+                          input_quant_dtype="int8", output_quant_dtype="int8")
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        sink = io.StringIO()
+        with _chdir(tmp), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _quiet_native_stderr():
+            try:
+                onnx2tf.convert(**kwargs)
+            except SystemExit as e:  # onnx2tf calls sys.exit on conversion errors
+                raise DataError(f"onnx2tf failed to convert {onnx_path}: {sink.getvalue()[-500:]}") from e
+        produced = {}
+        for p in precisions:
+            src = tmp / "saved_model" / f"{name}{PRECISION_SUFFIX[p]}"
+            if not src.is_file():
+                raise DataError(f"onnx2tf produced no {p} model for {onnx_path}: {sink.getvalue()[-500:]}")
+            dst = out_dir / f"{name}_{p}.tflite"
+            shutil.copyfile(src, dst.with_suffix(".tmp"))
+            os.replace(dst.with_suffix(".tmp"), dst)
+            produced[p] = dst
+    return produced
+
+
+def _write_sample_file(path: Path, calibration: np.ndarray | None) -> None:
+    """20 NHWC 128x128x3 images in [0, 1]: from the caller's images when they are RGB, else noise."""
+    rng = np.random.default_rng(0)
+    if calibration is not None and calibration.ndim == 4 and calibration.shape[1] == 3:
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.asarray(calibration[:20], np.float32))
+        x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)
+        x = (x - x.amin()) / (x.amax() - x.amin() + 1e-8)
+        sample = x.permute(0, 2, 3, 1).numpy()
+        if len(sample) < 20:
+            sample = np.concatenate([sample] * (20 // len(sample) + 1))[:20]
+    else:
+        sample = rng.random((20, 128, 128, 3), dtype=np.float32)
+    np.save(path, sample.astype(np.float32))

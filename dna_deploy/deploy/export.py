@@ -1,0 +1,143 @@
+"""Export a trained model: ONNX always (the hub format), then LiteRT or TensorRT as asked.
+
+The sidecar model.json records what was actually produced: every artifact with its runtime,
+precision, input layout and dtype, the architecture, normalisation, the source weights' hash and
+tool versions. Nothing is silently downgraded: a precision that cannot be produced is an error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from dna_deploy import __version__
+from dna_deploy.errors import DataError
+from dna_deploy.host import package_versions
+from dna_deploy.io import read_json, sha256_file, write_json
+from dna_deploy.settings import ExportSettings
+
+SIDECAR = "model.json"
+
+
+def calibration_images(spec: str | Path | None, ckpt: dict, *, n: int = 200, seed: int = 0) -> np.ndarray:
+    """Real images for int8 calibration: a .npy (N,C,H,W, normalised) or a dataset name/folder
+    (its training split; never the validation images verification reports on)."""
+    import torch
+
+    from dna_deploy.data import load_data
+
+    shape = ckpt["input"]["shape"]
+    spec = spec or ckpt.get("data")
+    if spec is None:
+        raise DataError("int8 needs calibration images: pass --calibration-data (a dataset or an .npy file)")
+    if str(spec).endswith(".npy"):
+        p = Path(spec)
+        if not p.is_file():
+            raise DataError(f"calibration data not found: {p}")
+        arr = np.load(p, allow_pickle=False).astype(np.float32)
+        if arr.ndim != 4 or list(arr.shape[1:]) != list(shape[1:]):
+            raise DataError(f"calibration data {p} has shape {list(arr.shape)}; the model takes [N, {', '.join(map(str, shape[1:]))}]")
+        return arr[:n]
+    data = load_data(str(spec), shape[-1])
+    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return torch.stack([data.train[i][0] for i in idx]).numpy()
+
+
+def export_model(weights: str | Path, out_dir: str | Path, settings: ExportSettings = ExportSettings(), *,
+                 arch: str | None = None) -> dict:
+    """ONNX, then the settings' target and precisions, into out_dir with a model.json sidecar.
+
+    Everything is built in a temporary folder beside out_dir and swapped in only when complete, so
+    a failed export leaves an earlier export folder as it was (never a new model.onnx beside a
+    stale model.json)."""
+    import tempfile
+
+    from dna_deploy.distill.checkpoints import load_model
+
+    # refuse before writing anything when the converter is absent
+    if settings.to == "tflite":
+        from dna_deploy.convert.litert import require_onnx2tf
+
+        require_onnx2tf()
+    elif settings.to == "tensorrt":
+        from dna_deploy.convert.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    model = load_model(weights, arch=arch)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"export output {out_dir} is a file; give a folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        sidecar = _export_into(weights, tmp, settings, model)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.replace(old / "previous")
+            tmp.replace(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.replace(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sidecar
+
+
+def _export_into(weights, out_dir: Path, settings: ExportSettings, model) -> dict:
+    from dna_deploy.convert.onnx import onnx_io, torch_to_onnx
+
+    to, precisions, calibration = settings.to, settings.precisions, settings.calibration_data
+    dynamic_batch, keep_nchw, opset = settings.dynamic_batch, settings.keep_nchw, settings.opset
+    space, a, net, ckpt = model
+    import torch
+
+    shape = ckpt["input"]["shape"]
+    example = torch.randn(*shape)
+    onnx_path = torch_to_onnx(net, example, out_dir / "model.onnx", opset=opset, dynamic_batch=dynamic_batch)
+    io = onnx_io(onnx_path)
+    artifacts = [{"path": "model.onnx", "format": "onnx", "runtime": "onnxruntime", "precision": "fp32", "layout": "NCHW",
+                  "input_dtype": "float32", "sha256": sha256_file(onnx_path), "opset": io["opset"],
+                  "input_shape": io["inputs"]["input"]}]
+    calib = None
+    if "int8" in precisions:
+        calib = calibration_images(calibration, ckpt)
+    if to == "tflite":
+        from dna_deploy.convert.litert import onnx_to_litert
+
+        produced = onnx_to_litert(onnx_path, out_dir, precisions=tuple(precisions), calibration=calib,
+                                  keep_nchw=keep_nchw, name="model")
+        for p, path in produced.items():
+            artifacts.append({"path": path.name, "format": "tflite", "runtime": "litert", "precision": p,
+                              "layout": "NCHW" if keep_nchw else "NHWC", "input_dtype": "int8" if p == "int8" else "float32",
+                              "sha256": sha256_file(path),
+                              "quantization": "full integer (int8 weights, activations, input and output), calibrated on "
+                                              f"{len(calib)} training images" if p == "int8" else None})
+    elif to == "tensorrt":
+        from dna_deploy.convert.tensorrt import onnx_to_tensorrt
+
+        for p in precisions:
+            engine = onnx_to_tensorrt(onnx_path, out_dir / f"model_{p}.engine", precision=p, calibration=calib,
+                                      cache_dir=out_dir, max_batch=8 if dynamic_batch else None)
+            artifacts.append({"path": engine.name, "format": "tensorrt-engine", "runtime": "tensorrt", "precision": p,
+                              "layout": "NCHW", "input_dtype": "float32", "sha256": sha256_file(engine)})
+    weights_copy = out_dir / "weights.pt"
+    shutil.copyfile(weights, weights_copy)
+    sidecar = {"format": "dna-deploy-export/1", "arch": str(a), "space": space.name, "space_fingerprint": space.fingerprint,
+               "input": {**ckpt["input"], "dynamic_batch": dynamic_batch}, "num_classes": ckpt["num_classes"],
+               "source_weights": {"path": "weights.pt", "sha256": sha256_file(weights_copy)},
+               "trained_on": ckpt.get("data"), "data_fingerprint": ckpt.get("data_fingerprint"), "train_metrics": ckpt.get("metrics"), "artifacts": artifacts,
+               "versions": {"dna-deploy": __version__, **package_versions("torch", "onnx", "onnxruntime", "onnxslim", "onnx2tf",
+                                                                    "tensorflow", "ai-edge-litert", "tensorrt")},
+               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    write_json(out_dir / SIDECAR, sidecar)
+    return sidecar
+
+
+def load_export(out_dir: str | Path) -> dict:
+    d = read_json(Path(out_dir) / SIDECAR, what="export sidecar (model.json)")
+    if d.get("format") != "dna-deploy-export/1":
+        raise DataError(f"{out_dir} is not a dna-deploy export folder (no valid model.json)")
+    return d

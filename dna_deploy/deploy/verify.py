@@ -1,0 +1,164 @@
+"""Verification of exported models: the same images through PyTorch and the target runtime.
+
+Small pure functions over arrays (compare_outputs, accuracy) and one driver (verify_export) that
+returns a JSON-serialisable report with a pass/fail per check. Element-wise closeness follows
+Polygraphy: an element fails only if it exceeds both the absolute and the relative tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from dna_deploy.errors import DataError
+from dna_deploy.io import sha256_file, write_json
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    atol: float | None  # None: no element-wise check (int8)
+    rtol: float | None
+    min_cosine: float | None  # None: reported, not judged (int8 is judged by top-1 and accuracy)
+    min_top1_agreement: float
+    max_accuracy_drop_pts: float
+    max_latency_error_pct: float | None = None  # None: latency vs LUT is reported, not judged
+
+
+DEFAULT_TOLERANCES = {
+    "fp32": Tolerances(atol=1e-4, rtol=1e-4, min_cosine=0.99999, min_top1_agreement=0.999, max_accuracy_drop_pts=0.1),
+    "fp16": Tolerances(atol=1e-2, rtol=1e-2, min_cosine=0.9995, min_top1_agreement=0.99, max_accuracy_drop_pts=0.5),
+    "int8": Tolerances(atol=None, rtol=None, min_cosine=None, min_top1_agreement=0.97, max_accuracy_drop_pts=1.0),
+}
+
+
+def compare_outputs(reference: np.ndarray, output: np.ndarray, *, atol: float | None, rtol: float | None) -> dict:
+    ref, out = np.asarray(reference, np.float64), np.asarray(output, np.float64)
+    if ref.shape != out.shape:
+        raise DataError(f"output shapes differ: PyTorch {list(ref.shape)} vs exported {list(out.shape)}")
+    diff = np.abs(ref - out)
+    num = (ref * out).sum(1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1) + 1e-30
+    r = {"max_abs_error": float(diff.max()), "mean_abs_error": float(diff.mean()),
+         "max_rel_error": float((diff / (np.abs(ref) + 1e-12)).max()),
+         "rel_error_vs_range": float(diff.max() / (np.abs(ref).max() + 1e-12)),
+         "cosine_min": float((num / den).min()), "cosine_mean": float((num / den).mean()),
+         "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean())}
+    if atol is not None:
+        failing = (diff > atol) & (diff > rtol * np.abs(ref))
+        r["elements_failing"] = int(failing.sum())
+        r["elements"] = int(failing.size)
+    return r
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(logits).argmax(1) == np.asarray(labels)).mean())
+
+
+def judge(stats: dict, tol: Tolerances) -> dict:
+    """Each check: value, limit, pass."""
+    checks = {
+        "top1_agreement": {"value": stats["top1_agreement"], "limit": f">= {tol.min_top1_agreement}",
+                           "pass": stats["top1_agreement"] >= tol.min_top1_agreement},
+        "accuracy_drop_pts": {"value": stats["accuracy_drop_pts"], "limit": f"<= {tol.max_accuracy_drop_pts}",
+                              "pass": stats["accuracy_drop_pts"] <= tol.max_accuracy_drop_pts},
+    }
+    if tol.min_cosine is not None:
+        checks["cosine_min"] = {"value": stats["cosine_min"], "limit": f">= {tol.min_cosine}",
+                                "pass": stats["cosine_min"] >= tol.min_cosine}
+    if tol.atol is not None:
+        checks["elementwise"] = {"value": f"{stats['elements_failing']} of {stats['elements']} elements off",
+                                 "limit": f"atol {tol.atol}, rtol {tol.rtol}", "pass": stats["elements_failing"] == 0}
+    if tol.max_latency_error_pct is not None and stats.get("latency_error_pct") is not None:
+        checks["latency_vs_table"] = {"value": stats["latency_error_pct"], "limit": f"|x| <= {tol.max_latency_error_pct} %",
+                                      "pass": abs(stats["latency_error_pct"]) <= tol.max_latency_error_pct}
+    return checks
+
+
+def _runner_for(artifact: dict, folder: Path, threads: int):
+    from dna_deploy.runtimes import require_runtime
+
+    cls = require_runtime(artifact["runtime"], "cuda" if artifact["runtime"] == "tensorrt" else "cpu")
+    kw = {"layout": artifact["layout"].lower()} if artifact["runtime"] == "litert" else {}
+    return cls(folder / artifact["path"], threads=threads, precision=artifact["precision"], **kw)
+
+
+def verify_export(folder: str | Path, *, data: str | None = None, tables: list | None = None, max_images: int | None = None,
+                  threads: int = 1, overrides: dict | None = None, only: list[str] | None = None,
+                  show_progress: bool = True) -> dict:
+    """Run PyTorch and every exported artifact on the validation images; write verify.json."""
+    import torch
+
+    from dna_deploy.data import load_data, stack
+    from dna_deploy.deploy.export import load_export
+    from dna_deploy.distill.checkpoints import load_model
+    from dna_deploy.progress import progress_bar
+    from dna_deploy.runtimes.base import TimingStats
+
+    folder = Path(folder)
+    side = load_export(folder)
+    weights = folder / side["source_weights"]["path"]
+    if not weights.is_file() or sha256_file(weights) != side["source_weights"]["sha256"]:
+        raise DataError(f"{weights} is missing or changed since export (its sha256 no longer matches model.json): "
+                        "the reference outputs would not be the exported network's; export again")
+    space, arch, net, ckpt = load_model(weights)
+    data_spec = data or side.get("trained_on")
+    if data_spec is None:
+        raise DataError("verify needs labelled data: --data mnist or a folder with train/ and val/")
+    d = load_data(data_spec, space.input_size)
+    trained_fp = ckpt.get("data_fingerprint")
+    if trained_fp is not None and d.fingerprint != trained_fp:
+        raise DataError(f"--data {data_spec} is not the data the model was trained on (split fingerprint {d.fingerprint} "
+                        f"vs {trained_fp}): its validation split could hold the model's training images. "
+                        f"Verify on the model's own data ({side.get('trained_on')})")
+    x, y = stack(d.val, max_images)
+    if list(x.shape[1:]) != side["input"]["shape"][1:]:
+        raise DataError(f"data gives {list(x.shape[1:])} images; the model takes {side['input']['shape'][1:]}")
+    with torch.no_grad():
+        ref = torch.cat([net(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+    x_np, y_np = x.numpy(), y.numpy()
+    acc_ref = accuracy(ref, y_np)
+    report = {"folder": str(folder), "arch": side["arch"], "data": data_spec, "images": len(x),
+              "pytorch_accuracy": acc_ref, "artifacts": [], "passed": True}
+    arts = [a for a in side["artifacts"] if only is None or a["path"] in only or a["runtime"] in only]
+    with progress_bar(show_progress) as bar:
+        task = bar.task("verifying", len(arts) * len(x))
+        for art in arts:
+            if not (folder / art["path"]).is_file():
+                raise DataError(f"{folder / art['path']} is listed in model.json but missing; export again")
+            intact = sha256_file(folder / art["path"]) == art["sha256"]
+            tol = DEFAULT_TOLERANCES[art["precision"]]
+            if overrides:
+                tol = replace(tol, **{k: v for k, v in overrides.items() if v is not None})
+            with _runner_for(art, folder, threads) as runner:
+                batch = runner.input_shape[0] if runner.input_shape else 1
+                outs = []
+                for i in range(0, len(x_np), batch):
+                    chunk = x_np[i:i + batch]
+                    if len(chunk) < batch:  # static batch: pad the last chunk
+                        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
+                    outs.append(runner.infer(chunk)[:len(x_np[i:i + batch])])
+                    bar.advance(task, len(x_np[i:i + batch]))
+                out = np.concatenate(outs).reshape(len(x_np), -1)
+                stats = compare_outputs(ref, out, atol=tol.atol, rtol=tol.rtol)
+                stats["accuracy"] = accuracy(out, y_np)
+                stats["accuracy_drop_pts"] = 100 * (acc_ref - stats["accuracy"])
+                timing = TimingStats.from_samples(runner.time(x_np[:batch], warmup=20, runs=100))
+            stats["latency_ms"] = timing.to_dict()
+            stats["predicted_ms"] = stats["latency_error_pct"] = None
+            for t in tables or []:
+                if t.meta.get("runtime") == art["runtime"] and t.meta["device"].get("precision") == art["precision"] \
+                        and t.meta.get("space_fingerprint") == space.fingerprint:
+                    p = t.predict(space, arch)["predicted_ms"]
+                    stats.update(predicted_ms=p, latency_table=str(t.path),
+                                 latency_error_pct=100 * (p - timing.median_ms) / timing.median_ms)
+            checks = judge(stats, tol)
+            checks["sha256"] = {"value": "matches model.json" if intact else "differs from model.json (file changed after export)",
+                                "limit": "equal", "pass": intact}
+            ok = all(c["pass"] for c in checks.values())
+            report["artifacts"].append({**{k: art[k] for k in ("path", "runtime", "precision", "layout")}, "stats": stats,
+                                        "tolerances": asdict(tol), "checks": checks, "passed": ok})
+            report["passed"] &= ok
+    write_json(folder / "verify.json", report)
+    return report

@@ -1,0 +1,58 @@
+"""The files training writes and later stages read: formats, paths, and the model checkpoint.
+
+Kept apart from the trainers so that reading a checkpoint (rate, retrain, export, a teacher made
+from a retrained network for DNA+) never imports a training loop. Every load is weights_only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dna_deploy.errors import DataError
+from dna_deploy.io import load_checkpoint, save_checkpoint
+from dna_deploy.space import Arch, SearchSpace
+
+TEACHER_FORMAT = "dna-deploy-teacher/1"
+MODEL_FORMAT = "dna-deploy-model/1"
+
+
+def block_checkpoint_path(out_dir: str | Path, block: int) -> Path:
+    """Where `train` writes block `block`'s student (supernet + adapters + optimiser state)."""
+    return Path(out_dir) / f"block{block}.pt"
+
+
+def save_space_teacher(path: str | Path, space: SearchSpace, arch, model, metrics: dict, data_fp: str) -> Path:
+    return save_checkpoint(path, {"format": TEACHER_FORMAT, "kind": "space", "space": space.to_dict(),
+                                  "arch": str(arch), "state_dict": model.state_dict(), "metrics": metrics,
+                                  "data_fingerprint": data_fp})
+
+
+def save_model(path: str | Path, space: SearchSpace, arch: Arch, model, *, data, metrics: dict,
+               data_spec: str = "mnist") -> Path:
+    """Everything a deployment needs besides the weights: space, architecture string, input shape
+    and normalisation, and the data it was trained on."""
+    return save_checkpoint(path, {
+        "format": MODEL_FORMAT, "space": space.to_dict(), "arch": str(arch), "state_dict": model.state_dict(),
+        "input": {"shape": [1, space.in_channels, space.input_size, space.input_size], "layout": "NCHW",
+                  "mean": list(data.mean) if data else None, "std": list(data.std) if data else None},
+        "num_classes": space.num_classes, "metrics": metrics, "data": data_spec,
+        "data_fingerprint": data.fingerprint if data else None})
+
+
+def load_model(path: str | Path, *, arch: str | None = None):
+    """(space, arch, network in eval mode, checkpoint dict). `arch`, when given, must match."""
+    from dna_deploy.nn.builder import build_network
+
+    ckpt = load_checkpoint(path, what="model weights")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
+        raise DataError(f"{path} is not a dna-deploy model (make one with `dna-deploy retrain`)")
+    space = SearchSpace.from_dict(ckpt["space"], source=str(path))
+    if arch is not None and str(space.parse_arch(arch)) != ckpt["arch"]:
+        raise DataError(f"weights {path} are for architecture {ckpt['arch']!r}, not {arch!r}")
+    a = space.parse_arch(ckpt["arch"])
+    net = build_network(space, a)
+    try:
+        net.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise DataError(f"weights {path} do not fit architecture {a}: {str(e).splitlines()[0][:300]}") from None
+    return space, a, net.eval(), ckpt

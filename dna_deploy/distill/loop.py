@@ -1,0 +1,69 @@
+"""Resume, checkpoint and metrics for every epoch loop (teacher, retraining, block-wise DNA).
+
+Written once so the trainers cannot drift apart: the checkpoint is written first and the metrics
+line after it, so a kill never leaves metrics ahead of the weights; on start the metrics file is
+made to agree with the checkpoint's history, so an epoch interrupted after its checkpoint is never
+listed twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dna_deploy.io import atomic_write_text, load_checkpoint, save_checkpoint
+
+
+class EpochCheckpoint:
+    """One training run's checkpoint file and its lines in a (possibly shared) metrics JSONL.
+
+    identity: settings that must match for a checkpoint to be resumed (config, fingerprints);
+    key: the fields that mark this run's lines in the metrics file (e.g. {"block": 2});
+    writer: False on ranks other than 0, which read but never write."""
+
+    def __init__(self, path: str | Path, *, identity: dict, metrics_path: str | Path | None = None,
+                 key: dict | None = None, writer: bool = True):
+        self.path, self.identity, self.key, self.writer = Path(path), identity, key or {}, writer
+        self.metrics_path = Path(metrics_path) if metrics_path is not None else None
+
+    def resume(self, objects: dict, *, enabled: bool = True) -> tuple[int, list[dict], dict]:
+        """Load state into `objects` (name -> anything with load_state_dict) when the checkpoint
+        matches; returns (epochs done, history, the raw checkpoint or {})."""
+        start, history, state = 0, [], {}
+        if enabled and self.path.is_file():
+            loaded = load_checkpoint(self.path, what="training checkpoint")
+            if all(loaded.get(k) == v for k, v in self.identity.items()) and all(k in loaded for k in objects):
+                for name, obj in objects.items():
+                    obj.load_state_dict(loaded[name])
+                start, history, state = int(loaded["epoch"]), json.loads(loaded["history"]), loaded
+        self._sync_metrics(history)
+        return start, history, state
+
+    def save(self, objects: dict, *, epoch: int, history: list[dict], extra: dict | None = None) -> None:
+        """Checkpoint after `epoch` epochs, then append that epoch's metrics line."""
+        if not self.writer:
+            return
+        save_checkpoint(self.path, {**{k: v.state_dict() for k, v in objects.items()}, **self.identity,
+                                    **(extra or {}), "epoch": epoch, "history": json.dumps(history)})
+        if self.metrics_path is not None:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps({**self.key, **history[-1]}) + "\n")
+
+    def _mine(self, rec: dict) -> bool:
+        return all(rec.get(k) == v for k, v in self.key.items())
+
+    def _sync_metrics(self, history: list[dict]) -> None:
+        """Keep other runs' lines; replace this run's with the resumed history."""
+        if not self.writer or self.metrics_path is None:
+            return
+        others = []
+        if self.metrics_path.is_file():
+            for line in self.metrics_path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill mid-write
+                    continue
+                if not self._mine(rec):
+                    others.append(rec)
+        lines = others + [{**self.key, **h} for h in history]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in lines))

@@ -1,0 +1,84 @@
+"""What machine and software a measurement was taken on, and whether another machine is the same.
+
+Latency tables and their calibration are only valid on the host that measured them. A bare CPU
+brand ("AMD EPYC") is not enough: two EPYC generations, or the same CPU with other ISA extensions
+exposed by the hypervisor, time ops differently. So a host is identified by its CPU model name, a
+hash of its CPU flags, its core count, the machine type and the runtime's package versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+# The packages whose versions change a runtime's timings (recorded per table).
+RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "litert": ("ai-edge-litert", "onnx2tf", "tensorflow"),
+                    "torch": ("torch",), "tensorrt": ("tensorrt", "torch")}
+# Fields of host_identity that must agree for a table measured elsewhere to be used here.
+IDENTITY_FIELDS = ("cpu", "cpu_flags_sha256", "cores", "machine")
+
+
+def package_versions(*packages: str) -> dict:
+    """Installed versions (None when absent), recorded in tables and export sidecars."""
+    from importlib import metadata
+
+    out = {}
+    for p in packages:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def runtime_versions(runtime: str) -> dict:
+    return package_versions(*RUNTIME_PACKAGES[runtime], "numpy")
+
+
+def _cpuinfo() -> tuple[str, str]:
+    """(model name, sorted flags joined by spaces) from /proc/cpuinfo; platform strings elsewhere."""
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and model in ("", platform.processor(), platform.machine()):
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:  # x86 | Arm
+                flags = " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    return model, flags
+
+
+def host_description(device: str = "cpu") -> dict:
+    """The identity of the machine measuring (CPU model, flags hash, cores, machine, OS; GPU name on cuda)."""
+    model, flags = _cpuinfo()
+    info = {"cpu": model, "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
+            "cores": os.cpu_count(), "machine": platform.machine(), "os": platform.platform()}
+    if device.startswith("cuda"):
+        try:
+            import torch
+
+            info["gpu"] = torch.cuda.get_device_name(0)
+        except Exception:  # noqa: BLE001 - the GPU name is informative only; torch may lack CUDA
+            info["gpu"] = None
+    return info
+
+
+def host_differences(recorded: dict | None, here: dict) -> list[str]:
+    """Human-readable differences between a recorded host identity and this one ([] = same host).
+
+    Tables written before the flags hash existed lack it: that counts as a difference, because
+    nothing then shows the machines are the same."""
+    recorded = recorded or {}
+    fields = IDENTITY_FIELDS + (("gpu",) if "gpu" in here or "gpu" in recorded else ())
+    return [f"{f}: {recorded.get(f)!r} there, {here.get(f)!r} here" for f in fields if recorded.get(f) != here.get(f)]
+
+
+def version_differences(recorded: dict | None, here: dict) -> list[str]:
+    recorded = recorded or {}
+    return [f"{p} {recorded.get(p)} there, {here.get(p)} here" for p in sorted(set(recorded) | set(here))
+            if recorded.get(p) != here.get(p)]

@@ -1,0 +1,64 @@
+"""Device specs: which runtime, precision, threads and batch a latency table is measured under."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dna_deploy.errors import DataError, DnaDeployError, check_keys, suggest
+from dna_deploy.io import read_structured, shipped_dir
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    runtime: str
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: int = 1
+    batch: int = 1
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "device spec") -> "DeviceSpec":
+        from dna_deploy.runtimes import RUNTIME_NAMES
+
+        check_keys(d, known=cls.__dataclass_fields__, required=("name", "runtime"), where=source, error=DataError)
+        spec = cls(**d)
+        if spec.runtime not in RUNTIME_NAMES:
+            raise DataError(f"{source}: unknown runtime {spec.runtime!r}; {suggest(spec.runtime, RUNTIME_NAMES)}")
+        if spec.precision not in PRECISIONS:
+            raise DataError(f"{source}: precision {spec.precision!r}; choose {', '.join(PRECISIONS)}")
+        if spec.runtime == "torch" and (spec.precision == "int8" or (spec.precision == "fp16" and spec.device != "cuda")):
+            raise DataError(f"{source}: the torch runtime times fp32 (cpu/cuda) or fp16 (cuda), not "
+                            f"{spec.precision} on {spec.device}; use a LiteRT or TensorRT spec for int8")
+        for k in ("threads", "batch"):
+            v = getattr(spec, k)
+            if not isinstance(v, int) or v < 1:
+                raise DataError(f"{source}: {k} must be a positive integer, got {v!r}")
+        return spec
+
+
+def devices_dir() -> Path:
+    return shipped_dir("devices")
+
+
+def list_devices() -> list[DeviceSpec]:
+    return [load_device(p) for p in sorted(devices_dir().glob("*.yaml"))]
+
+
+def load_device(name_or_path: str | Path) -> DeviceSpec:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml", ".json", ".toml") and p.exists():
+        return DeviceSpec.from_dict(read_structured(p, what="device spec"), source=str(p))
+    shipped = devices_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return DeviceSpec.from_dict(read_structured(shipped, what="device spec"), source=str(shipped))
+    names = [q.stem for q in devices_dir().glob("*.yaml")]
+    raise DnaDeployError(f"unknown device {str(name_or_path)!r}; {suggest(str(name_or_path), names)} "
+                         f"(or give a device .yaml file)")

@@ -1,0 +1,196 @@
+"""Profiling: op models for every distinct layer of a space, timed on one runtime.
+
+Two halves, so a target without torch can be profiled: `build_bundle` (host: builds one-layer
+models with the export path and a manifest) and `measure_bundle` (target: only the runtime needed;
+times them interleaved and writes the table). `profile` runs both on this machine.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from dna_deploy import __version__
+from dna_deploy.errors import DataError
+from dna_deploy.host import host_description, runtime_versions
+from dna_deploy.io import exclusive_lock, fingerprint, read_json, write_json
+from dna_deploy.latency.devices import DeviceSpec
+from dna_deploy.latency.table import LatencyTable, refuse_shipped
+from dna_deploy.progress import progress_bar
+from dna_deploy.runtimes import require_runtime, runner_class
+from dna_deploy.runtimes.base import TimingStats
+from dna_deploy.space import LayerSpec, SearchSpace
+
+BUNDLE_FORMAT = "dna-deploy-bundle/1"
+MANIFEST = "manifest.json"
+
+
+def default_table_path(device: DeviceSpec, space: SearchSpace, root: str | Path = "latency_tables") -> Path:
+    return Path(root) / f"{device.name}__{space.name}.json"
+
+
+def shipped_table_for_host(device: DeviceSpec, space: SearchSpace) -> tuple[Path | None, str | None]:
+    """The shipped table for this device and space when it was measured on this very host with
+    these runtime versions and is calibrated: (path, None); otherwise (None, why not)."""
+    from dna_deploy.io import shipped_dir
+
+    path = default_table_path(device, space, shipped_dir("latency_tables"))
+    if not path.is_file():
+        return None, "none shipped for this device and space"
+    t = LatencyTable.load(path)
+    if t.meta.get("space_fingerprint") != space.fingerprint:
+        return None, "shipped for another definition of the space"
+    if t.meta.get("device") != device.to_dict():
+        return None, "shipped for another device spec"
+    if not t.calibration:
+        return None, "not calibrated"
+    reasons = t.foreign_reasons()
+    if reasons:
+        return None, "measured on another host or runtime (" + "; ".join(reasons[:2]) + ")"
+    return path, None
+
+
+# ---------------------------------------------------------------- bundle (host side, needs torch)
+def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *, show_progress: bool = True) -> Path:
+    """One op model per distinct layer, plus a manifest. Resumable: existing op models are kept."""
+    import torch
+
+    # Only the converters are needed here (they say which extra is missing); TensorRT engines and
+    # GPU sessions are built on the target from the bundle's ONNX models.
+    cls = runner_class(device.runtime)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / MANIFEST
+    manifest = {"format": BUNDLE_FORMAT, "space": space.name, "space_fingerprint": space.fingerprint,
+                "space_definition": space.to_dict(), "device": device.to_dict(), "tool_version": __version__,
+                "entries": {}}
+    if manifest_path.is_file():
+        old = read_json(manifest_path, what="bundle manifest")
+        if old.get("space_fingerprint") == space.fingerprint and old.get("device") == device.to_dict():
+            manifest["entries"] = {k: v for k, v in old.get("entries", {}).items()
+                                   if v.get("file") is None or (out_dir / v["file"]).is_file()}
+    specs = space.all_layer_specs()
+    torch.manual_seed(0)
+    with progress_bar(show_progress) as bar:
+        task = bar.task(f"op models ({device.runtime})", len(specs))
+        for i, spec in enumerate(specs):
+            if spec.key in manifest["entries"]:
+                bar.advance(task)
+                continue
+            shape = [device.batch, spec.in_ch, spec.in_hw, spec.in_hw]
+            name = f"op{i:04d}"
+            file = None
+            if cls.artifact_suffix:  # torch rebuilds modules from the spec on the target
+                from dna_deploy.nn.modules import build_layer
+
+                module = build_layer(spec).eval()
+                artifact = cls.prepare_artifact(module, torch.randn(*shape), out_dir, name=name, precision=device.precision)
+                file = Path(artifact).name
+            manifest["entries"][spec.key] = {"file": file, "input_shape": shape, "spec": asdict(spec)}
+            write_json(manifest_path, manifest)
+            bar.advance(task, info=spec.kind)
+    write_json(manifest_path, manifest)
+    return out_dir
+
+
+# ---------------------------------------------------------------- measure (target side, no torch needed)
+def _open_runner(cls, bundle: Path, entry: dict, device: DeviceSpec):
+    if entry["file"] is None:  # torch runtime: build the module here
+        from dna_deploy.nn.modules import build_layer
+
+        module = build_layer(LayerSpec(**entry["spec"])).eval()
+        return cls(module, threads=device.threads, device=device.device, precision=device.precision,
+                   input_shape=entry["input_shape"]).activate()
+    return cls(bundle / entry["file"], threads=device.threads, device=device.device, precision=device.precision).activate()
+
+
+def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int | None = None,
+                   warmup: int = 10, rounds: int = 5, runs_per_round: int = 20, cv_threshold: float = 0.05,
+                   max_extra_rounds: int = 4, resume: bool = True, show_progress: bool = True,
+                   seed: int = 0) -> LatencyTable:
+    """Time every op model of a bundle, interleaved round by round so drift spreads evenly; entries
+    whose spread (robust CV) stays above cv_threshold get extra rounds. Saves progress every round."""
+    bundle = Path(bundle_dir)
+    manifest = read_json(bundle / MANIFEST, what="bundle manifest")
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise DataError(f"{bundle} is not a dna-deploy profiling bundle (make one with `dna-deploy profile bundle`)")
+    device = DeviceSpec.from_dict(manifest["device"])
+    if threads is not None:
+        device = DeviceSpec(**{**device.to_dict(), "threads": threads})
+    cls = require_runtime(device.runtime, device.device)
+    entries: dict = manifest["entries"]
+    settings = {"warmup": warmup, "rounds": rounds, "runs_per_round": runs_per_round, "cv_threshold": cv_threshold,
+                "max_extra_rounds": max_extra_rounds}
+    out_path = Path(out_path)
+    with exclusive_lock(out_path, what="profile run"):
+        return _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, warmup=warmup, rounds=rounds,
+                               runs_per_round=runs_per_round, cv_threshold=cv_threshold,
+                               max_extra_rounds=max_extra_rounds, resume=resume, show_progress=show_progress, seed=seed)
+
+
+def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, *, warmup, rounds, runs_per_round,
+                    cv_threshold, max_extra_rounds, resume, show_progress, seed) -> LatencyTable:
+    run_id = fingerprint({"entries": sorted(entries), "device": device.to_dict(), "settings": settings})
+    partial_path = out_path.with_name(out_path.name + ".partial")
+    samples: dict[str, list[float]] = {k: [] for k in entries}
+    rounds_done = resumed_at = 0
+    if resume and partial_path.is_file():
+        part = read_json(partial_path, what="partial profile")
+        if part.get("run_id") == run_id:
+            samples.update({k: v for k, v in part["samples"].items() if k in samples})
+            rounds_done = resumed_at = part["rounds_done"]
+    rng = random.Random(seed + rounds_done)
+    keys = sorted(entries)
+    runners, inputs = {}, {}
+    try:
+        with progress_bar(show_progress) as bar:
+            task = bar.task(f"timing ({device.runtime}, {len(keys)} ops)", rounds * len(keys))
+            bar.advance(task, rounds_done * len(keys))
+            for k in keys:
+                runners[k] = _open_runner(cls, bundle, entries[k], device)
+                inputs[k] = np.random.default_rng(0).standard_normal(entries[k]["input_shape"]).astype(np.float32)
+                runners[k].time(inputs[k], warmup=warmup, runs=1)
+            total_rounds = rounds + max_extra_rounds
+            for r in range(rounds_done, total_rounds):
+                if r < rounds:
+                    todo = keys
+                else:  # extra rounds only for noisy entries
+                    todo = [k for k in keys if TimingStats.from_samples(samples[k]).cv > cv_threshold]
+                    if not todo:
+                        break
+                    bar.update(task, total=(r + 1) * len(keys), completed=r * len(keys) + len(keys) - len(todo))
+                order = list(todo)
+                rng.shuffle(order)
+                for k in order:
+                    samples[k] += runners[k].time(inputs[k], warmup=3, runs=runs_per_round)
+                    bar.advance(task)
+                write_json(partial_path, {"run_id": run_id, "rounds_done": r + 1, "samples": samples})
+    finally:
+        for rn in runners.values():
+            rn.close()
+    stats = {k: TimingStats.from_samples(v) for k, v in samples.items()}
+    table = LatencyTable(
+        meta={"space": manifest["space"], "space_fingerprint": manifest["space_fingerprint"],
+              "space_definition": manifest.get("space_definition"),
+              "device": device.to_dict(), "runtime": device.runtime, "versions": runtime_versions(device.runtime),
+              "host": host_description(device.device), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "tool_version": __version__, "timing": {**settings, "resumed_at_round": resumed_at}, "units": "milliseconds per inference of one batch"},
+        entries={k: {**stats[k].to_dict(), "cv": round(stats[k].cv, 4), "input_shape": entries[k]["input_shape"]}
+                 for k in keys})
+    table.save(out_path)
+    partial_path.unlink(missing_ok=True)
+    return table
+
+
+def profile(space: SearchSpace, device: DeviceSpec, out_path: str | Path, *, work_dir: str | Path | None = None,
+            show_progress: bool = True, force: bool = False, **timing) -> LatencyTable:
+    """Bundle + measure on this machine. The bundle folder is kept for resume (and reuse)."""
+    out_path = Path(out_path)
+    refuse_shipped(out_path, force=force)
+    work = Path(work_dir) if work_dir else out_path.with_name(out_path.stem + ".bundle")
+    build_bundle(space, device, work, show_progress=show_progress)
+    return measure_bundle(work, out_path, show_progress=show_progress, **timing)

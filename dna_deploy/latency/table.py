@@ -1,0 +1,144 @@
+"""The latency lookup table: versioned JSON with units in field names, never a pickle.
+
+A network's latency is predicted as the sum of its layers' median_ms (the raw sum) and, once
+`profile validate` has fitted it, calibrated as a * raw_sum + b: runtimes fuse across layers and
+pay a per-inference overhead, which a plain sum misses.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dna_deploy.errors import DataError, TableError
+from dna_deploy.io import read_json, write_json
+from dna_deploy.space import Arch, LayerSpec, Op, SearchSpace
+
+FORMAT = "dna-deploy-lut/1"
+
+
+def is_shipped(path: str | Path) -> bool:
+    """True for a table that ships with dna-deploy (the package's latency_tables folder)."""
+    from dna_deploy.io import shipped_dir
+
+    return Path(path).resolve().parent == shipped_dir("latency_tables").resolve()
+
+
+def refuse_shipped(path: str | Path, *, force: bool = False) -> None:
+    """Shipped tables are shared samples: never rewritten unless asked for by name (--force)."""
+    if not force and Path(path).exists() and is_shipped(path):
+        raise TableError(f"{path} is a latency table shipped with dna-deploy and is never rewritten silently; "
+                         "write your own with -o PATH (or pass --force to replace the shipped one on purpose)")
+
+
+@dataclass
+class LatencyTable:
+    meta: dict
+    entries: dict[str, dict]
+    calibration: dict | None = None
+    fidelity: dict | None = None
+    path: Path | None = field(default=None, compare=False)
+
+    # ---------------- I/O ----------------
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "meta": self.meta, "calibration": self.calibration, "fidelity": self.fidelity,
+                "entries": dict(sorted(self.entries.items()))}
+
+    def save(self, path: str | Path) -> Path:
+        self.path = Path(path)
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        try:
+            d = read_json(path, what="latency table")
+        except DataError as e:
+            raise TableError(str(e)) from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise TableError(f"{path} is not a dna-deploy latency table (format {FORMAT!r} expected); "
+                             "make one with `dna-deploy profile`")
+        entries = d.get("entries")
+        if not isinstance(entries, dict) or not isinstance(d.get("meta"), dict):
+            raise TableError(f"latency table {path} lacks 'meta' or 'entries'; regenerate it")
+        for k, v in entries.items():
+            if not isinstance(v, dict) or not isinstance(v.get("median_ms"), (int, float)) or not v["median_ms"] >= 0:
+                raise TableError(f"latency table {path}: entry {k!r} has no valid median_ms; regenerate it")
+        device = d["meta"].get("device")
+        if not isinstance(device, dict) or not all(isinstance(device.get(k), str) for k in ("name", "runtime", "precision")):
+            raise TableError(f"latency table {path}: meta.device must name the device spec (name, runtime, precision); "
+                             "regenerate it with `dna-deploy profile`")
+        cal = d.get("calibration")
+        if cal is not None:
+            a, b = (cal.get(k) if isinstance(cal, dict) else None for k in ("a", "b"))
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b)) or a <= 0:
+                raise TableError(f"latency table {path}: calibration needs a finite slope a > 0 and offset b "
+                                 f"(got a={a!r}, b={b!r}); re-run `dna-deploy profile validate` on it")
+        return cls(d["meta"], entries, cal, d.get("fidelity"), Path(path))
+
+    # ---------------- checks ----------------
+    @property
+    def name(self) -> str:
+        return self.meta.get("device", {}).get("name", str(self.path))
+
+    def foreign_reasons(self) -> list[str]:
+        """Why this table does not describe this machine ([] when it does): the host identity (CPU
+        model, flags, cores) or the runtime's package versions differ from the ones recorded."""
+        from dna_deploy.host import host_description, host_differences, runtime_versions, version_differences
+
+        device = self.meta.get("device", {}).get("device", "cpu")
+        runtime = self.meta.get("runtime")
+        reasons = host_differences(self.meta.get("host"), host_description(device))
+        if runtime:
+            reasons += version_differences(self.meta.get("versions"), runtime_versions(runtime))
+        return reasons
+
+    def check_space(self, space: SearchSpace) -> None:
+        fp = self.meta.get("space_fingerprint")
+        if fp != space.fingerprint:
+            raise TableError(f"latency table {self.path or self.name} was measured for space "
+                             f"{self.meta.get('space')!r} (fingerprint {fp}), not {space.name!r} ({space.fingerprint}); "
+                             f"profile this space: dna-deploy profile --space {space.name} --device {self.name}")
+
+    def missing(self, specs: list[LayerSpec]) -> list[str]:
+        return sorted({s.key for s in specs if s.key and s.key not in self.entries})
+
+    def _lookup(self, key: str) -> float:
+        try:
+            return float(self.entries[key]["median_ms"])
+        except KeyError:
+            near = difflib.get_close_matches(key, self.entries, n=2, cutoff=0.6)
+            hint = f"; nearest: {', '.join(near)}" if near else ""
+            raise TableError(f"latency table {self.path or self.name} has no entry {key!r}{hint}; "
+                             "re-profile (dna-deploy profile --resume adds missing entries)") from None
+
+    # ---------------- prediction ----------------
+    def layers_ms(self, specs: list[LayerSpec]) -> float:
+        return sum(self._lookup(s.key) for s in specs if s.key)
+
+    def fixed_ms(self, space: SearchSpace) -> float:
+        """Stem and head: in every network."""
+        return self.layers_ms(space.stem_specs() + [space.head_spec()])
+
+    def block_ms(self, space: SearchSpace, block: int, ops: tuple[Op, ...]) -> float:
+        return self.layers_ms(space.block_specs(block, ops))
+
+    def raw_ms(self, space: SearchSpace, arch: Arch) -> float:
+        return self.layers_ms(space.layer_specs(arch))
+
+    def calibrate(self, raw_ms: float) -> float:
+        if not self.calibration:
+            return raw_ms
+        return self.calibration["a"] * raw_ms + self.calibration["b"]
+
+    def uncalibrate(self, budget_ms: float) -> float:
+        """The raw-sum budget equivalent to a calibrated budget (a > 0)."""
+        if not self.calibration:
+            return budget_ms
+        return (budget_ms - self.calibration["b"]) / self.calibration["a"]
+
+    def predict(self, space: SearchSpace, arch: Arch) -> dict:
+        self.check_space(space)
+        raw = self.raw_ms(space, arch)
+        return {"raw_ms": raw, "predicted_ms": self.calibrate(raw), "calibrated": bool(self.calibration)}

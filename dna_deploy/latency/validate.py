@@ -1,0 +1,173 @@
+"""Fidelity of a latency table: predicted vs measured latency of whole networks on the same runtime.
+
+Random networks are measured end to end; the correction a * raw_sum + b is fitted on one part and
+judged on the held-out rest (RMSE, RMSPE, share within +-5 % / +-10 %), next to the raw sum and a
+MACs-proportional predictor fitted on the same part.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+from pathlib import Path
+
+import numpy as np
+
+from dna_deploy.errors import DataError
+from dna_deploy.io import fingerprint, read_json, write_json
+from dna_deploy.latency.devices import DeviceSpec
+from dna_deploy.latency.table import LatencyTable
+from dna_deploy.progress import progress_bar
+from dna_deploy.runtimes import require_runtime
+from dna_deploy.runtimes.base import TimingStats
+from dna_deploy.space import SearchSpace
+
+
+def fidelity_metrics(predicted, measured) -> dict:
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    rel = (p - m) / m
+    return {"n": int(m.size), "rmse_ms": float(np.sqrt(np.mean((p - m) ** 2))),
+            "rmspe_pct": float(100 * np.sqrt(np.mean(rel ** 2))),
+            "within_5pct": float(np.mean(np.abs(rel) <= 0.05)), "within_10pct": float(np.mean(np.abs(rel) <= 0.10))}
+
+
+def fit_linear(x, y) -> tuple[float, float]:
+    a, b = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
+    return float(a), float(b)
+
+
+def sample_networks(space: SearchSpace, n: int, seed: int) -> list:
+    """n distinct networks: smallest and largest plus uniform random ones (spread over the range)."""
+    rng = random.Random(seed)
+    archs = {str(space.smallest_arch()): space.smallest_arch(), str(space.largest_arch()): space.largest_arch()}
+    tries = 0
+    while len(archs) < n and tries < 100 * n:
+        a = space.sample(rng)
+        archs.setdefault(str(a), a)
+        tries += 1
+    return list(archs.values())[:max(n, 2)]
+
+
+def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_dir: Path, *, rounds: int = 3,
+                     runs_per_round: int = 15, warmup: int = 10, show_progress: bool = True,
+                     cache_path: Path | None = None) -> dict[str, float]:
+    """End-to-end median latency of each network, interleaved across networks; cached for resume."""
+    import torch
+
+    from dna_deploy.nn.builder import build_network
+
+    cls = require_runtime(device.runtime, device.device)
+    cache = {}
+    run_id = fingerprint({"device": device.to_dict(), "space": space.fingerprint, "rounds": rounds, "runs": runs_per_round})
+    if cache_path is not None and cache_path.is_file():
+        c = read_json(cache_path, what="measurement cache")
+        if c.get("run_id") == run_id:
+            cache = c["samples"]
+    todo = [a for a in archs if len(cache.get(str(a), [])) < rounds * runs_per_round]
+    runners = {}
+    try:
+        with progress_bar(show_progress) as bar:
+            task = bar.task(f"networks end to end ({device.runtime})", len(todo) * (rounds + 1))
+            torch.manual_seed(0)
+            for i, a in enumerate(todo):
+                net = build_network(space, a).eval()
+                x = torch.randn(device.batch, space.in_channels, space.input_size, space.input_size)
+                art = cls.prepare_artifact(net, x, work_dir, name=f"net{i:03d}", precision=device.precision)
+                runners[str(a)] = (cls(art, threads=device.threads, device=device.device, precision=device.precision,
+                                       input_shape=tuple(x.shape)).activate(),
+                                   x.numpy())
+                runners[str(a)][0].time(x.numpy(), warmup=warmup, runs=1)
+                cache[str(a)] = []
+                bar.advance(task)
+            rng = random.Random(0)
+            for _ in range(rounds):
+                order = list(runners)
+                rng.shuffle(order)
+                for k in order:
+                    r, x = runners[k]
+                    cache[k] += r.time(x, warmup=2, runs=runs_per_round)
+                    bar.advance(task)
+                if cache_path is not None:
+                    write_json(cache_path, {"run_id": run_id, "samples": cache})
+    finally:
+        for r, _ in runners.values():
+            r.close()
+    return {str(a): TimingStats.from_samples(cache[str(a)]).median_ms for a in archs}
+
+
+def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int = 30, holdout: float = 0.5,
+                   seed: int = 0, plot_path: str | Path | None = None, work_dir: str | Path | None = None,
+                   show_progress: bool = True, rounds: int = 3, runs_per_round: int = 15, resume: bool = True) -> dict:
+    """Measure `samples` networks, fit the calibration on 1 - holdout of them, report on the rest,
+    and store calibration + fidelity in the table (atomically)."""
+    from dna_deploy.nn.builder import network_costs
+
+    if samples < 6:
+        raise DataError("--samples must be at least 6 (some to fit the correction, some held out to judge it)")
+    table = LatencyTable.load(table_path)
+    table.check_space(space)
+    missing = table.missing([s for s in space.all_layer_specs()])
+    if missing:
+        raise DataError(f"latency table lacks {len(missing)} entries ({', '.join(missing[:3])} ...); re-profile it")
+    device = DeviceSpec.from_dict(table.meta["device"])
+    table_path = Path(table_path)
+    work = Path(work_dir) if work_dir else table_path.with_name(table_path.stem + ".validate")
+    work.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (work / "measurements.json").unlink(missing_ok=True)
+    archs = sample_networks(space, samples, seed)
+    measured = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round,
+                                show_progress=show_progress, cache_path=work / "measurements.json")
+    raw = {str(a): table.raw_ms(space, a) for a in archs}
+    macs = {str(a): network_costs(space, a)["macs"] for a in archs}
+    names = [str(a) for a in archs]
+    rng = random.Random(seed + 1)
+    order = names[2:]
+    rng.shuffle(order)
+    n_fit = max(2, round(len(names) * (1 - holdout)) - 2)
+    fit = names[:2] + order[:n_fit]  # the extremes anchor the fit; the judged networks are never fitted
+    held = order[n_fit:]
+    a, b = fit_linear([raw[k] for k in fit], [measured[k] for k in fit])
+    if a <= 0:
+        raise DataError("the fitted correction has a non-positive slope: the table does not track whole networks "
+                        "on this machine (too noisy?); re-profile with more rounds")
+    c, d = fit_linear([macs[k] for k in fit], [measured[k] for k in fit])
+    m_held = [measured[k] for k in held]
+    report = {
+        "networks": len(names), "fit_networks": len(fit), "held_out_networks": len(held),
+        "raw_sum": fidelity_metrics([raw[k] for k in held], m_held),
+        "calibrated": fidelity_metrics([a * raw[k] + b for k in held], m_held),
+        "macs_linear": fidelity_metrics([c * macs[k] + d for k in held], m_held),
+        "calibration": {"a": a, "b": b},
+        "measured_range_ms": [min(measured.values()), max(measured.values())],
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    table.calibration = {"a": a, "b": b, "model": "measured_ms = a * raw_sum_ms + b", "fit_networks": len(fit)}
+    table.fidelity = {k: report[k] for k in ("networks", "held_out_networks", "raw_sum", "calibrated", "macs_linear", "date")}
+    table.save(table_path)
+    write_json(work / "networks.json", [{"arch": k, "measured_ms": measured[k], "raw_sum_ms": raw[k], "macs": macs[k],
+                                         "held_out": k in held} for k in names])
+    if plot_path is not None:
+        plot_fidelity(plot_path, table, [raw[k] for k in names], [measured[k] for k in names], [k in held for k in names])
+        report["plot"] = str(plot_path)
+    return report
+
+
+def plot_fidelity(path, table: LatencyTable, raw, measured, held) -> Path:
+    from dna_deploy.display import new_figure, save_figure
+
+    raw, measured, held = np.asarray(raw), np.asarray(measured), np.asarray(held)
+    cal = np.array([table.calibrate(r) for r in raw])
+    fig, ax = new_figure((5.5, 5))
+    lo, hi = min(raw.min(), measured.min(), cal.min()) * 0.9, max(raw.max(), measured.max(), cal.max()) * 1.1
+    xs = np.linspace(lo, hi, 10)
+    ax.plot(xs, xs, "k-", lw=1, label="ideal")
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="0.9", label="+-10 %")
+    ax.scatter(measured[held], raw[held], s=16, marker="x", c="tab:orange", label="raw sum (held out)")
+    ax.scatter(measured[held], cal[held], s=18, c="tab:blue", label="calibrated (held out)")
+    ax.scatter(measured[~held], cal[~held], s=18, facecolors="none", edgecolors="tab:blue", label="calibrated (fit)")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(f"{table.name}: {table.meta.get('space')}")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path, dpi=120)

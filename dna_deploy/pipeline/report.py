@@ -1,0 +1,152 @@
+"""report.md and report.html for a pipeline run: every number comes from the run's own files."""
+
+from __future__ import annotations
+
+import html
+import os
+import json
+from pathlib import Path
+
+from dna_deploy.display import format_value
+from dna_deploy.io import atomic_write_text
+
+
+def plot_block_losses(metrics_path: Path, png: Path) -> Path | None:
+    if not metrics_path.is_file():
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    from dna_deploy.display import new_figure, save_figure
+
+    per_block: dict[int, dict[int, float]] = {}
+    for line in metrics_path.read_text().splitlines():
+        rec = json.loads(line)
+        per_block.setdefault(rec["block"], {})[rec["epoch"]] = rec["loss"]  # last run of an epoch wins
+    fig, ax = new_figure()
+    for b in sorted(per_block):
+        ep = sorted(per_block[b])
+        ax.plot(ep, [per_block[b][e] for e in ep], marker="o", label=f"block {b}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("distillation loss (per-channel normalised MSE)")
+    ax.set_title("DNA block-wise distillation")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, png)
+
+
+def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
+    """ctx: the RunContext of a run whose stages up to verify are done (results, space, folder);
+    commands: per stage, the command lines that reproduce it. Returns the headline numbers."""
+    out: Path = ctx.out
+    R = ctx.results
+    sections: list[tuple[str, list]] = []  # (title, blocks); a block is ("p", text) | ("table", rows) | ("img", path) | ("code", text)
+
+    best = R["search"]["results"][0]
+    budgets = R["search"]["budgets_ms"]
+    sections.append(("Chosen architecture", [
+        ("code", best["arch"]),
+        ("p", f"Exact optimum of the summed block ratings ({R['rate']['metric']}) over "
+              f"{ctx.space.count_architectures():,} networks of space `{ctx.space.name}`, found in "
+              f"{R['search']['search_seconds'] * 1000:.1f} ms, under: "
+              + "; ".join(f"{k} <= {v:.4g} ms" for k, v in budgets.items() if v is not None)
+              + f". The largest network ({R['search']['largest']}) is predicted at "
+              + ", ".join(f"{v:.4g} ms on {k}" for k, v in R["search"]["largest_predicted_ms"].items()) + "."),
+        ("table", [{"rank": i + 1, "arch": r["arch"], "rating": r["rating"], "MMACs": r["mmacs"], "params (M)": r["params_m"],
+                    **{k: v for k, v in r.items() if k.startswith("latency_ms:")}} for i, r in enumerate(R["search"]["results"])]),
+        ("p", "Block ratings of the chosen network: " + ", ".join(f"{x:.4f}" for x in best["block_ratings"])),
+    ]))
+
+    lat_rows, acc_rows = [], []
+    for target, rep in R["verify"]["reports"].items():
+        for a in rep["artifacts"]:
+            s = a["stats"]
+            lat_rows.append({"artifact": a["path"], "runtime": a["runtime"], "precision": a["precision"],
+                             "measured median (ms)": s["latency_ms"]["median_ms"], "p90 (ms)": s["latency_ms"]["p90_ms"],
+                             "table prediction (ms)": s["predicted_ms"], "error (%)": s["latency_error_pct"]})
+            acc_rows.append({"artifact": a["path"], "runtime": a["runtime"], "precision": a["precision"],
+                             "accuracy": s["accuracy"], "drop (points)": s["accuracy_drop_pts"],
+                             "top-1 agreement": s["top1_agreement"], "max abs error": s["max_abs_error"],
+                             "verification": "pass" if a["passed"] else "FAIL"})
+        pyt = rep["pytorch_accuracy"]
+        n_img = rep["images"]
+    sections.append(("Latency: predicted vs measured", [
+        ("p", "Measured end to end on this machine (batch 1, 100 runs after warm-up) next to the latency table's calibrated "
+              "prediction for the same runtime and precision (tables exist for fp32 here)."),
+        ("table", lat_rows)]))
+    sections.append(("Accuracy per runtime", [
+        ("p", f"On the {n_img} validation images (never used for training, rating or search). PyTorch: {pyt:.4f}. "
+              f"Teacher: {R['retrain'].get('teacher_val_accuracy', float('nan')):.4f}."),
+        ("table", acc_rows)]))
+    sections.append(("Pareto front", [("p", f"{R['search']['pareto']['points']} networks: summed block rating vs predicted "
+                                            f"latency on {next(iter(R['tables']))} (pareto.csv), under the same limits as the search."), ("img", "pareto.png")]))
+    fid = []
+    for name, t in R["tables"].items():
+        f = t.get("fidelity") or {}
+        row = {"device": name, "source": t["source"], "held-out networks": f.get("held_out_networks")}
+        for k in ("raw_sum", "calibrated", "macs_linear"):
+            if k in f:
+                row[f"{k} within ±10 %"] = f[k]["within_10pct"]
+                row[f"{k} RMSPE %"] = f[k]["rmspe_pct"]
+        fid.append(row)
+    blocks = [("p", "Held-out networks measured end to end vs the table's prediction (raw sum of layer entries, the "
+                    "calibrated a*sum+b, and a MACs-proportional predictor for comparison)."), ("table", fid)]
+    for name, t in R["tables"].items():
+        png = Path(t["table"]).with_suffix(".fidelity.png")
+        if png.is_file():
+            blocks.append(("img", os.path.relpath(png.resolve(), out.resolve())))
+    sections.append(("Latency-table fidelity", blocks))
+    loss_png = plot_block_losses(out / "supernet" / "metrics.jsonl", out / "block_losses.png")
+    sections.append(("Block-wise distillation", [
+        ("table", [{"block": b, **v} for b, v in R["train"].items()])] + ([("img", "block_losses.png")] if loss_png else [])))
+    sections.append(("Reproduce each stage", [("code", "\n".join(c for st in commands.values() for c in st))]))
+    sections.append(("Stages", [("table", [{"stage": k, "seconds": v.get("seconds"), "skipped this run": v.get("skipped", False)}
+                                           for k, v in ctx.stage_times.items() if k != "report"])]))
+
+    title = f"dna-deploy report: {ctx.cfg.name}"
+    atomic_write_text(out / "reproduce.sh", "#!/usr/bin/env bash\n# Each stage of this run by hand (generated from the same settings).\n"
+                      "set -euo pipefail\n" + "".join(f"\n# {stage}\n" + "".join(c + "\n" for c in cmds)
+                                                      for stage, cmds in commands.items() if cmds))
+    atomic_write_text(out / "report.md", _markdown(title, sections))
+    atomic_write_text(out / "report.html", _html(title, sections))
+    return {"arch": best["arch"], "report": str(out / "report.md"),
+            "verification_passed": all(r["verification"] == "pass" for r in acc_rows)}
+
+
+def _md_table(rows):
+    if not rows:
+        return "(none)\n"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(format_value(r.get(c)).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(title, sections) -> str:
+    parts = [f"# {title}\n"]
+    for t, blocks in sections:
+        parts.append(f"## {t}\n")
+        for kind, v in blocks:
+            parts.append({"p": lambda x: x + "\n", "table": _md_table, "img": lambda x: f"![{x}]({x})\n",
+                          "code": lambda x: f"```\n{x}\n```\n"}[kind](v))
+    return "\n".join(parts)
+
+
+def _html(title, sections) -> str:
+    def table(rows):
+        if not rows:
+            return "<p>(none)</p>"
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    render = {"p": lambda x: f"<p>{html.escape(x)}</p>", "table": table,
+              "img": lambda x: f'<img src="{html.escape(x)}" alt="{html.escape(x)}">',
+              "code": lambda x: f"<pre>{html.escape(x)}</pre>"}
+    body = "".join(f"<h2>{html.escape(t)}</h2>" + "".join(render[k](v) for k, v in blocks) for t, blocks in sections)
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;"
+             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}"
+             "pre{background:#f6f6f6;padding:8px;overflow-x:auto}img{max-width:640px}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>" \
+           f"<body><h1>{html.escape(title)}</h1>{body}</body></html>"

@@ -1,0 +1,83 @@
+"""Run the stages of a checked pipeline file into one folder.
+
+Each stage has a fingerprint of its settings, of the data, seed and space, and of the fingerprints
+of the stages it depends on. A stage whose fingerprint matches the last run and whose outputs exist
+is skipped; a changed stage reruns, and so does everything downstream. Long stages also resume
+inside themselves (per block, per epoch, per subtree).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from pathlib import Path
+
+from dna_deploy.io import fingerprint, read_json, shipped_dir, write_json
+from dna_deploy.pipeline.config import PipelineConfig, load_pipeline
+from dna_deploy.pipeline.stages import STAGES, RunContext
+
+STATE_FILE = "pipeline_state.json"
+
+
+def run_stages(cfg: PipelineConfig, out: Path, *, show_progress: bool = True, log=print) -> dict:
+    """One round: every stage in order; returns the run's summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(cfg, out, show_progress=show_progress, log=log)
+    state_path = out / STATE_FILE
+    state = read_json(state_path, what="pipeline state") if state_path.is_file() else {"stages": {}}
+    fps: dict[str, str] = {}
+    for stage in STAGES:
+        fp = fingerprint({"settings": stage.settings(ctx), "deps": [fps[d] for d in stage.deps],
+                          "space": ctx.space.fingerprint, "data": cfg.data, "seed": cfg.seed})
+        fps[stage.name] = fp
+        prev = state["stages"].get(stage.name)
+        if prev and prev.get("fingerprint") == fp and prev.get("finished") \
+                and all((out / o).exists() for o in stage.outputs(ctx)):
+            log(f"[{stage.name}] up to date, skipped")
+            ctx.results[stage.name] = prev["result"]
+            ctx.stage_times[stage.name] = {"seconds": prev.get("seconds"), "skipped": True}
+            continue
+        log(f"[{stage.name}] running")
+        t0 = time.time()
+        state["stages"][stage.name] = {"fingerprint": fp, "finished": False}
+        result = stage.run(ctx)
+        state["stages"][stage.name] = {"fingerprint": fp, "finished": True, "seconds": time.time() - t0, "result": result,
+                                       "skipped": False,
+                                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        ctx.results[stage.name] = result
+        ctx.stage_times[stage.name] = {"seconds": state["stages"][stage.name]["seconds"], "skipped": False}
+        write_json(state_path, state)
+    verify = ctx.results["verify"]["reports"]
+    return {"output": str(out), "report": str(out / "report.md"), "results": ctx.results,
+            "verify_passed": all(v["passed"] for v in verify.values())}
+
+
+def run_pipeline(config_path: str | Path, *, out: str | Path | None = None, show_progress: bool = True,
+                 log=print) -> dict:
+    """Check the whole file, then run it; with `progressive: {rounds: N}` (DNA+), round r+1 distils
+    from round r's retrained winner, in out/round{r+1}/. Returns the last round's result plus every
+    round's summary."""
+    cfg = load_pipeline(config_path)
+    out = Path(out or cfg.output or "runs/pipeline")
+    summary, result, folder = [], None, out
+    for r in range(1, cfg.progressive.rounds + 1):
+        cfg_r = cfg
+        if r > 1:
+            cfg_r = cfg.with_teacher_checkpoint(folder / "retrain" / "model.pt")
+            folder = out / f"round{r}"
+            log(f"[DNA+ round {r}] teacher: the round {r - 1} network")
+        result = run_stages(cfg_r, folder, show_progress=show_progress, log=log)
+        best = read_json(folder / "search.json", what="search result")["results"][0]
+        retrained = result["results"]["retrain"]
+        summary.append({"round": r, "folder": str(folder), "arch": best["arch"], "rating": best["rating"],
+                        "teacher_val_accuracy": retrained.get("teacher_val_accuracy"),
+                        "val_accuracy": retrained["val_accuracy"], "mmacs": best["mmacs"]})
+    if cfg.progressive.rounds > 1:
+        write_json(out / "progressive.json", summary)
+    result["rounds"] = summary
+    return result
+
+
+def quickstart_config() -> Path:
+    return shipped_dir("examples") / "quickstart.yaml"

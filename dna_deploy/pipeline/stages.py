@@ -1,0 +1,400 @@
+"""The stages of the main job, each declared once: its settings, the stages it depends on, the files
+it writes, the `dna-deploy` commands that reproduce it, and `run(ctx)`.
+
+Settings come from the pipeline file through dna_deploy/settings.py, and the reproduce commands are
+generated from the same settings objects (`cli_args`), so they cannot drift from what ran. A stage
+never keeps state on itself: what later stages need is read back from the run folder through
+`RunContext`, so a skipped stage serves its successors exactly as a fresh one does.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar
+
+from dna_deploy.io import read_json, sha256_file
+from dna_deploy.pipeline.config import PipelineConfig
+from dna_deploy.settings import cli_args, to_mapping
+
+
+@dataclass
+class RunContext:
+    """What stages share: the checked config, the run folder and the results of earlier stages."""
+
+    cfg: PipelineConfig
+    out: Path
+    show_progress: bool = True
+    log: Callable[[str], None] = print
+    results: dict = field(default_factory=dict)
+    stage_times: dict = field(default_factory=dict)  # name -> {"seconds", "skipped"}, for the report
+    _space: object = None
+    _data: object = None
+
+    @property
+    def space(self):
+        if self._space is None:
+            from dna_deploy.space import load_space
+
+            self._space = load_space(self.cfg.space)
+        return self._space
+
+    @property
+    def data(self):
+        if self._data is None:
+            from dna_deploy.data import load_data
+
+            self._data = load_data(self.cfg.data, self.space.input_size)
+        return self._data
+
+    # ---------------- teacher
+    @property
+    def teacher_file(self) -> Path:
+        return self.out / "teacher.pt"
+
+    def teacher_args(self) -> list[str]:
+        t = self.cfg.teacher
+        if t.checkpoint:
+            return ["--teacher", t.checkpoint]
+        if t.torchvision:
+            return (["--teacher", f"torchvision:{t.torchvision}"] + (["--teacher-weights", t.weights] if t.weights else [])
+                    + (["--taps", ",".join(t.taps)] if t.taps else []))
+        return ["--teacher", str(self.teacher_file)]
+
+    def load_teacher(self):
+        from dna_deploy.distill.teacher import load_teacher
+
+        t = self.cfg.teacher
+        if t.torchvision:
+            return load_teacher(f"torchvision:{t.torchvision}", self.space, weights=t.weights,
+                                taps=list(t.taps) if t.taps else None)
+        return load_teacher(t.checkpoint or str(self.teacher_file), self.space)
+
+    # ---------------- tables and budgets
+    def table_path(self, device: str) -> Path:
+        return self.out / "tables" / f"{device}__{self.space.name}.json"
+
+    @property
+    def tables(self) -> list:
+        from dna_deploy.latency.table import LatencyTable
+
+        return [LatencyTable.load(self.table_path(d.device)) for d in self.cfg.devices]
+
+    def budgets(self) -> list[float | None]:
+        """Per device: budget_ms, or budget_fraction of the way from the smallest to the largest network."""
+        out = []
+        for d, t in zip(self.cfg.devices, self.tables):
+            if d.budget_ms is not None:
+                out.append(float(d.budget_ms))
+            elif d.budget_fraction is not None:
+                lo = t.predict(self.space, self.space.smallest_arch())["predicted_ms"]
+                hi = t.predict(self.space, self.space.largest_arch())["predicted_ms"]
+                out.append(lo + float(d.budget_fraction) * (hi - lo))
+            else:
+                out.append(None)
+        return out
+
+    @property
+    def arch(self) -> str:
+        return read_json(self.out / "search.json", what="search result")["results"][0]["arch"]
+
+    def common(self) -> list[str]:
+        return ["--space", self.cfg.space, "--data", self.cfg.data, "--seed", str(self.cfg.seed)]
+
+
+def command_line(args: list) -> str:
+    return " ".join(shlex.quote(str(a)) for a in ("dna-deploy", *args))
+
+
+class Stage:
+    """A step of the pipeline. Subclasses set `name` and `deps` and implement the four methods."""
+
+    name: ClassVar[str]
+    deps: ClassVar[tuple[str, ...]] = ()
+
+    def settings(self, ctx: RunContext) -> dict:
+        """What the stage's fingerprint covers besides its dependencies' fingerprints."""
+        return {}
+
+    def outputs(self, ctx: RunContext) -> list[str]:
+        """Files (relative to the run folder) that must exist for the stage to count as done."""
+        return []
+
+    def commands(self, ctx: RunContext) -> list[list[str]]:
+        """`dna-deploy` argument lists that redo this stage by hand."""
+        return []
+
+    def run(self, ctx: RunContext) -> dict:
+        raise NotImplementedError
+
+
+class TeacherStage(Stage):
+    name = "teacher"
+
+    def settings(self, ctx):
+        t = ctx.cfg.teacher
+        files = [f for f in (t.checkpoint, t.weights) if f]
+        # a given teacher's content is part of the fingerprint: a new teacher reruns everything after it
+        return {**to_mapping(t), "sha256": [sha256_file(f) for f in files]}
+
+    def outputs(self, ctx):
+        return ["teacher.pt"] if ctx.cfg.teacher.train is not None else []
+
+    def commands(self, ctx):
+        t = ctx.cfg.teacher.train
+        if t is None:
+            return []
+        return [["teacher", "train", *ctx.common(), "-o", ctx.teacher_file, *cli_args(t)]]
+
+    def run(self, ctx):
+        t = ctx.cfg.teacher
+        if t.train is None:
+            return {"teacher": ctx.teacher_args()[1], "given": True}
+        from dna_deploy.distill.teacher import train_space_teacher
+
+        r = train_space_teacher(ctx.space, ctx.data, ctx.teacher_file, arch=t.train.arch,
+                                config=t.train.classifier(ctx.cfg.seed), show_progress=ctx.show_progress)
+        return {k: v for k, v in r.items() if k != "history"}
+
+
+class TablesStage(Stage):
+    """One latency table per device: the shipped one when it was measured on this very host with
+    these runtime versions, otherwise measured and validated here."""
+
+    name = "tables"
+
+    def settings(self, ctx):
+        from dna_deploy.latency.devices import load_device
+
+        return {"devices": [load_device(d.device).to_dict() for d in ctx.cfg.devices], **to_mapping(ctx.cfg.profile)}
+
+    def outputs(self, ctx):
+        return [f"tables/{d.device}__{ctx.space.name}.json" for d in ctx.cfg.devices]
+
+    def commands(self, ctx):
+        p = ctx.cfg.profile
+        cmds = []
+        for d in ctx.cfg.devices:
+            table = ctx.table_path(d.device)
+            cmds.append(["profile", "--device", d.device, "--space", ctx.cfg.space, "-o", table, "--rounds", p.rounds,
+                         "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}"])
+            cmds.append(["profile", "validate", "--table", table, "--space", ctx.cfg.space, "-n", p.validate_samples,
+                         "--rounds", p.validate_rounds])
+        return cmds
+
+    def run(self, ctx):
+        from dna_deploy.latency.devices import load_device
+        from dna_deploy.latency.profiler import profile, shipped_table_for_host
+        from dna_deploy.latency.table import LatencyTable
+        from dna_deploy.latency.validate import validate_table
+
+        p = ctx.cfg.profile
+        res = {}
+        for d in ctx.cfg.devices:
+            dev = load_device(d.device)
+            dst = ctx.table_path(dev.name)
+            shipped, why = shipped_table_for_host(dev, ctx.space) if p.use_shipped in ("auto", True) else (None, None)
+            if shipped is None and p.use_shipped is True:
+                from dna_deploy.errors import TableError
+
+                raise TableError(f"profile.use_shipped is true but no shipped table fits {dev.name}: {why}; "
+                                 "set use_shipped: auto to measure here")
+            if shipped is not None:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shipped, dst)
+                png = shipped.with_suffix(".fidelity.png")
+                if png.is_file():
+                    shutil.copyfile(png, dst.with_suffix(".fidelity.png"))
+                res[dev.name] = {"table": str(dst), "source": f"shipped ({shipped.name}: this host, same runtime versions)",
+                                 "fidelity": LatencyTable.load(dst).fidelity}
+                continue
+            ctx.log(f"[tables] profiling {dev.name} on this machine" + (f" (shipped table: {why})" if why else ""))
+            profile(ctx.space, dev, dst, rounds=p.rounds, runs_per_round=p.runs, cv_threshold=p.cv_threshold,
+                    show_progress=ctx.show_progress)
+            rep = validate_table(dst, ctx.space, samples=p.validate_samples, plot_path=dst.with_suffix(".fidelity.png"),
+                                 show_progress=ctx.show_progress, rounds=p.validate_rounds)
+            res[dev.name] = {"table": str(dst), "source": "measured on this machine",
+                             "fidelity": LatencyTable.load(dst).fidelity,
+                             "validate": {k: rep[k] for k in ("raw_sum", "calibrated", "macs_linear")}}
+        return res
+
+
+class TrainStage(Stage):
+    name = "train"
+    deps = ("teacher",)
+
+    def settings(self, ctx):
+        return to_mapping(ctx.cfg.train)
+
+    def outputs(self, ctx):
+        return [f"supernet/block{b}.pt" for b in range(len(ctx.space.blocks))]
+
+    def commands(self, ctx):
+        return [["train", *ctx.common(), *ctx.teacher_args(), "-o", ctx.out / "supernet",
+                 *cli_args(ctx.cfg.train, skip=("seed",))]]
+
+    def run(self, ctx):
+        from dna_deploy.distill.blockwise import train_blocks
+
+        res = train_blocks(ctx.space, ctx.data, ctx.load_teacher(), ctx.out / "supernet", config=ctx.cfg.train,
+                           show_progress=ctx.show_progress)
+        return {str(b): {"first_loss": r["history"][0]["loss"], "last_loss": r["history"][-1]["loss"],
+                         "epochs": len(r["history"])} for b, r in res.items()}
+
+
+class RateStage(Stage):
+    name = "rate"
+    deps = ("train",)
+
+    def settings(self, ctx):
+        return to_mapping(ctx.cfg.rate)
+
+    def outputs(self, ctx):
+        return ["ratings.json"]
+
+    def commands(self, ctx):
+        return [["rate", *ctx.common(), "--supernet", ctx.out / "supernet", *ctx.teacher_args(),
+                 "-o", ctx.out / "ratings.json", *cli_args(ctx.cfg.rate)]]
+
+    def run(self, ctx):
+        from dna_deploy.select.rate import rate_supernet
+
+        r = ctx.cfg.rate
+        table = rate_supernet(ctx.space, ctx.out / "supernet", ctx.load_teacher(), ctx.data, ctx.out / "ratings.json",
+                              metric=r.metric, calib_images=r.calib_images, calib_batch=r.calib_batch,
+                              seed=ctx.cfg.seed, show_progress=ctx.show_progress)
+        return {"candidates": sum(len(b["candidates"]) for b in table["blocks"]), "metric": table["metric"]}
+
+
+class SearchStage(Stage):
+    name = "search"
+    deps = ("rate", "tables")
+
+    def settings(self, ctx):
+        return {**to_mapping(ctx.cfg.search), "budgets": ctx.budgets()}
+
+    def outputs(self, ctx):
+        return ["search.json", "pareto.png"]
+
+    def commands(self, ctx):
+        args = ["search", "--space", ctx.cfg.space, "-r", ctx.out / "ratings.json"]
+        for d, b in zip(ctx.cfg.devices, ctx.budgets()):
+            args += ["-t", ctx.table_path(d.device)] + (["-b", f"{b:.6g}"] if b is not None else [])
+        return [args + cli_args(ctx.cfg.search) + ["--pareto", ctx.out / "pareto", "-o", ctx.out / "search.json"]]
+
+    def run(self, ctx):
+        from dna_deploy.select.rate import load_ratings
+        from dna_deploy.select.search import run_search
+
+        # budgets printed with 6 significant digits, as the reproduce command gives them
+        budgets = [float(f"{b:.6g}") if b is not None else None for b in ctx.budgets()]
+        res = run_search(ctx.space, load_ratings(ctx.out / "ratings.json", ctx.space), ctx.tables, budgets,
+                         ctx.cfg.search, output=ctx.out / "search.json", pareto_path=ctx.out / "pareto")
+        return res
+
+
+class RetrainStage(Stage):
+    name = "retrain"
+    deps = ("search",)
+
+    def settings(self, ctx):
+        return {**to_mapping(ctx.cfg.retrain), "arch": ctx.arch}
+
+    def outputs(self, ctx):
+        return ["retrain/model.pt"]
+
+    def _uses_teacher(self, ctx) -> bool:
+        return ctx.cfg.retrain.kd_weight > 0
+
+    def commands(self, ctx):
+        r = ctx.cfg.retrain
+        args = ["retrain", *ctx.common(), "-a", ctx.arch, "-o", ctx.out / "retrain", *cli_args(r, skip=("init_supernet",))]
+        if self._uses_teacher(ctx):
+            args += ctx.teacher_args()
+        if r.init_supernet:
+            args += ["--init-supernet", ctx.out / "supernet"]
+        return [args]
+
+    def run(self, ctx):
+        from dna_deploy.distill.retrain import retrain
+
+        r = ctx.cfg.retrain
+        teacher = ctx.load_teacher() if self._uses_teacher(ctx) else None
+        res = retrain(ctx.space, ctx.space.parse_arch(ctx.arch), ctx.data, ctx.out / "retrain",
+                      config=r.classifier(ctx.cfg.seed, with_teacher=teacher is not None), teacher=teacher,
+                      supernet_dir=ctx.out / "supernet" if r.init_supernet else None, show_progress=ctx.show_progress,
+                      data_spec=ctx.cfg.data)
+        return {k: v for k, v in res.items() if k != "history"}
+
+
+class ExportStage(Stage):
+    name = "export"
+    deps = ("retrain",)
+
+    def settings(self, ctx):
+        return {"targets": [to_mapping(e) for e in ctx.cfg.export]}
+
+    def outputs(self, ctx):
+        return [f"export/{e.to}/model.json" for e in ctx.cfg.export]
+
+    def commands(self, ctx):
+        return [["export", "-w", ctx.out / "retrain/model.pt", "--to", e.to, "-o", ctx.out / "export" / e.to,
+                 *cli_args(e, skip=("to",))] for e in ctx.cfg.export]
+
+    def run(self, ctx):
+        from dna_deploy.deploy.export import export_model
+
+        res = {}
+        for e in ctx.cfg.export:
+            side = export_model(ctx.out / "retrain/model.pt", ctx.out / "export" / e.to, e)
+            res[e.to] = [a["path"] for a in side["artifacts"]]
+        return res
+
+
+class VerifyStage(Stage):
+    name = "verify"
+    deps = ("export", "tables")
+
+    def settings(self, ctx):
+        return to_mapping(ctx.cfg.verify)
+
+    def outputs(self, ctx):
+        return [f"export/{e.to}/verify.json" for e in ctx.cfg.export]
+
+    def commands(self, ctx):
+        tables = [a for d in ctx.cfg.devices for a in ("-t", ctx.table_path(d.device))]
+        return [["verify", ctx.out / "export" / e.to, "--data", ctx.cfg.data, *tables, *cli_args(ctx.cfg.verify)]
+                for e in ctx.cfg.export]
+
+    def run(self, ctx):
+        from dna_deploy.deploy.verify import verify_export
+
+        v = ctx.cfg.verify
+        reports = {e.to: verify_export(ctx.out / "export" / e.to, data=ctx.cfg.data, tables=ctx.tables,
+                                       max_images=v.max_images, show_progress=ctx.show_progress, overrides=v.overrides())
+                   for e in ctx.cfg.export}
+        return {"reports": reports}
+
+
+class ReportStage(Stage):
+    name = "report"
+    deps = ("verify",)
+
+    def outputs(self, ctx):
+        return ["report.md", "report.html"]
+
+    def settings(self, ctx):
+        import time
+
+        return {"always": time.time()}  # the report reflects the latest run, skipped stages included
+
+    def run(self, ctx):
+        from dna_deploy.pipeline.report import write_report
+
+        return write_report(ctx, commands={s.name: [command_line(c) for c in s.commands(ctx)] for s in STAGES})
+
+
+STAGES: tuple[Stage, ...] = (TeacherStage(), TablesStage(), TrainStage(), RateStage(), SearchStage(), RetrainStage(),
+                             ExportStage(), VerifyStage(), ReportStage())

@@ -1,1 +1,0 @@
-"""Latency lookup tables: measure op models on a runtime, predict networks, check the prediction."""

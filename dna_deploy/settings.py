@@ -1,0 +1,292 @@
+"""Every stage's settings, with their defaults, in one place.
+
+The library functions take these dataclasses, the CLI takes its option defaults from them, and a
+pipeline file's sections are checked against them (every key, before anything runs), so a default
+can never differ between `dna-deploy retrain` and `dna-deploy run`. Pure dataclasses: importing
+this module imports no torch, so `dna-deploy --help` stays fast.
+
+Field names are the pipeline keys; `--field-name` (dashes for underscores) is the CLI flag, which
+is how a pipeline stage writes the command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+
+from dna_deploy.errors import DataError, suggest
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# What each export target can produce here (ONNX is the hub format: fp32 only).
+TARGET_PRECISIONS = {"onnx": ("fp32",), "tflite": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
+EXPORT_TARGETS = tuple(TARGET_PRECISIONS)
+RATING_METRICS = ("l1-norm", "mse-channel", "mse")
+DISTILL_LOSSES = ("mse-channel", "mse")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Supervised training (the teacher, the retrained network): AdamW, cosine schedule, optional logit KD."""
+
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    kd_weight: float = 0.0  # weight of KL(teacher || student) on logits when a teacher is given
+    kd_temperature: float = 2.0
+    seed: int = 0
+    max_steps: int | None = None  # cap steps per epoch (smoke runs)
+
+
+@dataclass(frozen=True)
+class TeacherTrainSettings:
+    """`dna-deploy teacher train`: a network of the space trained on the data (default: its largest)."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 3e-3
+    max_steps: int | None = None
+    arch: str | None = None
+
+    def classifier(self, seed: int) -> ClassifierConfig:
+        return ClassifierConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
+                                max_steps=self.max_steps)
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """Where the teacher comes from: trained here (`train`), a checkpoint, or torchvision + local weights."""
+
+    train: TeacherTrainSettings | None = None
+    checkpoint: str | None = None
+    torchvision: str | None = None
+    weights: str | None = None
+    taps: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        given = [k for k in ("train", "checkpoint", "torchvision") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise DataError(f"pipeline 'teacher': give one of train, checkpoint or torchvision, not {' and '.join(given)}")
+        if not given:
+            object.__setattr__(self, "train", TeacherTrainSettings())
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """DNA block-wise distillation (`dna-deploy train`); learning rates follow the reference schedule."""
+
+    epochs: int = 5
+    batch_size: int = 64
+    lr_edge: float = 2e-3  # first and last block
+    lr_inner: float = 5e-3  # the others
+    lr_decay: float = 0.9  # per epoch
+    weight_decay: float = 1e-4
+    loss: str = "mse-channel"  # MSE on features normalised per channel by the teacher's statistics
+    fairness: bool = False  # strict fairness: every choice of a layer once per round
+    seed: int = 0
+    max_steps: int | None = None  # cap steps per epoch (smoke runs)
+
+    def lr(self, block: int, n_blocks: int) -> float:
+        return self.lr_edge if block in (0, n_blocks - 1) else self.lr_inner
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """Latency tables: reuse a shipped one (same host and runtime versions only) or measure here."""
+
+    use_shipped: bool | str = "auto"  # auto | true | false
+    rounds: int = 5
+    runs: int = 20
+    cv_threshold: float = 0.05
+    validate_samples: int = 30
+    validate_rounds: int = 3
+
+
+@dataclass(frozen=True)
+class RateSettings:
+    metric: str = "l1-norm"  # DNA: mean|s - t| / std(t)
+    calib_images: int = 256  # training images per candidate's BatchNorm re-estimation
+    calib_batch: int = 64
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    top_k: int = 5
+    max_mmacs: float | None = None
+    max_params: float | None = None
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """`dna-deploy retrain`: the searched network trained stand-alone, from the supernet's weights."""
+
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 3e-3
+    kd_weight: float = 0.5
+    max_steps: int | None = None
+    init_supernet: bool = True
+
+    def classifier(self, seed: int, *, with_teacher: bool) -> ClassifierConfig:
+        return ClassifierConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
+                                kd_weight=self.kd_weight if with_teacher else 0.0, max_steps=self.max_steps)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    to: str = "onnx"  # onnx | tflite | tensorrt (ONNX is always produced)
+    precisions: tuple[str, ...] = ("fp32",)
+    calibration_data: str | None = None  # int8: a dataset or .npy [the model's training data]
+    dynamic_batch: bool = False
+    keep_nchw: bool = False
+    opset: int = 17
+
+    def __post_init__(self):
+        if self.to not in EXPORT_TARGETS:
+            raise DataError(f"export target {self.to!r}: {suggest(self.to, EXPORT_TARGETS)}")
+        bad = [p for p in self.precisions if p not in TARGET_PRECISIONS[self.to]]
+        if bad:
+            raise DataError(f"{self.to} cannot produce precision {bad[0]!r}; choose {', '.join(TARGET_PRECISIONS[self.to])}")
+        if not self.precisions:
+            raise DataError(f"export to {self.to}: name at least one precision")
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """Tolerances left at None take the precision's defaults (deploy/verify.py)."""
+
+    max_images: int | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    min_top1_agreement: float | None = None
+    max_accuracy_drop_pts: float | None = None
+    max_latency_error_pct: float | None = None
+
+    def overrides(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "max_images" and v is not None}
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """One latency table of the search: a device spec and its budget (ms, or a fraction of the way
+    from the smallest to the largest network's predicted latency)."""
+
+    device: str
+    budget_ms: float | None = None
+    budget_fraction: float | None = None
+
+    def __post_init__(self):
+        if self.budget_ms is not None and self.budget_fraction is not None:
+            raise DataError(f"device {self.device!r}: give budget_ms or budget_fraction, not both")
+        if self.budget_ms is not None and not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
+            raise DataError(f"device {self.device!r}: budget_ms must be a positive number of milliseconds, "
+                            f"got {self.budget_ms}")
+        if self.budget_fraction is not None and not 0 <= self.budget_fraction <= 1:
+            raise DataError(f"device {self.device!r}: budget_fraction must lie in [0, 1], got {self.budget_fraction}")
+
+
+@dataclass(frozen=True)
+class ProgressiveSettings:
+    """DNA+: round r+1 distils from round r's retrained winner."""
+
+    rounds: int = 1
+
+
+# ---------------------------------------------------------------- reading user-written mappings
+def _type_ok(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, typing.get_args(tp)[0]) for v in value)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, dict) or isinstance(value, tp)
+    return True
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def from_mapping(cls, mapping, *, where: str, fixed: dict | None = None):
+    """Build settings `cls` from a user-written mapping: an unknown key is named with the nearest
+    valid one, a wrong type with the expected one; nested settings are read the same way."""
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise DataError(f"{where}: expected a mapping with keys {', '.join(f.name for f in dataclasses.fields(cls))}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in (fixed or {})]
+    unknown = [k for k in mapping if k not in names]
+    if unknown:
+        raise DataError(f"{where}: unknown key {unknown[0]!r}; {suggest(str(unknown[0]), names)}")
+    values = dict(fixed or {})
+    for key, value in mapping.items():
+        tp = hints[key]
+        if not _type_ok(value, tp):
+            raise DataError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DataError(f"{where}: '{key}' must be a finite number, got {value!r}")
+        nested = [t for t in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(t)]
+        if nested and isinstance(value, dict):
+            value = from_mapping(nested[0], value, where=f"{where}.{key}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, int) and not isinstance(value, bool) and float in (typing.get_args(tp) or (tp,)) \
+                and int not in (typing.get_args(tp) or (tp,)):
+            value = float(value)
+        values[key] = value
+    for f in dataclasses.fields(cls):
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise DataError(f"{where}: missing key {f.name!r}")
+    try:
+        return cls(**values)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+
+
+def to_mapping(settings) -> dict:
+    """Plain data (for fingerprints and JSON)."""
+    return dataclasses.asdict(settings)
+
+
+def cli_args(settings, *, skip: tuple[str, ...] = (), defaults=None) -> list[str]:
+    """The CLI flags that reproduce these settings: `--field-name value` for every field that is set
+    and differs from `defaults` (the class defaults unless given); booleans as --x / --no-x."""
+    base = defaults if defaults is not None else type(settings)()
+    args: list[str] = []
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name in skip or value is None or value == getattr(base, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, tuple):
+            for v in value:
+                args += [flag, str(v)]
+        else:
+            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return args

@@ -1,0 +1,124 @@
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from dna_deploy.cli.app import app
+from dna_deploy.deploy.export import export_model
+from dna_deploy.deploy.verify import compare_outputs, verify_export
+from dna_deploy.errors import DataError
+from dna_deploy.settings import ExportSettings
+
+runner = CliRunner()
+
+
+def test_model_trains_to_useful_accuracy(tiny_model):
+    assert tiny_model[1]["val_accuracy"] > 0.85
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    export_model(tiny_model[0], out, ExportSettings(to="onnx"))
+    return out
+
+
+def test_onnx_export_sidecar_and_verify(onnx_export, tiny_model):
+    side = json.loads((onnx_export / "model.json").read_text())
+    assert side["arch"] == "k3e3.skip|k3e3.k3e3.skip|k3e3.k3e3.skip|k3e3.skip"
+    art = side["artifacts"][0]
+    assert art["runtime"] == "onnxruntime" and art["opset"] == 17 and art["layout"] == "NCHW"
+    assert side["input"]["shape"] == [1, 3, 32, 32] and side["input"]["mean"]
+    onnx.checker.check_model(onnx.load(onnx_export / "model.onnx"))
+    r = verify_export(onnx_export, show_progress=False)
+    a = r["artifacts"][0]
+    assert r["passed"] and a["stats"]["top1_agreement"] == 1.0 and a["stats"]["max_abs_error"] < 1e-4
+    assert a["stats"]["accuracy"] == pytest.approx(r["pytorch_accuracy"])
+    assert a["stats"]["latency_ms"]["median_ms"] > 0
+    assert (onnx_export / "verify.json").is_file()
+
+
+def test_corrupted_artifact_fails_verify(onnx_export, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(onnx_export, bad)
+    m = onnx.load(bad / "model.onnx")
+    init = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # a large weight tensor
+    w = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array((w * -1.3).astype(w.dtype), init.name))
+    onnx.save(m, bad / "model.onnx")
+    r = runner.invoke(app, ["verify", str(bad)])
+    assert r.exit_code == 1
+    assert "verification failed: model.onnx" in r.output and "Traceback" not in r.output
+
+
+def test_truncated_artifact_is_a_clear_error(onnx_export, tmp_path):
+    bad = tmp_path / "trunc"
+    shutil.copytree(onnx_export, bad)
+    data = (bad / "model.onnx").read_bytes()
+    (bad / "model.onnx").write_bytes(data[: len(data) // 3])
+    r = runner.invoke(app, ["verify", str(bad)])
+    assert r.exit_code == 1 and "cannot load" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx2tf") is None, reason="LiteRT extra not installed")
+@pytest.mark.slow
+def test_litert_fp32_fp16_int8_pass_verify(tiny_model, tmp_path):
+    r = runner.invoke(app, ["export", "-w", str(tiny_model[0]), "--to", "tflite", "-p", "fp32", "-p", "fp16", "-p", "int8",
+                            "-o", str(tmp_path), "--verify", "-f", "json"])
+    assert r.exit_code == 0, r.output[-3000:]
+    report = json.loads((tmp_path / "verify.json").read_text())
+    by = {a["path"]: a for a in report["artifacts"]}
+    assert set(by) == {"model.onnx", "model_fp32.tflite", "model_fp16.tflite", "model_int8.tflite"}
+    assert by["model_fp32.tflite"]["stats"]["max_abs_error"] < 1e-3
+    assert by["model_int8.tflite"]["stats"]["accuracy_drop_pts"] <= 1.0
+    assert by["model_int8.tflite"]["stats"]["top1_agreement"] >= 0.97
+    side = json.loads((tmp_path / "model.json").read_text())
+    int8 = next(a for a in side["artifacts"] if a["precision"] == "int8")
+    assert int8["layout"] == "NHWC" and int8["input_dtype"] == "int8"
+
+
+def test_compare_outputs_polygraphy_rule():
+    ref = np.array([[1.0, 100.0]])
+    out = np.array([[1.0 + 2e-5, 100.0 + 5e-4]])
+    s = compare_outputs(ref, out, atol=1e-5, rtol=1e-5)
+    # element 0 exceeds atol but not rtol*1? 2e-5 > 1e-5*1: fails both -> off; element 1: 5e-4 > 1e-3? no -> ok
+    assert s["elements_failing"] == 1 and s["top1_agreement"] == 1.0
+
+
+def test_weights_that_do_not_fit(tiny_model, tmp_path):
+    r = runner.invoke(app, ["export", "-w", str(tiny_model[0]), "-a", "k5e3.skip|k3e3.k3e3.skip|k3e3.k3e3.skip|k3e3.skip",
+                            "-o", str(tmp_path)])
+    assert r.exit_code == 1 and "are for architecture" in r.output
+    ckpt = torch.load(tiny_model[0], weights_only=True)
+    key = next(k for k in ckpt["state_dict"] if k.endswith("weight") and ckpt["state_dict"][k].ndim == 4)
+    ckpt["state_dict"][key] = torch.zeros(3, 3, 3, 3)
+    torch.save(ckpt, tmp_path / "bad.pt")
+    r = runner.invoke(app, ["export", "-w", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "do not fit architecture" in r.output
+
+
+def test_bad_precision_and_calibration(tiny_model, tmp_path):
+    r = runner.invoke(app, ["export", "-w", str(tiny_model[0]), "--to", "onnx", "-p", "int8", "-o", str(tmp_path)])
+    assert r.exit_code == 1 and "onnx cannot produce precision 'int8'" in r.output
+    with pytest.raises(DataError, match="calibration data not found"):
+        export_model(tiny_model[0], tmp_path, ExportSettings(to="tflite", precisions=("int8",),
+                                                            calibration_data=str(tmp_path / "none.npy")))
+
+
+def test_tensorrt_path(tiny_model, tmp_path):
+    from dna_deploy.runtimes import runner_class
+
+    reason = runner_class("tensorrt").unavailable_reason("cuda")
+    r = runner.invoke(app, ["export", "-w", str(tiny_model[0]), "--to", "tensorrt", "-p", "fp16", "-o", str(tmp_path)])
+    if reason:
+        assert r.exit_code == 1 and ("TensorRT" in r.output) and "Traceback" not in r.output
+        pytest.skip(f"TensorRT export not run: {reason}")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "model_fp16.engine").is_file()
+    assert verify_export(tmp_path, show_progress=False)["passed"]

@@ -1,0 +1,168 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dna_deploy.cli.app import app
+from dna_deploy.errors import TableError
+from dna_deploy.latency.devices import load_device
+from dna_deploy.latency.profiler import build_bundle, measure_bundle, profile
+from dna_deploy.latency.table import LatencyTable
+from dna_deploy.latency.validate import validate_table
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ort_table(tmp_path_factory):
+    from dna_deploy.space import load_space
+
+    out = tmp_path_factory.mktemp("lut") / "ort__tiny.json"
+    profile(load_space("tiny"), load_device("x86-cpu-onnxruntime"), out, rounds=2, runs_per_round=10,
+            max_extra_rounds=1, show_progress=False)
+    return out
+
+
+def test_table_format_and_coverage(ort_table, tiny):
+    raw = json.loads(ort_table.read_text())
+    assert raw["format"] == "dna-deploy-lut/1"
+    meta = raw["meta"]
+    assert meta["space_fingerprint"] == tiny.fingerprint and meta["device"]["name"] == "x86-cpu-onnxruntime"
+    assert meta["versions"]["onnxruntime"] and meta["host"]["cpu"] and meta["date"]
+    table = LatencyTable.load(ort_table)
+    assert set(table.entries) == {s.key for s in tiny.all_layer_specs()}
+    for e in table.entries.values():
+        assert 0 < e["p10_ms"] <= e["median_ms"] <= e["p90_ms"] and e["runs"] >= 20
+    # the key is readable and names shapes and settings
+    assert any(k.startswith("mbconv-in:32x32x8-out:16x16x16-k5-e6-s2") for k in table.entries)
+
+
+def test_prediction_is_sum_of_layers(ort_table, tiny):
+    table = LatencyTable.load(ort_table)
+    arch = tiny.largest_arch()
+    expected = sum(table.entries[s.key]["median_ms"] for s in tiny.layer_specs(arch) if s.key)
+    assert table.predict(tiny, arch)["raw_ms"] == pytest.approx(expected)
+    small = table.predict(tiny, tiny.smallest_arch())["raw_ms"]
+    assert small < expected
+
+
+def test_table_for_another_space_is_refused(ort_table, mbconv):
+    with pytest.raises(TableError, match="measured for space 'tiny'"):
+        LatencyTable.load(ort_table).predict(mbconv, mbconv.largest_arch())
+
+
+def test_missing_entry_names_it_and_the_nearest(ort_table, tiny, tmp_path):
+    d = json.loads(ort_table.read_text())
+    key = next(k for k in d["entries"] if k.startswith("mbconv-in:8x8x24"))
+    del d["entries"][key]
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps(d))
+    table = LatencyTable.load(p)
+    with pytest.raises(TableError, match="has no entry") as e:
+        table.predict(tiny, tiny.largest_arch()) if "k7-e6" in key else table.layers_ms(
+            [s for s in tiny.all_layer_specs() if s.key == key])
+    assert "nearest" in str(e.value)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{\"format\": \"dna-deploy-lut/1\", \"meta\": {}, \"entr", "corrupt or truncated"),
+    ("[1, 2]", "not a dna-deploy latency table"),
+    ("{\"format\": \"dna-deploy-lut/1\", \"meta\": {}, \"entries\": {\"x\": {}}}", "no valid median_ms"),
+])
+def test_bad_tables_are_one_line_errors(tmp_path, content, fragment):
+    p = tmp_path / "bad.json"
+    p.write_text(content)
+    r = runner.invoke(app, ["profile", "predict", "-s", "tiny", "-t", str(p), "k3e3.skip|k3e3.skip.skip|k3e3.skip.skip|k3e3.skip"])
+    assert r.exit_code == 1 and fragment in r.output and "Traceback" not in r.output
+
+
+def test_validate_fits_calibration_on_real_runtime(ort_table, tiny, tmp_path):
+    report = validate_table(ort_table, tiny, samples=10, plot_path=tmp_path / "fid.png", show_progress=False,
+                            rounds=2, runs_per_round=10, work_dir=tmp_path / "val")
+    assert report["held_out_networks"] >= 4 and report["fit_networks"] >= 4
+    assert report["calibration"]["a"] > 0
+    # the calibration is the least-squares line through the fit networks only, and the held-out
+    # figures are computed from networks it never saw (timings vary by machine: no threshold on them)
+    nets = json.loads((tmp_path / "val" / "networks.json").read_text())
+    fit = [n for n in nets if not n["held_out"]]
+    held = [n for n in nets if n["held_out"]]
+    a, b = np.polyfit([n["raw_sum_ms"] for n in fit], [n["measured_ms"] for n in fit], 1)
+    assert report["calibration"]["a"] == pytest.approx(a) and report["calibration"]["b"] == pytest.approx(b)
+    rel = [(a * n["raw_sum_ms"] + b - n["measured_ms"]) / n["measured_ms"] for n in held]
+    assert report["calibrated"]["n"] == len(held) == report["held_out_networks"]
+    assert report["calibrated"]["rmspe_pct"] == pytest.approx(100 * float(np.sqrt(np.mean(np.square(rel)))))
+    assert report["calibrated"]["within_10pct"] == pytest.approx(float(np.mean(np.abs(rel) <= 0.10)))
+    assert (tmp_path / "fid.png").stat().st_size > 1000
+    table = LatencyTable.load(ort_table)
+    assert table.calibration["a"] == pytest.approx(report["calibration"]["a"])
+    p = table.predict(tiny, tiny.largest_arch())
+    assert p["calibrated"] and p["predicted_ms"] != p["raw_ms"]
+
+
+@pytest.fixture(scope="module")
+def ort_bundle(tmp_path_factory):
+    """One ONNX Runtime bundle of the tiny space, shared by the tests that only read it."""
+    from dna_deploy.space import load_space
+
+    return build_bundle(load_space("tiny"), load_device("x86-cpu-onnxruntime"), tmp_path_factory.mktemp("bundle") / "b",
+                        show_progress=False)
+
+
+@pytest.mark.slow
+def test_resume_after_kill(ort_bundle, tmp_path):
+    bundle = ort_bundle
+    out = tmp_path / "t.json"
+    code = (f"from dna_deploy.latency.profiler import measure_bundle; "
+            f"measure_bundle({str(bundle)!r}, {str(out)!r}, rounds=200, runs_per_round=5, max_extra_rounds=0, show_progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    partial = out.with_name(out.name + ".partial")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if partial.is_file() and json.loads(partial.read_text() or "{}").get("rounds_done", 0) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and partial.is_file()
+    done_before = json.loads(partial.read_text())["rounds_done"]
+    assert done_before >= 2
+    table = measure_bundle(bundle, out, rounds=200, runs_per_round=5, max_extra_rounds=0, show_progress=False)
+    assert table.meta["timing"]["resumed_at_round"] >= done_before
+    assert all(e["runs"] == 200 * 5 for e in table.entries.values())
+    assert not partial.exists()
+
+
+def test_bundle_and_run_bundle_cli(tiny, tmp_path):
+    r = runner.invoke(app, ["profile", "bundle", "-d", "x86-cpu-onnxruntime", "-s", "tiny", "-o", str(tmp_path / "b.zip"),
+                            "-f", "json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["profile", "run-bundle", str(tmp_path / "b.zip"), "-o", str(tmp_path / "t.json"),
+                            "--rounds", "1", "--runs", "3", "-f", "json"])
+    assert r.exit_code == 0, r.output
+    assert LatencyTable.load(tmp_path / "t.json").entries
+
+
+def test_run_bundle_imports_no_torch(ort_bundle, tmp_path):
+    bundle = ort_bundle
+    code = (f"import sys; from dna_deploy.latency.profiler import measure_bundle; "
+            f"measure_bundle({str(bundle)!r}, {str(tmp_path / 't.json')!r}, rounds=1, runs_per_round=2, show_progress=False); "
+            f"assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_device_and_missing_runtime_errors():
+    r = runner.invoke(app, ["profile", "-d", "nope", "-s", "tiny"])
+    assert r.exit_code == 1 and "unknown device 'nope'" in r.output
+    r = runner.invoke(app, ["profile", "-d", "jetson-orin-tensorrt-fp16", "-s", "tiny", "-o", "/tmp/x.json"])
+    import importlib.util
+
+    assert "Traceback" not in r.output
+    if importlib.util.find_spec("tensorrt") is None:
+        assert r.exit_code == 1 and "pip install 'dna-deploy[tensorrt]'" in r.output
+    else:  # TensorRT installed: it profiles when a GPU is there, or says plainly that none is
+        assert r.exit_code == 0 or ("GPU" in r.output or "CUDA" in r.output)
