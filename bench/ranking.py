@@ -1,9 +1,10 @@
-"""Do block-wise ratings rank real networks? DNA vs a SPOS single-path one-shot supernet.
+"""Do block-wise ratings rank real networks? DNA and DNA++ vs a SPOS single-path one-shot supernet.
 
 Data: the embedded MNIST subset made harder (few training images) so that networks of the tiny
 space spread in accuracy. Ground truth: >= 12 architectures trained stand-alone with one fixed
 recipe, accuracy on the validation split. Compared rankings:
   (a) DNA: summed block ratings (teacher = the largest network, trained on the same images);
+  (a') DNA++: summed block ratings of the teacher-free, self-supervised supernet (same epochs);
   (b) SPOS: one supernet with the head, trained end to end on labels with one uniform path per
       step, for as many steps as DNA's block-wise training took in total; each architecture is
       rated by its accuracy on the rate split after re-estimating BatchNorm for its path.
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from dna_deploy.data import load_mnist, stack
 from dna_deploy.distill.blockwise import train_blocks
+from dna_deploy.distill.selfsup import train_blocks_selfsup
 from dna_deploy.distill.supervised import evaluate, train_classifier
 from dna_deploy.distill.teacher import load_teacher, train_space_teacher
 from dna_deploy.io import write_json
@@ -141,8 +143,17 @@ def main():
         dna_steps = len(space.blocks) * args.dna_epochs * math.ceil(len(data.train) / cfg.batch_size)
         block_scores = {b["block"]: {k: v["loss"] for k, v in b["candidates"].items()} for b in ratings["blocks"]}
 
-        def dna_rating(arch):
-            return sum(block_scores[b][".".join(map(str, ops))] for b, ops in enumerate(arch.canonical().blocks))
+        def dna_rating(arch, scores=block_scores):
+            return sum(scores[b][".".join(map(str, ops))] for b, ops in enumerate(arch.canonical().blocks))
+
+        # ---- DNA++: no teacher, the same epochs per block
+        t0 = time.time()
+        cfg_pp = DistillConfig(method="dna++", epochs=args.dna_epochs, batch_size=32)
+        train_blocks_selfsup(space, data, tmp / "supernet_pp", config=cfg_pp, show_progress=False)
+        ratings_pp = rate_supernet(space, tmp / "supernet_pp", None, data, tmp / "ratings_pp.json", calib_images=128,
+                                   show_progress=False)
+        t_pp = time.time() - t0
+        pp_scores = {b["block"]: {k: v["loss"] for k, v in b["candidates"].items()} for b in ratings_pp["blocks"]}
 
         # ---- SPOS with the same number of steps
         t0 = time.time()
@@ -163,15 +174,20 @@ def main():
             t_sa = time.time() - t0
             t0 = time.time()
             spos_r = rate_spos(spos, space, a, data, calib)
-            res["archs"].append({"arch": str(a), "val_accuracy": acc, "val_accuracy_per_seed": per_seed, "dna_rating": dna_rating(a), "spos_rate_accuracy": spos_r,
+            res["archs"].append({"arch": str(a), "val_accuracy": acc, "val_accuracy_per_seed": per_seed, "dna_rating": dna_rating(a),
+                                 "dnapp_rating": dna_rating(a, pp_scores), "spos_rate_accuracy": spos_r,
                                  "predicted_ms": table.predict(space, a)["predicted_ms"], "standalone_s": t_sa,
                                  "spos_rate_s": time.time() - t0})
-            print(f"  {str(a):52} acc {acc:.3f}  DNA {dna_rating(a):.4f}  SPOS {spos_r:.3f}", flush=True)
+            print(f"  {str(a):52} acc {acc:.3f}  DNA {dna_rating(a):.4f}  DNA++ {dna_rating(a, pp_scores):.4f}  "
+                  f"SPOS {spos_r:.3f}", flush=True)
         accs = [r["val_accuracy"] for r in res["archs"]]
         dna = [-r["dna_rating"] for r in res["archs"]]  # lower rating = better
         sp = [r["spos_rate_accuracy"] for r in res["archs"]]
         res["dna"] = {"kendall_tau": kendall_tau_b(dna, accs), "spearman_rho": spearman(dna, accs),
                       "wall_s": t_dna, "steps": dna_steps}
+        pp = [-r["dnapp_rating"] for r in res["archs"]]
+        res["dnapp"] = {"kendall_tau": kendall_tau_b(pp, accs), "spearman_rho": spearman(pp, accs), "wall_s": t_pp,
+                        "steps": dna_steps}
         res["spos"] = {"kendall_tau": kendall_tau_b(sp, accs), "spearman_rho": spearman(sp, accs),
                        "wall_s": t_spos_train + sum(r["spos_rate_s"] for r in res["archs"]), "steps": dna_steps}
 
@@ -201,7 +217,7 @@ def main():
     print(f"\n{len(accs)} networks trained stand-alone: accuracy {accs_arr.min():.3f} .. {accs_arr.max():.3f} "
           f"(teacher {teacher_r['val_accuracy']:.3f}); train images {len(data.train)}")
     print(f"{'method':6} {'Kendall tau':>11} {'Spearman rho':>12} {'wall s':>7} {'steps':>6}")
-    for m in ("dna", "spos"):
+    for m in ("dna", "dnapp", "spos"):
         print(f"{m.upper():6} {res[m]['kendall_tau']:11.3f} {res[m]['spearman_rho']:12.3f} {res[m]['wall_s']:7.0f} {res[m]['steps']:6}")
     if "seed_to_seed" in res:
         ss = res["seed_to_seed"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -16,8 +18,85 @@ from dna_deploy.display import format_value
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
-SpaceOpt = typer.Option("dna-mbconv", "--space", "-s", help="Preset (dna-mbconv, tiny) or a space file (.yaml/.json/.toml).")
-FormatOpt = typer.Option("table", "--format", "-f", help="table (for people) or json (for scripts).")
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+SpaceOpt = typer.Option(None, "--space", "-s", help="Preset (dna-mbconv, tiny) or a space file (.yaml/.json/.toml) "
+                                                    "[the space the input artifact records; else dna-mbconv].")
+FormatOpt = typer.Option(OutputFormat.table, "--format", "-f", help="table (for people) or json (for scripts).")
+DEFAULT_SPACE = "dna-mbconv"
+
+
+def recorded_space(path: Path | None):
+    """The search space an artifact records (latency table, rating table, supernet folder, teacher
+    or model checkpoint), or None when it records none we can rebuild."""
+    from dna_deploy.errors import DnaDeployError
+    from dna_deploy.io import load_checkpoint, read_json
+    from dna_deploy.space import PRESETS, SearchSpace, load_space
+
+    if path is None or not Path(path).exists():
+        return None
+    path = Path(path)
+    try:
+        if path.is_dir():
+            path = path / "supernet.json"
+            if not path.is_file():
+                return None
+        if path.suffix == ".json":
+            d = read_json(path, what="artifact")
+            if not isinstance(d, dict):
+                return None
+            rec = d.get("meta", d) if isinstance(d.get("meta"), dict) else d
+            definition = rec.get("space_definition") or (rec.get("space") if isinstance(rec.get("space"), dict) else None)
+            if definition:
+                return SearchSpace.from_dict(definition, source=str(path))
+            name = rec.get("space")
+            if isinstance(name, str) and name in PRESETS:
+                sp = load_space(name)
+                fp = rec.get("space_fingerprint")
+                return sp if fp in (None, sp.fingerprint) else None
+            return None
+        if path.suffix in (".pt", ".pth"):
+            ckpt = load_checkpoint(path, what="checkpoint")
+            return SearchSpace.from_dict(ckpt["space"], source=str(path)) if isinstance(ckpt.get("space"), dict) else None
+    except DnaDeployError:
+        return None
+    return None
+
+
+def resolve_space(space: str | None, *artifacts):
+    """--space when given; else the space the first artifact records; else dna-mbconv."""
+    from dna_deploy.space import load_space
+
+    if space is not None:
+        return load_space(space)
+    for a in artifacts:
+        sp = recorded_space(a)
+        if sp is not None:
+            return sp
+    return load_space(DEFAULT_SPACE)
+
+
+def check_writable(path: Path, *, folder: bool = False) -> None:
+    """Fail in a second, not after an epoch: the output (a folder, or a file's folder) can be written."""
+    import os
+
+    from dna_deploy.errors import DataError
+
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise DataError(f"output {path} is a file; give a folder")
+    if not folder and path.is_dir():
+        raise DataError(f"output {path} is a folder; give a file path")
+    probe = path if folder else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DataError(f"cannot create {path}: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write {path}: {probe} is not writable")
 
 
 def render(data: Any, *, fmt: str = "table", title: str | None = None, columns: list[str] | None = None) -> None:
@@ -42,3 +121,15 @@ def render(data: Any, *, fmt: str = "table", title: str | None = None, columns: 
         for r in rows:
             table.add_row(*[format_value(r.get(c)) for c in columns])
     console.print(table)
+
+
+def parse_blocks(blocks: str | None) -> list[int] | None:
+    """'0,2,3' -> [0, 2, 3]; None -> None (all blocks)."""
+    from dna_deploy.errors import DataError
+
+    if not blocks:
+        return None
+    try:
+        return [int(b) for b in blocks.split(",")]
+    except ValueError:
+        raise DataError(f"--blocks {blocks!r}: give block numbers separated by commas, e.g. --blocks 0,2") from None

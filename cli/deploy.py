@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dna_deploy.cli.common import FormatOpt, SpaceOpt, console, render
+from dna_deploy.cli.common import FormatOpt, OutputFormat, SpaceOpt, check_writable, console, render, resolve_space
 from dna_deploy.settings import ExportSettings, RetrainSettings, VerifySettings
 
 R, E = RetrainSettings(), ExportSettings()  # the defaults, shared with the pipeline
@@ -20,7 +20,7 @@ def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture str
             epochs: int = typer.Option(R.epochs, min=1), batch_size: int = typer.Option(R.batch_size, min=1),
             lr: float = typer.Option(R.lr), seed: int = typer.Option(0),
             max_steps: int = typer.Option(R.max_steps, min=1, help="Cap steps per epoch (smoke runs)."),
-            resume: bool = typer.Option(True, "--resume/--restart"), fmt: str = FormatOpt) -> None:
+            resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Train the searched network stand-alone (cross-entropy, + logit KD with a teacher); writes model.pt.
 
     Example: dna-deploy retrain -s tiny -a 'k5e3.skip|...' --teacher runs/teacher.pt -o runs/retrain
@@ -28,10 +28,10 @@ def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture str
     from dna_deploy.data import load_data
     from dna_deploy.distill.retrain import retrain as run
     from dna_deploy.distill.teacher import load_teacher
-    from dna_deploy.space import load_space
 
-    sp = load_space(space)
+    sp = resolve_space(space, init_supernet, teacher if teacher and not teacher.startswith("torchvision:") else None)
     a = sp.parse_arch(arch)
+    check_writable(output, folder=True)
     d = load_data(data, sp.input_size)
     t = load_teacher(teacher, sp, weights=teacher_weights) if teacher else None
     settings = RetrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, max_steps=max_steps,
@@ -54,7 +54,7 @@ def export(weights: Path = typer.Option(..., "--weights", "-w", help="model.pt f
            verify: bool = typer.Option(False, "--verify", help="Run `verify` on the result (non-zero exit on failure)."),
            data: str = typer.Option(None, "--data", help="Labelled data for --verify [the model's data]."),
            table: list[Path] = typer.Option([], "--table", "-t", help="Latency tables for --verify."),
-           fmt: str = FormatOpt) -> None:
+           fmt: OutputFormat = FormatOpt) -> None:
     """Export to ONNX, LiteRT (fp32/fp16/int8) or a TensorRT engine, with a model.json sidecar.
 
     Example: dna-deploy export -w runs/retrain/model.pt --to tflite -p fp32 -p int8 -o runs/export
@@ -63,6 +63,7 @@ def export(weights: Path = typer.Option(..., "--weights", "-w", help="model.pt f
 
     settings = ExportSettings(to=to, precisions=tuple(precision), calibration_data=calibration_data,
                               dynamic_batch=dynamic_batch, keep_nchw=keep_nchw, opset=opset)
+    check_writable(output, folder=True)
     side = export_model(weights, output, settings, arch=arch)
     rows = [{k: a.get(k) for k in ("path", "runtime", "precision", "layout", "input_dtype")} for a in side["artifacts"]]
     if not verify:
@@ -76,12 +77,12 @@ def export(weights: Path = typer.Option(..., "--weights", "-w", help="model.pt f
 def verify(folder: Path = typer.Argument(..., help="Export folder (with model.json)."),
            data: str = typer.Option(None, "--data", help="Labelled data [the model's data]."),
            table: list[Path] = typer.Option([], "--table", "-t", help="Latency tables: compare measured vs predicted."),
-           max_images: int = typer.Option(None, help="Use the first N validation images."),
+           max_images: int = typer.Option(None, min=1, help="Use the first N validation images."),
            atol: float = typer.Option(None, help="Override the precision's absolute tolerance."),
            rtol: float = typer.Option(None, help="Override the relative tolerance."),
            min_top1_agreement: float = typer.Option(None), max_accuracy_drop_pts: float = typer.Option(None),
            max_latency_error_pct: float = typer.Option(None, help="Fail if measured latency is off the table by more."),
-           fmt: str = FormatOpt) -> None:
+           fmt: OutputFormat = FormatOpt) -> None:
     """Outputs vs PyTorch, top-1 agreement, accuracy, latency vs the table; non-zero exit on failure.
 
     Example: dna-deploy verify runs/export --data mnist -t latency_tables/x86-cpu-litert__tiny.json

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from dna_deploy.cli.common import FormatOpt, render
+from dna_deploy.cli.common import FormatOpt, OutputFormat, render
 
 app = typer.Typer(help="Device specs (runtime, precision, threads, batch) in devices/.", no_args_is_help=True)
 
 
 @app.command("list")
-def list_(fmt: str = FormatOpt) -> None:
+def list_(fmt: OutputFormat = FormatOpt) -> None:
     """Every shipped device spec, and whether its runtime is usable on this machine.
 
     Example: dna-deploy devices list

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dna_deploy.cli.common import FormatOpt, SpaceOpt, console, render
+from dna_deploy.cli.common import FormatOpt, OutputFormat, SpaceOpt, check_writable, console, render, resolve_space
 from dna_deploy.settings import ProfileSettings
 
 P = ProfileSettings()  # the defaults, shared with the pipeline
@@ -25,7 +25,8 @@ def profile_cmd(ctx: typer.Context,
                 runs: int = typer.Option(P.runs, min=1, help="Timed runs per op per round."),
                 cv_threshold: float = typer.Option(P.cv_threshold, help="Re-measure ops whose robust CV exceeds this."),
                 resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run."),
-                fmt: str = FormatOpt) -> None:
+                force: bool = typer.Option(False, "--force", help="Allow replacing a table shipped with dna-deploy."),
+                fmt: OutputFormat = FormatOpt) -> None:
     """Time every candidate op at every layer position of a space and write a latency table.
 
     Example: dna-deploy profile --device x86-cpu-onnxruntime --space tiny
@@ -37,12 +38,12 @@ def profile_cmd(ctx: typer.Context,
         raise typer.Exit(2)
     from dna_deploy.latency.devices import load_device
     from dna_deploy.latency.profiler import default_table_path, profile
-    from dna_deploy.space import load_space
 
-    dev, sp = load_device(device), load_space(space)
+    dev, sp = load_device(device), resolve_space(space)
     out = output or default_table_path(dev, sp)
+    check_writable(out)
     table = profile(sp, dev, out, rounds=rounds, runs_per_round=runs, cv_threshold=cv_threshold, resume=resume,
-                    show_progress=fmt == "table")
+                    show_progress=fmt == "table", force=force)
     _summary(table, out, fmt)
 
 
@@ -56,16 +57,16 @@ def _summary(table, out, fmt):
 
 @app.command("predict")
 def predict(archs: list[str] = typer.Argument(..., help="Architecture strings."), table: Path = TableOpt,
-            space: str = SpaceOpt, fmt: str = FormatOpt) -> None:
+            space: str = SpaceOpt, fmt: OutputFormat = FormatOpt) -> None:
     """Predicted latency of architectures: raw sum of layer entries and the calibrated value.
 
     Example: dna-deploy profile predict --space tiny --table latency_tables/x86-cpu-onnxruntime__tiny.json 'k3e3.skip|...'
     """
     from dna_deploy.latency.table import LatencyTable
     from dna_deploy.nn.builder import network_costs
-    from dna_deploy.space import load_space
 
-    sp, t = load_space(space), LatencyTable.load(table)
+    t = LatencyTable.load(table)
+    sp = resolve_space(space, table)
     rows = []
     for a in archs:
         arch = sp.parse_arch(a)
@@ -82,17 +83,23 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
              rounds: int = typer.Option(P.validate_rounds, min=1, help="Interleaved timing rounds per network."),
              plot: Path = typer.Option(None, help="PNG scatter [<table>.fidelity.png]."),
              resume: bool = typer.Option(True, "--resume/--restart", help="Reuse network measurements of an interrupted run."),
-             fmt: str = FormatOpt) -> None:
+             output: Path = typer.Option(None, "--output", "-o", help="Write the calibrated table here [the table itself]."),
+             force: bool = typer.Option(False, "--force", help="Calibrate a copy of a shipped or foreign table beside it."),
+             fmt: OutputFormat = FormatOpt) -> None:
     """Measure random networks end to end, fit the correction, report held-out fidelity, store both.
+
+    A table measured on another host (CPU model, flags, cores) or runtime version, or shipped with
+    dna-deploy, is never calibrated in place: profile this machine, or pass -o / --force for a copy.
 
     Example: dna-deploy profile validate --space tiny --table latency_tables/x86-cpu-onnxruntime__tiny.json -n 30
     """
-    from dna_deploy.latency.validate import validate_table
-    from dna_deploy.space import load_space
+    from dna_deploy.latency.validate import calibrated_table_path, validate_table
 
-    plot = plot or table.with_suffix(".fidelity.png")
-    r = validate_table(table, load_space(space), samples=samples, seed=seed, plot_path=plot, show_progress=fmt == "table",
-                       resume=resume, rounds=rounds)
+    dest = calibrated_table_path(table, output=output, force=force)
+    check_writable(dest)
+    plot = plot or dest.with_suffix(".fidelity.png")
+    r = validate_table(table, resolve_space(space, table), samples=samples, seed=seed, plot_path=plot,
+                       show_progress=fmt == "table", resume=resume, rounds=rounds, output=dest)
     if fmt == "json":
         render(r, fmt="json")
         return
@@ -100,13 +107,13 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
             for k in ("raw_sum", "calibrated", "macs_linear")]
     render(rows, title=f"fidelity on {r['held_out_networks']} held-out networks (fit on {r['fit_networks']})")
     console.print(f"calibration: measured = {r['calibration']['a']:.4f} * raw_sum + {r['calibration']['b']:.4f} ms; "
-                  f"stored in {table}; plot: {plot}")
+                  f"stored in {dest}; plot: {plot}")
 
 
 @app.command("bundle")
 def bundle(device: str = typer.Option(..., "--device", "-d"), space: str = SpaceOpt,
            output: Path = typer.Option(..., "--output", "-o", help="Folder (or .zip) to write."),
-           fmt: str = FormatOpt) -> None:
+           fmt: OutputFormat = FormatOpt) -> None:
     """Write the op models and a manifest, to profile a target that has only the runtime installed.
 
     Example: dna-deploy profile bundle --device rpi5-cpu-litert --space tiny -o rpi5-bundle.zip
@@ -116,9 +123,9 @@ def bundle(device: str = typer.Option(..., "--device", "-d"), space: str = Space
 
     from dna_deploy.latency.devices import load_device
     from dna_deploy.latency.profiler import build_bundle
-    from dna_deploy.space import load_space
 
-    dev, sp = load_device(device), load_space(space)
+    dev, sp = load_device(device), resolve_space(space)
+    check_writable(output, folder=output.suffix != ".zip")
     if output.suffix == ".zip":
         with tempfile.TemporaryDirectory() as tmp:
             build_bundle(sp, dev, tmp, show_progress=fmt == "table")
@@ -134,7 +141,7 @@ def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .z
                output: Path = typer.Option(None, "--output", "-o", help="Table path [<device>__<space>.json]."),
                threads: int = typer.Option(None, help="Override the device spec's thread count."),
                rounds: int = typer.Option(5, min=1), runs: int = typer.Option(20, min=1),
-               resume: bool = typer.Option(True, "--resume/--restart"), fmt: str = FormatOpt) -> None:
+               resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Time a bundle's op models on this machine (no torch needed for ONNX Runtime / LiteRT bundles).
 
     Example: dna-deploy profile run-bundle rpi5-bundle.zip

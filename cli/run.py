@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dna_deploy.cli.common import FormatOpt, console, render
+from dna_deploy.cli.common import FormatOpt, OutputFormat, console, render
 
 
 def _run(config: Path, out: Path | None, fmt: str) -> None:
@@ -30,7 +30,7 @@ def _run(config: Path, out: Path | None, fmt: str) -> None:
 
 def run(config: Path = typer.Argument(..., help="Pipeline YAML (see examples/quickstart.yaml)."),
         out: Path = typer.Option(None, "--out", "-o", help="Output folder [the file's 'output']."),
-        fmt: str = FormatOpt) -> None:
+        fmt: OutputFormat = FormatOpt) -> None:
     """Run a whole pipeline; stages whose inputs and settings are unchanged are skipped.
 
     Example: dna-deploy run examples/quickstart.yaml --out runs/mine
@@ -39,7 +39,7 @@ def run(config: Path = typer.Argument(..., help="Pipeline YAML (see examples/qui
 
 
 def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Output folder."),
-               fmt: str = FormatOpt) -> None:
+               fmt: OutputFormat = FormatOpt) -> None:
     """The shipped quickstart: MNIST, tiny space, ONNX Runtime + LiteRT, train -> rate -> search -> export -> verify.
 
     Example: dna-deploy quickstart --out runs/quickstart

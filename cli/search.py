@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dna_deploy.cli.common import FormatOpt, SpaceOpt, console, render
+from dna_deploy.cli.common import FormatOpt, OutputFormat, SpaceOpt, check_writable, console, parse_blocks, render, resolve_space
 from dna_deploy.errors import DataError
 from dna_deploy.settings import RateSettings, SearchSettings
 
@@ -15,7 +15,7 @@ R, S = RateSettings(), SearchSettings()  # the defaults, shared with the pipelin
 
 def rate(space: str = SpaceOpt, data: str = typer.Option("mnist", "--data"),
          supernet: Path = typer.Option(..., "--supernet", help="Folder written by `dna-deploy train`."),
-         teacher: str = typer.Option(..., "--teacher", help="The teacher the supernet was distilled from."),
+         teacher: str = typer.Option(None, "--teacher", help="The teacher a DNA supernet was distilled from (DNA++: none)."),
          teacher_weights: Path = typer.Option(None), taps: str = typer.Option(None),
          output: Path = typer.Option(..., "--output", "-o", help="Rating table JSON to write."),
          blocks: str = typer.Option(None, help="Comma-separated blocks [all]."),
@@ -23,20 +23,23 @@ def rate(space: str = SpaceOpt, data: str = typer.Option("mnist", "--data"),
          calib_images: int = typer.Option(R.calib_images, min=1, help="Training images used to re-estimate BatchNorm per candidate."),
          calib_batch: int = typer.Option(R.calib_batch, min=1, help="Batch size of that re-estimation."),
          seed: int = typer.Option(0, help="Which training images calibrate BatchNorm."), resume: bool = typer.Option(True, "--resume/--restart"),
-         fmt: str = FormatOpt) -> None:
+         fmt: OutputFormat = FormatOpt) -> None:
     """Rate every candidate of every block on the held-out rate split (BN re-estimated per candidate).
+
+    DNA: against the teacher's features. DNA++: against the supernet's own population centre, no teacher.
 
     Example: dna-deploy rate --space tiny --supernet runs/supernet --teacher runs/teacher.pt -o runs/ratings.json
     """
     from dna_deploy.data import load_data
     from dna_deploy.distill.teacher import load_teacher
     from dna_deploy.select.rate import rate_supernet
-    from dna_deploy.space import load_space
 
-    sp = load_space(space)
+    sp = resolve_space(space, supernet)
+    block_list = parse_blocks(blocks)
+    check_writable(output)
     d = load_data(data, sp.input_size)
-    t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None)
-    table = rate_supernet(sp, supernet, t, d, output, blocks=[int(b) for b in blocks.split(",")] if blocks else None,
+    t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None) if teacher else None
+    table = rate_supernet(sp, supernet, t, d, output, blocks=block_list,
                           metric=metric, calib_images=calib_images, calib_batch=calib_batch, seed=seed, resume=resume,
                           show_progress=fmt == "table")
     rows = []
@@ -56,7 +59,7 @@ def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating tab
            top_k: int = typer.Option(S.top_k, min=1, help="The K best architectures (exact)."),
            pareto_out: Path = typer.Option(None, "--pareto", help="Write the Pareto front (rating vs the first table's latency, within every limit): PATH.csv and PATH.png."),
            output: Path = typer.Option(None, "--output", "-o", help="Write the result as JSON."),
-           fmt: str = FormatOpt) -> None:
+           fmt: OutputFormat = FormatOpt) -> None:
     """Exact search: lowest summed block rating within every latency budget and limit.
 
     Example: dna-deploy search -s tiny -r runs/ratings.json -t latency_tables/x86-cpu-onnxruntime__tiny.json -b 0.15
@@ -64,9 +67,11 @@ def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating tab
     from dna_deploy.latency.table import LatencyTable
     from dna_deploy.select.rate import load_ratings
     from dna_deploy.select.search import run_search
-    from dna_deploy.space import load_space
 
-    sp = load_space(space)
+    sp = resolve_space(space, ratings, *table)
+    for path in (output, pareto_out):
+        if path is not None:
+            check_writable(path)
     r = load_ratings(ratings, sp)
     tables = [LatencyTable.load(t) for t in table]
     if len(budget_ms) > len(tables):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dna_deploy.cli.common import FormatOpt, SpaceOpt, render
+from dna_deploy.cli.common import FormatOpt, OutputFormat, SpaceOpt, check_writable, parse_blocks, render, resolve_space
 from dna_deploy.settings import DistillConfig, TeacherTrainSettings
 
 T, D = TeacherTrainSettings(), DistillConfig()  # the defaults, shared with the pipeline
@@ -23,16 +23,16 @@ def teacher_train(space: str = SpaceOpt, data: str = DataOpt,
                   epochs: int = typer.Option(T.epochs, min=1), batch_size: int = typer.Option(T.batch_size, min=1),
                   lr: float = typer.Option(T.lr), seed: int = typer.Option(0),
                   max_steps: int = typer.Option(T.max_steps, min=1, help="Cap steps per epoch (smoke runs)."),
-                  resume: bool = typer.Option(True, "--resume/--restart"), fmt: str = FormatOpt) -> None:
+                  resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Train a teacher on the data: a network of the space (default: the largest).
 
     Example: dna-deploy teacher train --space tiny --data mnist -o runs/teacher.pt --epochs 3
     """
     from dna_deploy.data import load_data
     from dna_deploy.distill.teacher import train_space_teacher
-    from dna_deploy.space import load_space
 
-    sp = load_space(space)
+    sp = resolve_space(space)
+    check_writable(output)
     d = load_data(data, sp.input_size)
     settings = TeacherTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, arch=arch)
     r = train_space_teacher(sp, d, output, arch=arch, resume=resume, show_progress=fmt == "table",
@@ -41,7 +41,8 @@ def teacher_train(space: str = SpaceOpt, data: str = DataOpt,
 
 
 def train(space: str = SpaceOpt, data: str = DataOpt,
-          teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint (.pt) or torchvision:NAME."),
+          method: str = typer.Option(D.method, help="dna (distil from --teacher) or dna++ (teacher-free, self-supervised)."),
+          teacher: str = typer.Option(None, "--teacher", help="Teacher checkpoint (.pt) or torchvision:NAME (DNA)."),
           teacher_weights: Path = typer.Option(None, help="Local weights for a torchvision teacher (weights_only)."),
           taps: str = typer.Option(None, help="Comma-separated teacher node names, one per block [family defaults]."),
           output: Path = typer.Option(..., "--output", "-o", help="Folder for block checkpoints and metrics."),
@@ -56,30 +57,51 @@ def train(space: str = SpaceOpt, data: str = DataOpt,
           cache_features: bool = typer.Option(None, "--cache-features/--no-cache-features",
                                               help="Keep teacher features on disk [on for in-memory data]."),
           seed: int = typer.Option(0), max_steps: int = typer.Option(D.max_steps, min=1, help="Cap steps per epoch (smoke runs)."),
-          resume: bool = typer.Option(True, "--resume/--restart"), fmt: str = FormatOpt) -> None:
-    """DNA: train every block supernet to reproduce the teacher's features, one random path per step.
+          ema: float = typer.Option(D.ema, help="DNA++: momentum of the EMA target."),
+          ensemble_paths: int = typer.Option(D.ensemble_paths, min=1, help="DNA++: paths averaged into the target's population centre."),
+          variance_weight: float = typer.Option(D.variance_weight, min=0.0, help="DNA++: weight of the anti-collapse variance term."),
+          augment: str = typer.Option(D.augment, help="DNA++ views: auto, digits or natural."),
+          resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
+    """Train every block supernet, one random path per step: DNA distils the teacher's features;
+    DNA++ (--method dna++) needs no teacher and bootstraps from its own momentum target.
 
     Example: dna-deploy train --space tiny --teacher runs/teacher.pt -o runs/supernet --epochs 5
+    Teacher-free: dna-deploy train --method dna++ --space tiny -o runs/supernet-ssl
     Data-parallel: torchrun --nproc-per-node 2 -m dna_deploy train ...
     """
     from dna_deploy.data import load_data
-    from dna_deploy.distill.blockwise import train_blocks
-    from dna_deploy.distill.teacher import load_teacher
     from dna_deploy.distributed import dist_info, init_distributed_from_env
-    from dna_deploy.space import load_space
+    from dna_deploy.errors import DataError
 
+    cfg = DistillConfig(method=method, epochs=epochs, batch_size=batch_size, lr_edge=lr_edge, lr_inner=lr_inner,
+                        lr_decay=lr_decay, weight_decay=weight_decay, loss=loss, fairness=fairness, seed=seed,
+                        max_steps=max_steps, ema=ema, ensemble_paths=ensemble_paths, variance_weight=variance_weight,
+                        augment=augment)
+    if method == "dna" and teacher is None:
+        raise DataError("DNA distils from a teacher: give --teacher (a checkpoint or torchvision:NAME), "
+                        "or train without one: --method dna++")
+    if method == "dna++" and teacher is not None:
+        raise DataError("--method dna++ uses no teacher; leave out --teacher (it serves retrain's distillation)")
     init_distributed_from_env()
-    sp = load_space(space)
+    sp = resolve_space(space, teacher if teacher and not teacher.startswith("torchvision:") else None)
+    block_list = parse_blocks(blocks)
+    check_writable(output, folder=True)
     d = load_data(data, sp.input_size)
-    t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None)
-    cfg = DistillConfig(epochs=epochs, batch_size=batch_size, lr_edge=lr_edge, lr_inner=lr_inner, lr_decay=lr_decay,
-                        weight_decay=weight_decay, loss=loss, fairness=fairness, seed=seed, max_steps=max_steps)
-    block_list = [int(b) for b in blocks.split(",")] if blocks else None
-    res = train_blocks(sp, d, t, output, config=cfg, blocks=block_list, resume=resume, cache_features=cache_features,
-                       show_progress=fmt == "table")
+    if method == "dna++":
+        from dna_deploy.distill.selfsup import train_blocks_selfsup
+
+        res = train_blocks_selfsup(sp, d, output, config=cfg, blocks=block_list, resume=resume,
+                                   show_progress=fmt == "table")
+    else:
+        from dna_deploy.distill.blockwise import train_blocks
+        from dna_deploy.distill.teacher import load_teacher
+
+        t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None)
+        res = train_blocks(sp, d, t, output, config=cfg, blocks=block_list, resume=resume, cache_features=cache_features,
+                           show_progress=fmt == "table")
     if dist_info()[0] != 0:
         return
     rows = [{"block": b, "epochs": len(r["history"]), "first_loss": r["history"][0]["loss"] if r["history"] else None,
              "last_loss": r["history"][-1]["loss"] if r["history"] else None, "checkpoint": r["checkpoint"]}
             for b, r in res.items()]
-    render(rows, fmt=fmt, title=f"DNA block-wise distillation ({sp.name})")
+    render(rows, fmt=fmt, title=f"{'DNA++ self-supervised' if method == 'dna++' else 'DNA'} block-wise training ({sp.name})")

@@ -25,6 +25,22 @@ TARGET_PRECISIONS = {"onnx": ("fp32",), "tflite": ("fp32", "fp16", "int8"), "ten
 EXPORT_TARGETS = tuple(TARGET_PRECISIONS)
 RATING_METRICS = ("l1-norm", "mse-channel", "mse")
 DISTILL_LOSSES = ("mse-channel", "mse")
+DISTILL_METHODS = ("dna", "dna++")  # DNA: from a teacher; DNA++: teacher-free, self-supervised
+AUGMENTATIONS = ("auto", "digits", "natural")
+
+
+def _check(settings, *, positive=(), choices: dict | None = None) -> None:
+    """Values a type check lets through but no run can use: non-positive counts and rates, unknown names."""
+    for name in positive:
+        v = getattr(settings, name)
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise DataError(f"{name} must be positive, got {v!r}")
+    for name, allowed in (choices or {}).items():
+        v = getattr(settings, name)
+        if v not in allowed:
+            hint = suggest(str(v), [str(a) for a in allowed])
+            raise DataError(f"{name} {v!r}: {hint}" + ("" if hint.startswith("valid") else
+                                                       f" (choices: {', '.join(str(a) for a in allowed)})"))
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,9 @@ class ClassifierConfig:
     seed: int = 0
     max_steps: int | None = None  # cap steps per epoch (smoke runs)
 
+    def __post_init__(self):
+        _check(self, positive=("epochs", "batch_size", "lr", "kd_temperature", "max_steps"))
+
 
 @dataclass(frozen=True)
 class TeacherTrainSettings:
@@ -50,6 +69,9 @@ class TeacherTrainSettings:
     lr: float = 3e-3
     max_steps: int | None = None
     arch: str | None = None
+
+    def __post_init__(self):
+        _check(self, positive=("epochs", "batch_size", "lr", "max_steps"))
 
     def classifier(self, seed: int) -> ClassifierConfig:
         return ClassifierConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
@@ -76,8 +98,13 @@ class TeacherSettings:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """DNA block-wise distillation (`dna-deploy train`); learning rates follow the reference schedule."""
+    """Block-wise training (`dna-deploy train`); learning rates follow the DNA reference schedule.
 
+    method "dna" distils from a teacher; "dna++" needs none (distill/selfsup.py) and uses the last
+    four fields: the target's EMA momentum, the paths averaged into its population centre, the
+    weight of the anti-collapse variance term, and the augmentation (auto: digits for MNIST)."""
+
+    method: str = "dna"
     epochs: int = 5
     batch_size: int = 64
     lr_edge: float = 2e-3  # first and last block
@@ -88,6 +115,18 @@ class DistillConfig:
     fairness: bool = False  # strict fairness: every choice of a layer once per round
     seed: int = 0
     max_steps: int | None = None  # cap steps per epoch (smoke runs)
+    ema: float = 0.99
+    ensemble_paths: int = 4
+    variance_weight: float = 1.0
+    augment: str = "auto"
+
+    def __post_init__(self):
+        _check(self, positive=("epochs", "batch_size", "lr_edge", "lr_inner", "lr_decay", "max_steps", "ensemble_paths"),
+               choices={"loss": DISTILL_LOSSES, "method": DISTILL_METHODS, "augment": AUGMENTATIONS})
+        if not 0 <= self.ema < 1:
+            raise DataError(f"ema must lie in [0, 1), got {self.ema}")
+        if self.variance_weight < 0:
+            raise DataError(f"variance_weight must be >= 0, got {self.variance_weight}")
 
     def lr(self, block: int, n_blocks: int) -> float:
         return self.lr_edge if block in (0, n_blocks - 1) else self.lr_inner
@@ -104,6 +143,12 @@ class ProfileSettings:
     validate_samples: int = 30
     validate_rounds: int = 3
 
+    def __post_init__(self):
+        _check(self, positive=("rounds", "runs", "cv_threshold", "validate_rounds"),
+               choices={"use_shipped": ("auto", True, False)})
+        if self.validate_samples < 6:
+            raise DataError("validate_samples must be at least 6 (some to fit the correction, some held out)")
+
 
 @dataclass(frozen=True)
 class RateSettings:
@@ -111,12 +156,18 @@ class RateSettings:
     calib_images: int = 256  # training images per candidate's BatchNorm re-estimation
     calib_batch: int = 64
 
+    def __post_init__(self):
+        _check(self, positive=("calib_images", "calib_batch"), choices={"metric": RATING_METRICS})
+
 
 @dataclass(frozen=True)
 class SearchSettings:
     top_k: int = 5
     max_mmacs: float | None = None
     max_params: float | None = None
+
+    def __post_init__(self):
+        _check(self, positive=("top_k", "max_mmacs", "max_params"))
 
 
 @dataclass(frozen=True)
@@ -129,6 +180,11 @@ class RetrainSettings:
     kd_weight: float = 0.5
     max_steps: int | None = None
     init_supernet: bool = True
+
+    def __post_init__(self):
+        _check(self, positive=("epochs", "batch_size", "lr", "max_steps"))
+        if not 0 <= self.kd_weight <= 1:
+            raise DataError(f"kd_weight must lie in [0, 1], got {self.kd_weight}")
 
     def classifier(self, seed: int, *, with_teacher: bool) -> ClassifierConfig:
         return ClassifierConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
@@ -165,6 +221,9 @@ class VerifySettings:
     max_accuracy_drop_pts: float | None = None
     max_latency_error_pct: float | None = None
 
+    def __post_init__(self):
+        _check(self, positive=("max_images", "atol", "rtol", "max_latency_error_pct"))
+
     def overrides(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "max_images" and v is not None}
 
@@ -193,6 +252,9 @@ class ProgressiveSettings:
     """DNA+: round r+1 distils from round r's retrained winner."""
 
     rounds: int = 1
+
+    def __post_init__(self):
+        _check(self, positive=("rounds",))
 
 
 # ---------------------------------------------------------------- reading user-written mappings

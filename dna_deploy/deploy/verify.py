@@ -119,7 +119,8 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
         ref = torch.cat([net(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
     x_np, y_np = x.numpy(), y.numpy()
     acc_ref = accuracy(ref, y_np)
-    report = {"folder": str(folder), "arch": side["arch"], "data": data_spec, "images": len(x),
+    report = {"folder": str(folder), "arch": side["arch"], "data": data_spec, "data_fingerprint": d.fingerprint,
+              "split": "val", "images": len(x),
               "pytorch_accuracy": acc_ref, "artifacts": [], "passed": True}
     arts = [a for a in side["artifacts"] if only is None or a["path"] in only or a["runtime"] in only]
     with progress_bar(show_progress) as bar:

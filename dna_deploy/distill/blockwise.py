@@ -106,7 +106,8 @@ def _train_block(space, b, teacher, x_all, feats, stds, out_dir, config, meta, r
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
     ckpt = EpochCheckpoint(block_checkpoint_path(out_dir, b), metrics_path=Path(out_dir) / "metrics.jsonl", key={"block": b},
                            identity={"config": meta["config"], "teacher_fingerprint": teacher.fingerprint,
-                                     "space_fingerprint": space.fingerprint}, writer=rank == 0)
+                                     "space_fingerprint": space.fingerprint,
+                                     "data_fingerprint": meta["data"]["fingerprint"]}, writer=rank == 0)
     objects = {"student": student, "optimizer": opt, "scheduler": sched}
     start_epoch, history, _ = ckpt.resume(objects, enabled=resume)
     model = student

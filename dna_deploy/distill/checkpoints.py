@@ -56,3 +56,18 @@ def load_model(path: str | Path, *, arch: str | None = None):
     except RuntimeError as e:
         raise DataError(f"weights {path} do not fit architecture {a}: {str(e).splitlines()[0][:300]}") from None
     return space, a, net.eval(), ckpt
+
+
+def check_supernet_data(supernet_dir: str | Path, data, *, what: str) -> None:
+    """Rate and retrain use the data the supernet was distilled on (same split): otherwise the rate
+    split or the validation split may hold images the supernet trained on."""
+    from dna_deploy.io import read_json
+
+    meta_path = Path(supernet_dir) / "supernet.json"
+    if not meta_path.is_file():
+        return  # a folder of block checkpoints without metadata: their own checks still apply
+    recorded = (read_json(meta_path, what="supernet metadata").get("data") or {})
+    if recorded.get("fingerprint") not in (None, data.fingerprint):
+        raise DataError(f"{what}: the supernet in {supernet_dir} was distilled on data {recorded.get('data')!r} "
+                        f"(split {recorded.get('fingerprint')}), not on {data.name!r} (split {data.fingerprint}); "
+                        f"pass --data {recorded.get('data')}")

@@ -8,8 +8,9 @@ import dataclasses
 from pathlib import Path
 
 from dna_deploy.data import DataSplits
-from dna_deploy.distill.checkpoints import block_checkpoint_path, save_model
+from dna_deploy.distill.checkpoints import block_checkpoint_path, check_supernet_data, save_model
 from dna_deploy.distill.supervised import evaluate, train_classifier
+from dna_deploy.errors import DataError
 from dna_deploy.io import load_checkpoint
 from dna_deploy.settings import ClassifierConfig
 from dna_deploy.space import Arch, SearchSpace
@@ -36,6 +37,16 @@ def retrain(space: SearchSpace, arch: Arch, data: DataSplits, out: str | Path, *
             data_spec: str = "mnist") -> dict:
     if data.num_classes != space.num_classes:
         space = dataclasses.replace(space, num_classes=data.num_classes)
+    if supernet_dir is not None:
+        check_supernet_data(supernet_dir, data, what="retrain")
+    if teacher is not None and config.kd_weight > 0:
+        import torch
+
+        with torch.no_grad():
+            t_classes = teacher.model.eval()(torch.zeros(1, space.in_channels, space.input_size, space.input_size)).shape[1]
+        if t_classes != data.num_classes:
+            raise DataError(f"the teacher predicts {t_classes} classes and the data has {data.num_classes}: logit "
+                            "distillation needs the same classes. Retrain without it (--kd-weight 0, or no --teacher)")
     import torch
 
     from dna_deploy.nn.builder import build_network
@@ -46,7 +57,9 @@ def retrain(space: SearchSpace, arch: Arch, data: DataSplits, out: str | Path, *
     out.mkdir(parents=True, exist_ok=True)
     t_model = teacher.model if teacher is not None else None
     r = train_classifier(net, data, out / "retrain.ckpt.pt", config=config, teacher=t_model, resume=resume,
-                         show_progress=show_progress, metrics_path=out / "retrain_metrics.jsonl", what="retrain")
+                         show_progress=show_progress, metrics_path=out / "retrain_metrics.jsonl", what="retrain",
+                         identity={"arch": str(arch), "data_fingerprint": data.fingerprint,
+                                   "init": "supernet" if supernet_dir else "random"})
     metrics = {"val_accuracy": r["val_accuracy"], "val_loss": r["val_loss"], "epochs": config.epochs,
                "kd_weight": config.kd_weight if teacher is not None else 0.0, "init": "supernet" if supernet_dir else "random"}
     if teacher is not None:

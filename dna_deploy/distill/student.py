@@ -20,7 +20,7 @@ from dna_deploy.io import load_checkpoint
 from dna_deploy.nn.supernet import BlockSupernet
 from dna_deploy.space import SearchSpace
 
-DISTANCES = ("mse-channel", "mse", "l1-norm")
+DISTANCES = ("mse-channel", "mse", "l1-norm", "ssl-cosine")
 
 
 def adapter(cin: int, cout: int) -> nn.Module:
@@ -54,6 +54,8 @@ def feature_distance(student: torch.Tensor, target: torch.Tensor, kind: str, cha
         d = (student - target) ** 2
     elif kind == "l1-norm":
         d = (student - target).abs() / target.std()
+    elif kind == "ssl-cosine":  # DNA++: 2 - 2 cos per image, against the population centre
+        d = (2 - 2 * torch.nn.functional.cosine_similarity(student.flatten(1), target.flatten(1), dim=1))[:, None]
     else:
         raise DataError(f"unknown distance {kind!r}; choose {', '.join(DISTANCES)}")
     per_image = d.flatten(1).mean(1)
@@ -65,8 +67,9 @@ def channel_stats(feats: list[torch.Tensor]) -> list[torch.Tensor]:
     return [f.transpose(0, 1).flatten(1).std(1).clamp_min(1e-6) for f in feats]
 
 
-def load_block(space: SearchSpace, out_dir: str | Path, block: int) -> tuple[BlockStudent, dict]:
-    """A trained block student and its checkpoint metadata (refuses another space's checkpoint)."""
+def load_block(space: SearchSpace, out_dir: str | Path, block: int) -> tuple[nn.Module, dict]:
+    """A trained block student (DNA's BlockStudent, or DNA++'s online block with its predictor) and
+    its checkpoint metadata; refuses another space's checkpoint."""
     path = block_checkpoint_path(Path(out_dir), block)
     if not path.is_file():
         raise DataError(f"no trained block {block} in {out_dir}: run `dna-deploy train` (e.g. --blocks {block}) first")
@@ -74,6 +77,10 @@ def load_block(space: SearchSpace, out_dir: str | Path, block: int) -> tuple[Blo
     if state.get("space_fingerprint") != space.fingerprint:
         raise DataError(f"{path} was trained for another space (fingerprint {state.get('space_fingerprint')}, "
                         f"space {space.name!r} is {space.fingerprint})")
+    if state.get("method") == "dna++":
+        from dna_deploy.distill.selfsup import load_selfsup_block
+
+        return load_selfsup_block(space, state, block), state
     student = BlockStudent(space, block, state["teacher_channels"])
     student.load_state_dict(state["student"])
     return student, state

@@ -35,8 +35,11 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 256) -> dict:
 
 def train_classifier(model: nn.Module, data: DataSplits, ckpt_path: str | Path, *, config: ClassifierConfig = ClassifierConfig(),
                      teacher: nn.Module | None = None, resume: bool = True, show_progress: bool = True,
-                     metrics_path: str | Path | None = None, what: str = "train") -> dict:
-    """Cross-entropy (+ logit KD) with AdamW and a cosine schedule; returns history and val accuracy."""
+                     metrics_path: str | Path | None = None, what: str = "train", identity: dict | None = None) -> dict:
+    """Cross-entropy (+ logit KD) with AdamW and a cosine schedule; returns history and val accuracy.
+
+    identity: what else must match for a checkpoint to be resumed (the architecture, the data): a
+    rerun into the same folder with another network starts afresh instead of loading wrong weights."""
     torch.manual_seed(config.seed)
     ckpt_path = Path(ckpt_path)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -46,7 +49,7 @@ def train_classifier(model: nn.Module, data: DataSplits, ckpt_path: str | Path, 
     total = config.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / max(total, 1))))
     objects = {"state_dict": model, "optimizer": opt, "scheduler": sched}
-    ckpt = EpochCheckpoint(ckpt_path, identity={"config": asdict(config)}, metrics_path=metrics_path, key={"what": what})
+    ckpt = EpochCheckpoint(ckpt_path, identity={"config": asdict(config), **(identity or {})}, metrics_path=metrics_path, key={"what": what})
     start_epoch, history, _ = ckpt.resume(objects, enabled=resume)
     if teacher is not None:
         teacher.eval()

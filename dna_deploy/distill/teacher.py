@@ -216,7 +216,8 @@ def train_space_teacher(space: SearchSpace, data, out: str | Path, *, arch=None,
     model = build_network(space, arch)
     out = Path(out)
     result = train_classifier(model, data, out.with_suffix(".train.pt"), config=config,
-                              resume=resume, show_progress=show_progress, what="teacher")
+                              resume=resume, show_progress=show_progress, what="teacher",
+                              identity={"arch": str(arch), "data_fingerprint": data.fingerprint})
     metrics = {"val_accuracy": result["val_accuracy"], "epochs": len(result["history"])}
     save_space_teacher(out, space, arch, model, metrics, data.fingerprint)
     out.with_suffix(".train.pt").unlink(missing_ok=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dna_deploy.errors import DataError
+from dna_deploy.errors import DataError, TableError
 from dna_deploy.io import fingerprint, read_json, write_json
 from dna_deploy.latency.devices import DeviceSpec
-from dna_deploy.latency.table import LatencyTable
+from dna_deploy.latency.table import LatencyTable, is_shipped
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime
 from dna_deploy.runtimes.base import TimingStats
@@ -95,23 +95,51 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
     return {str(a): TimingStats.from_samples(cache[str(a)]).median_ms for a in archs}
 
 
+def calibrated_table_path(table_path: str | Path, *, output: str | Path | None = None, force: bool = False) -> Path:
+    """Where validation stores the calibration: the table itself when it was measured on this host
+    and is the user's own; a new file for a shipped table or one measured elsewhere, and only when
+    asked (-o, or --force to write `<table>.<this host>.json` beside it). A table's op timings and
+    its calibration must come from the same machine, or the correction mixes two machines."""
+    from dna_deploy.host import host_description
+
+    table_path = Path(table_path)
+    if output is not None:
+        return Path(output)
+    table = LatencyTable.load(table_path)
+    reasons = table.foreign_reasons()
+    shipped = is_shipped(table_path)
+    if not reasons and not shipped:
+        return table_path
+    why = ("it ships with dna-deploy and is never rewritten" if not reasons else
+           "it was measured on another host or runtime (" + "; ".join(reasons[:2]) + ")")
+    tag = f"{host_description()['cpu_flags_sha256'][:8]}"
+    beside = table_path.with_name(f"{table_path.stem}.{tag}.json")
+    if not force:
+        raise TableError(f"not calibrating {table_path} in place: {why}. Profile this machine instead "
+                         f"(dna-deploy profile --device {table.name} -o my_table.json), or pass -o NEW.json or --force "
+                         f"to calibrate a copy ({beside.name})")
+    return beside
+
+
 def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int = 30, holdout: float = 0.5,
                    seed: int = 0, plot_path: str | Path | None = None, work_dir: str | Path | None = None,
-                   show_progress: bool = True, rounds: int = 3, runs_per_round: int = 15, resume: bool = True) -> dict:
+                   show_progress: bool = True, rounds: int = 3, runs_per_round: int = 15, resume: bool = True,
+                   output: str | Path | None = None, force: bool = False) -> dict:
     """Measure `samples` networks, fit the calibration on 1 - holdout of them, report on the rest,
-    and store calibration + fidelity in the table (atomically)."""
+    and store calibration + fidelity (atomically) in the table, or in a copy (calibrated_table_path)."""
+    from dna_deploy.host import host_description, runtime_versions
     from dna_deploy.nn.builder import network_costs
 
     if samples < 6:
         raise DataError("--samples must be at least 6 (some to fit the correction, some held out to judge it)")
     table = LatencyTable.load(table_path)
     table.check_space(space)
+    dest = calibrated_table_path(table_path, output=output, force=force)
     missing = table.missing([s for s in space.all_layer_specs()])
     if missing:
         raise DataError(f"latency table lacks {len(missing)} entries ({', '.join(missing[:3])} ...); re-profile it")
     device = DeviceSpec.from_dict(table.meta["device"])
-    table_path = Path(table_path)
-    work = Path(work_dir) if work_dir else table_path.with_name(table_path.stem + ".validate")
+    work = Path(work_dir) if work_dir else dest.with_name(dest.stem + ".validate")
     work.mkdir(parents=True, exist_ok=True)
     if not resume:
         (work / "measurements.json").unlink(missing_ok=True)
@@ -142,9 +170,12 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
         "measured_range_ms": [min(measured.values()), max(measured.values())],
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    table.calibration = {"a": a, "b": b, "model": "measured_ms = a * raw_sum_ms + b", "fit_networks": len(fit)}
+    # the calibration names the host and runtime versions whose whole-network timings it was fitted on
+    table.calibration = {"a": a, "b": b, "model": "measured_ms = a * raw_sum_ms + b", "fit_networks": len(fit),
+                         "host": host_description(device.device), "versions": runtime_versions(device.runtime)}
     table.fidelity = {k: report[k] for k in ("networks", "held_out_networks", "raw_sum", "calibrated", "macs_linear", "date")}
-    table.save(table_path)
+    table.save(dest)
+    report["table"] = str(dest)
     write_json(work / "networks.json", [{"arch": k, "measured_ms": measured[k], "raw_sum_ms": raw[k], "macs": macs[k],
                                          "held_out": k in held} for k in names])
     if plot_path is not None:

@@ -36,7 +36,7 @@ class PipelineConfig:
     output: str | None = None
     seed: int = 0
     data: str = "mnist"
-    teacher: TeacherSettings = field(default_factory=TeacherSettings)
+    teacher: TeacherSettings | None = field(default_factory=TeacherSettings)  # None: DNA++ without a teacher
     profile: ProfileSettings = field(default_factory=ProfileSettings)
     train: DistillConfig = field(default_factory=DistillConfig)
     rate: RateSettings = field(default_factory=RateSettings)
@@ -80,6 +80,8 @@ def parse_pipeline(raw, *, where: str) -> PipelineConfig:
         if raw.get(key) is not None:
             values[key] = from_mapping(cls, raw[key], where=f"{where}: '{key}'")
     values["train"] = from_mapping(DistillConfig, raw.get("train"), where=f"{where}: 'train'", fixed={"seed": seed})
+    if values["train"].method == "dna++" and raw.get("teacher") is None:
+        values["teacher"] = None  # teacher-free: no teacher stage, and retraining uses labels only
     devices = raw["devices"]
     if not isinstance(devices, list) or not devices:
         raise DataError(f"{where}: 'devices' must list at least one device, e.g. "
@@ -110,7 +112,7 @@ def check_references(cfg: PipelineConfig, *, where: str) -> None:
         load_device(d.device)
     if cfg.data != "mnist" and not Path(cfg.data).is_dir():
         raise DataError(f"{where}: data {cfg.data!r} is neither 'mnist' nor a folder with train/ and val/")
-    t = cfg.teacher
+    t = cfg.teacher or TeacherSettings(checkpoint=None, train=None)
     for what, path in (("teacher checkpoint", t.checkpoint), ("teacher weights", t.weights)):
         if path is not None and not Path(path).is_file():
             raise DataError(f"{where}: {what} not found: {path}")

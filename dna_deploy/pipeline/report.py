@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import html
-import os
 import json
+import os
 from pathlib import Path
 
 from dna_deploy.display import format_value
 from dna_deploy.io import atomic_write_text
 
 
-def plot_block_losses(metrics_path: Path, png: Path) -> Path | None:
+def plot_block_losses(metrics_path: Path, png: Path, *, method: str = "dna") -> Path | None:
     if not metrics_path.is_file():
         return None
     from matplotlib.ticker import MaxNLocator
@@ -28,8 +28,12 @@ def plot_block_losses(metrics_path: Path, png: Path) -> Path | None:
         ax.plot(ep, [per_block[b][e] for e in ep], marker="o", label=f"block {b}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("distillation loss (per-channel normalised MSE)")
-    ax.set_title("DNA block-wise distillation")
+    if method == "dna++":
+        ax.set_ylabel("DNA++ loss (2 - 2 cos vs population centre, + variance term)")
+        ax.set_title("DNA++ self-supervised block-wise training")
+    else:
+        ax.set_ylabel("distillation loss (per-channel normalised MSE)")
+        ax.set_title("DNA block-wise distillation")
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, png)
@@ -76,7 +80,8 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
         ("table", lat_rows)]))
     sections.append(("Accuracy per runtime", [
         ("p", f"On the {n_img} validation images (never used for training, rating or search). PyTorch: {pyt:.4f}. "
-              f"Teacher: {R['retrain'].get('teacher_val_accuracy', float('nan')):.4f}."),
+              + (f"Teacher: {R['retrain']['teacher_val_accuracy']:.4f}." if R["retrain"].get("teacher_val_accuracy") is not None
+                 else "No teacher (DNA++): retrained on labels only.")),
         ("table", acc_rows)]))
     sections.append(("Pareto front", [("p", f"{R['search']['pareto']['points']} networks: summed block rating vs predicted "
                                             f"latency on {next(iter(R['tables']))} (pareto.csv), under the same limits as the search."), ("img", "pareto.png")]))
@@ -96,8 +101,8 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
         if png.is_file():
             blocks.append(("img", os.path.relpath(png.resolve(), out.resolve())))
     sections.append(("Latency-table fidelity", blocks))
-    loss_png = plot_block_losses(out / "supernet" / "metrics.jsonl", out / "block_losses.png")
-    sections.append(("Block-wise distillation", [
+    loss_png = plot_block_losses(out / "supernet" / "metrics.jsonl", out / "block_losses.png", method=ctx.cfg.train.method)
+    sections.append(("Block-wise distillation" if ctx.cfg.train.method == "dna" else "Block-wise training (DNA++, no teacher)", [
         ("table", [{"block": b, **v} for b, v in R["train"].items()])] + ([("img", "block_losses.png")] if loss_png else [])))
     sections.append(("Reproduce each stage", [("code", "\n".join(c for st in commands.values() for c in st))]))
     sections.append(("Stages", [("table", [{"stage": k, "seconds": v.get("seconds"), "skipped this run": v.get("skipped", False)}

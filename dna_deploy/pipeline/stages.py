@@ -56,6 +56,8 @@ class RunContext:
 
     def teacher_args(self) -> list[str]:
         t = self.cfg.teacher
+        if t is None:
+            return []
         if t.checkpoint:
             return ["--teacher", t.checkpoint]
         if t.torchvision:
@@ -67,6 +69,8 @@ class RunContext:
         from dna_deploy.distill.teacher import load_teacher
 
         t = self.cfg.teacher
+        if t is None:
+            return None
         if t.torchvision:
             return load_teacher(f"torchvision:{t.torchvision}", self.space, weights=t.weights,
                                 taps=list(t.taps) if t.taps else None)
@@ -135,21 +139,25 @@ class TeacherStage(Stage):
 
     def settings(self, ctx):
         t = ctx.cfg.teacher
+        if t is None:
+            return {"teacher": None}
         files = [f for f in (t.checkpoint, t.weights) if f]
         # a given teacher's content is part of the fingerprint: a new teacher reruns everything after it
         return {**to_mapping(t), "sha256": [sha256_file(f) for f in files]}
 
     def outputs(self, ctx):
-        return ["teacher.pt"] if ctx.cfg.teacher.train is not None else []
+        return ["teacher.pt"] if ctx.cfg.teacher is not None and ctx.cfg.teacher.train is not None else []
 
     def commands(self, ctx):
-        t = ctx.cfg.teacher.train
+        t = ctx.cfg.teacher.train if ctx.cfg.teacher is not None else None
         if t is None:
             return []
         return [["teacher", "train", *ctx.common(), "-o", ctx.teacher_file, *cli_args(t)]]
 
     def run(self, ctx):
         t = ctx.cfg.teacher
+        if t is None:
+            return {"teacher": None, "given": False, "why": "DNA++ needs no teacher"}
         if t.train is None:
             return {"teacher": ctx.teacher_args()[1], "given": True}
         from dna_deploy.distill.teacher import train_space_teacher
@@ -236,10 +244,16 @@ class TrainStage(Stage):
                  *cli_args(ctx.cfg.train, skip=("seed",))]]
 
     def run(self, ctx):
-        from dna_deploy.distill.blockwise import train_blocks
+        if ctx.cfg.train.method == "dna++":
+            from dna_deploy.distill.selfsup import train_blocks_selfsup
 
-        res = train_blocks(ctx.space, ctx.data, ctx.load_teacher(), ctx.out / "supernet", config=ctx.cfg.train,
-                           show_progress=ctx.show_progress)
+            res = train_blocks_selfsup(ctx.space, ctx.data, ctx.out / "supernet", config=ctx.cfg.train,
+                                       show_progress=ctx.show_progress)
+        else:
+            from dna_deploy.distill.blockwise import train_blocks
+
+            res = train_blocks(ctx.space, ctx.data, ctx.load_teacher(), ctx.out / "supernet", config=ctx.cfg.train,
+                               show_progress=ctx.show_progress)
         return {str(b): {"first_loss": r["history"][0]["loss"], "last_loss": r["history"][-1]["loss"],
                          "epochs": len(r["history"])} for b, r in res.items()}
 
@@ -254,15 +268,19 @@ class RateStage(Stage):
     def outputs(self, ctx):
         return ["ratings.json"]
 
+    def _teacher_args(self, ctx) -> list[str]:
+        return [] if ctx.cfg.train.method == "dna++" else ctx.teacher_args()  # DNA++ rates against itself
+
     def commands(self, ctx):
-        return [["rate", *ctx.common(), "--supernet", ctx.out / "supernet", *ctx.teacher_args(),
+        return [["rate", *ctx.common(), "--supernet", ctx.out / "supernet", *self._teacher_args(ctx),
                  "-o", ctx.out / "ratings.json", *cli_args(ctx.cfg.rate)]]
 
     def run(self, ctx):
         from dna_deploy.select.rate import rate_supernet
 
         r = ctx.cfg.rate
-        table = rate_supernet(ctx.space, ctx.out / "supernet", ctx.load_teacher(), ctx.data, ctx.out / "ratings.json",
+        teacher = None if ctx.cfg.train.method == "dna++" else ctx.load_teacher()
+        table = rate_supernet(ctx.space, ctx.out / "supernet", teacher, ctx.data, ctx.out / "ratings.json",
                               metric=r.metric, calib_images=r.calib_images, calib_batch=r.calib_batch,
                               seed=ctx.cfg.seed, show_progress=ctx.show_progress)
         return {"candidates": sum(len(b["candidates"]) for b in table["blocks"]), "metric": table["metric"]}
@@ -306,7 +324,7 @@ class RetrainStage(Stage):
         return ["retrain/model.pt"]
 
     def _uses_teacher(self, ctx) -> bool:
-        return ctx.cfg.retrain.kd_weight > 0
+        return ctx.cfg.retrain.kd_weight > 0 and ctx.cfg.teacher is not None
 
     def commands(self, ctx):
         r = ctx.cfg.retrain

@@ -1,4 +1,8 @@
-"""Runtimes behind one interface (see base.Runner). Loaded lazily: importing this imports no runtime."""
+"""Runtimes behind one interface (see base.Runner). Loaded lazily: importing this imports no runtime.
+
+Adding a runtime: one file here with a Runner subclass, its line in _RUNTIMES below, its packages in
+host.RUNTIME_PACKAGES (the versions a latency table records), and a device spec in devices/.
+"""
 
 from __future__ import annotations
 

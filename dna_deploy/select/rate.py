@@ -21,7 +21,7 @@ from torch import nn
 
 from dna_deploy import __version__
 from dna_deploy.data import DataSplits, stack
-from dna_deploy.distill.checkpoints import block_checkpoint_path
+from dna_deploy.distill.checkpoints import block_checkpoint_path, check_supernet_data
 from dna_deploy.distill.student import BlockStudent, feature_distance, load_block
 from dna_deploy.distill.teacher import Teacher
 from dna_deploy.errors import DataError
@@ -62,8 +62,8 @@ class _Context:
     """Inputs of one block: calibration batches and rating data already through the shared front."""
 
     def __init__(self, student: BlockStudent, cal_in: list[torch.Tensor], rate_in: torch.Tensor, target: torch.Tensor,
-                 metric: str, channel_std: torch.Tensor):
-        self.student, self.target, self.metric, self.std = student, target, metric, channel_std
+                 metric: str, channel_std: torch.Tensor | None, metrics: tuple[str, ...] = METRICS):
+        self.student, self.target, self.metric, self.std, self.metrics = student, target, metric, channel_std, metrics
         self.cal = [_eval(student.adapt_in, x) for x in cal_in]  # the input adapter sees no path
         self.rate = _eval(student.adapt_in, rate_in)
         stem = student.supernet.stem
@@ -75,7 +75,7 @@ class _Context:
     def score(self, cal: list[torch.Tensor], rate: torch.Tensor) -> dict:
         _recalibrate(self.student.adapt_out, cal)
         out = _eval(self.student.adapt_out, rate)
-        return {m: float(feature_distance(out, self.target, m, self.std)) for m in METRICS}
+        return {m: float(feature_distance(out, self.target, m, self.std)) for m in self.metrics}
 
 
 def rate_block_tree(space: SearchSpace, block: int, ctx: _Context, *, on_candidate=None, skip_first: set[str] = frozenset()) -> dict:
@@ -126,12 +126,15 @@ def rate_block_naive(space: SearchSpace, block: int, student: BlockStudent, cal_
     return results
 
 
-def block_inputs(teacher: Teacher, data: DataSplits, *, calib_images: int, seed: int = 0):
-    """Teacher features on a few training batches (BN calibration) and on the whole rate split."""
+def block_inputs(teacher: Teacher, data: DataSplits, *, calib_images: int, seed: int = 0, rate_views=None):
+    """Teacher features on a few training batches (BN calibration) and on the whole rate split
+    (through `rate_views` first, when given: DNA++ rates on two fixed views)."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=g)[:calib_images].tolist()
     x_cal = torch.stack([data.train[i][0] for i in idx])
     x_rate, _ = stack(data.rate)
+    if rate_views is not None:
+        x_rate = rate_views(x_rate)
     f_cal, f_rate = [], []
     for i in range(0, len(x_cal), 256):
         f_cal.append(teacher.features(x_cal[i:i + 256]))
@@ -142,17 +145,41 @@ def block_inputs(teacher: Teacher, data: DataSplits, *, calib_images: int, seed:
     return x_cal, f_cal, x_rate, f_rate
 
 
-def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher, data: DataSplits, out_path: str | Path, *,
-                  blocks: list[int] | None = None, metric: str = "l1-norm", calib_images: int = 256, calib_batch: int = 64,
-                  seed: int = 0, resume: bool = True, show_progress: bool = True) -> dict:
-    """Rate every candidate of every block; writes the rating table (and a partial file per block)."""
-    if metric not in METRICS:
-        raise DataError(f"unknown rating metric {metric!r}; choose {', '.join(METRICS)}")
+def supernet_method(supernet_dir: str | Path) -> str:
+    """'dna' or 'dna++', as supernet.json records (folders from before DNA++ are DNA)."""
+    meta = Path(supernet_dir) / "supernet.json"
+    return read_json(meta, what="supernet metadata").get("method", "dna") if meta.is_file() else "dna"
+
+
+def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher | None, data: DataSplits,
+                  out_path: str | Path, *, blocks: list[int] | None = None, metric: str = "l1-norm", calib_images: int = 256,
+                  calib_batch: int = 64, seed: int = 0, resume: bool = True, show_progress: bool = True) -> dict:
+    """Rate every candidate of every block; writes the rating table (and a partial file per block).
+
+    A DNA supernet is rated against its teacher (`metric`); a DNA++ supernet against its own
+    population centre on two fixed views of the rate split (metric ssl-cosine; no teacher)."""
     supernet_dir, out_path = Path(supernet_dir), Path(out_path)
+    method = supernet_method(supernet_dir)
+    check_supernet_data(supernet_dir, data, what="rate")
     blocks = list(range(len(space.blocks))) if blocks is None else blocks
-    x_cal, f_cal, x_rate, f_rate = block_inputs(teacher, data, calib_images=calib_images, seed=seed)
+    rate_views, swap, metrics = None, (lambda f: f), METRICS
+    if method == "dna++":
+        from dna_deploy.distill.selfsup import PopulationCentre, rating_views, swap_views
+
+        aug = read_json(supernet_dir / "supernet.json", what="supernet metadata")["augmentation"]
+        aug = {**aug, "scale": tuple(aug["scale"])}
+        # block b needs the centres of blocks 0..b: its input and its target
+        teacher = PopulationCentre(space, supernet_dir, upto=max(blocks) + 1)
+        metric, metrics, swap = "ssl-cosine", ("ssl-cosine",), swap_views
+        rate_views = lambda x: rating_views(x, aug, seed)  # noqa: E731
+    elif teacher is None:
+        raise DataError(f"{supernet_dir} was distilled from a teacher (DNA): rate it with --teacher, the same teacher")
+    elif metric not in METRICS:
+        raise DataError(f"unknown rating metric {metric!r}; choose {', '.join(METRICS)}")
+    x_cal, f_cal, x_rate, f_rate = block_inputs(teacher, data, calib_images=calib_images, seed=seed, rate_views=rate_views)
     cb = calib_batch
-    table = {"format": RATINGS_FORMAT, "space": space.name, "space_fingerprint": space.fingerprint, "metric": metric,
+    table = {"format": RATINGS_FORMAT, "method": method, "space": space.name, "space_fingerprint": space.fingerprint,
+             "space_definition": space.to_dict(), "metric": metric, "calibration_seed": seed,
              "teacher_fingerprint": teacher.fingerprint, "data": {**data.summary(), "rated_on": "rate split"},
              "bn_calibration": {"images": len(x_cal), "batch": cb}, "tool_version": __version__, "blocks": []}
     if resume and out_path.is_file():
@@ -167,7 +194,7 @@ def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher
             if b in done:
                 continue
             student, state = load_block(space, supernet_dir, b)
-            if state.get("teacher_fingerprint") != teacher.fingerprint:
+            if method == "dna" and state.get("teacher_fingerprint") != teacher.fingerprint:
                 raise DataError(f"block {b} in {supernet_dir} was distilled from another teacher; rate with that teacher")
             ckpt_fp = sha256_file(block_checkpoint_path(supernet_dir, b))[:16]
             partial_path = out_path.with_name(f"{out_path.stem}.block{b}.partial.json")
@@ -179,8 +206,8 @@ def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher
                     bar.advance(task, len(p["candidates"]))
             cal_in = x_cal if b == 0 else f_cal[b - 1]
             rate_in = x_rate if b == 0 else f_rate[b - 1]
-            ctx = _Context(student, [cal_in[i:i + cb] for i in range(0, len(cal_in), cb)], rate_in, f_rate[b], metric,
-                           state["channel_std"])
+            ctx = _Context(student, [cal_in[i:i + cb] for i in range(0, len(cal_in), cb)], rate_in, swap(f_rate[b]), metric,
+                           state.get("channel_std"), metrics)
             pending: dict[str, dict] = {}
 
             def on_candidate(name, value, partial=partial, pending=pending, partial_path=partial_path):
@@ -199,7 +226,7 @@ def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher
                 name = ".".join(map(str, ops))
                 r = partial["candidates"][name]
                 specs = space.block_specs(b, ops)
-                cands[name] = {"loss": r[metric], **{f"dist_{m}": r[m] for m in METRICS},
+                cands[name] = {"loss": r[metric], **{f"dist_{m}": r[m] for m in metrics},
                                "macs": sum(s.macs for s in specs), "params": sum(s.params for s in specs)}
             table["blocks"] = [x for x in table["blocks"] if x["block"] != b] + [
                 {"block": b, "complete": True, "checkpoint_sha256": ckpt_fp, "candidates": cands}]

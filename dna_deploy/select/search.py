@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -218,6 +218,10 @@ def build_problem(space: SearchSpace, ratings: dict, tables: list, budgets_ms: l
     table's calibration: a * raw + b <= budget), MACs and params."""
     if len(budgets_ms) != len(tables):
         raise DataError(f"{len(tables)} latency table(s) but {len(budgets_ms)} --budget-ms value(s): give one budget per table")
+    for what, v in [*((f"--budget-ms for {t.name}", b) for t, b in zip(tables, budgets_ms)),
+                    ("--max-mmacs", max_mmacs), ("--max-params", max_params)]:
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise DataError(f"{what} is {v}; a limit must be a positive finite number (leave it out for no limit)")
     for t in tables:
         t.check_space(space)
         missing = t.missing(space.all_layer_specs())

@@ -135,4 +135,4 @@ def test_cli_bad_inputs(tmp_path):
     evil = tmp_path / "evil.pt"
     evil.write_bytes(b"\x80\x04\x95not a real pickle")
     r = runner.invoke(app, ["train", "-s", "tiny", "--teacher", str(evil), "-o", str(tmp_path)])
-    assert r.exit_code == 1 and "cannot be loaded safely" in r.output
+    assert r.exit_code == 1 and "is not a dna-deploy checkpoint" in r.output and "weights_only" not in r.output

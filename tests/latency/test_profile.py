@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,25 @@ def test_unknown_device_and_missing_runtime_errors():
         assert r.exit_code == 1 and "pip install 'dna-deploy[tensorrt]'" in r.output
     else:  # TensorRT installed: it profiles when a GPU is there, or says plainly that none is
         assert r.exit_code == 0 or ("GPU" in r.output or "CUDA" in r.output)
+
+
+def test_validate_never_rewrites_a_foreign_table(ort_table, tmp_path):
+    """A table measured on another host is refused in place; --force calibrates a copy beside it,
+    stamped with this host, and the original stays byte for byte."""
+    from dna_deploy.host import host_description
+
+    d = json.loads(ort_table.read_text())
+    d["meta"]["host"] = {**d["meta"]["host"], "cpu": "Intel(R) Xeon(R) Platinum 8488C"}
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(d))
+    original = foreign.read_bytes()
+    r = runner.invoke(app, ["profile", "validate", "-t", str(foreign), "-n", "6", "--rounds", "1"])
+    assert r.exit_code == 1 and "another host" in r.output and "Xeon" in r.output
+    r = runner.invoke(app, ["profile", "validate", "-t", str(foreign), "-n", "6", "--rounds", "1", "--force", "-f", "json"])
+    assert r.exit_code == 0, r.output
+    assert foreign.read_bytes() == original
+    copy = Path(json.loads(r.output[r.output.index("{"):])["table"])
+    assert copy.parent == tmp_path and copy != foreign
+    cal = LatencyTable.load(copy).calibration
+    assert cal["host"]["cpu_flags_sha256"] == host_description()["cpu_flags_sha256"]
+    assert LatencyTable.load(copy).meta["host"]["cpu"].startswith("Intel")  # the op timings keep their origin

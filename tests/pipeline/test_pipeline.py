@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -44,6 +45,25 @@ def test_reduced_pipeline_end_to_end(smoke_run, tiny):
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     verify = json.loads((out / "export/onnx/verify.json").read_text())
     assert verify["passed"] and verify["artifacts"][0]["stats"]["predicted_ms"] is not None
+
+
+def test_seed_one_run_verifies_on_images_it_never_trained_on(smoke_run):
+    """The smoke run uses seed 1. The split must not move with it: verification and int8
+    calibration read the same split as training, so the three parts stay disjoint."""
+    from dna_deploy.data import load_data
+
+    out, _ = smoke_run
+    assert yaml.safe_load(SMOKE.read_text())["seed"] == 1
+    data = load_data("mnist", 32)
+    train, rate, val = (set(s.indices) for s in (data.train, data.rate, data.val))
+    assert not (train & rate) and not (train & val) and not (rate & val)
+    model = torch.load(out / "retrain" / "model.pt", weights_only=True)
+    verify = json.loads((out / "export/onnx/verify.json").read_text())
+    ratings = json.loads((out / "ratings.json").read_text())
+    supernet = json.loads((out / "supernet" / "supernet.json").read_text())
+    fps = {model["data_fingerprint"], verify["data_fingerprint"], ratings["data"]["fingerprint"],
+           supernet["data"]["fingerprint"]}
+    assert fps == {data.fingerprint} and verify["split"] == "val" and verify["images"] <= len(val)
 
 
 def test_rerun_skips_finished_stages_and_reruns_changed_ones(smoke_run, tmp_path):
@@ -140,3 +160,21 @@ def test_reproduce_commands_give_the_same_artifacts(smoke_run, tmp_path):
         assert torch.allclose(v.float(), new_m["state_dict"][k].float(), rtol=1e-4, atol=1e-5), k
     old_v, new_v = (json.loads((d / "export/onnx/verify.json").read_text()) for d in (out, new))
     assert new_v["passed"] and new_v["pytorch_accuracy"] == old_v["pytorch_accuracy"]
+
+
+def test_dnapp_pipeline_without_a_teacher(tmp_path):
+    """`train: {method: dna++}` and no teacher section: no teacher stage, DNA++ ratings, labels-only retraining."""
+    smoke = Path(__file__).with_name("smoke_dnapp.yaml")
+    r = runner.invoke(app, ["run", str(smoke), "--out", str(tmp_path), "-f", "json"])
+    assert r.exit_code == 0, r.output[-3000:]
+    state = json.loads((tmp_path / "pipeline_state.json").read_text())
+    assert state["stages"]["teacher"]["result"]["teacher"] is None and not (tmp_path / "teacher.pt").exists()
+    ratings = json.loads((tmp_path / "ratings.json").read_text())
+    assert ratings["method"] == "dna++" and ratings["metric"] == "ssl-cosine"
+    assert sum(len(b["candidates"]) for b in ratings["blocks"]) == 600
+    model = torch.load(tmp_path / "retrain" / "model.pt", weights_only=True)
+    assert model["metrics"]["kd_weight"] == 0.0
+    script = (tmp_path / "reproduce.sh").read_text()
+    assert "--method dna++" in script and "--teacher" not in script
+    report = (tmp_path / "report.md").read_text()
+    assert "No teacher (DNA++)" in report and json.loads((tmp_path / "export/onnx/verify.json").read_text())["passed"]
