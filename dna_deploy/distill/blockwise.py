@@ -21,7 +21,7 @@ from torch import nn
 
 from dna_deploy.data import DataSplits, stack
 from dna_deploy.distill.checkpoints import block_checkpoint_path
-from dna_deploy.distill.loop import EpochCheckpoint
+from dna_deploy.distill.loop import EpochCheckpoint, start_block_run
 from dna_deploy.distill.student import BlockStudent, channel_stats, feature_distance
 from dna_deploy.distill.teacher import Teacher
 from dna_deploy.distributed import barrier, dist_info
@@ -63,16 +63,8 @@ def train_blocks(space: SearchSpace, data: DataSplits, teacher: Teacher, out_dir
     """Train the chosen blocks (default all); returns per-block loss history. Rank 0 writes files."""
     if config.loss not in DISTILL_LOSSES:
         raise DataError(f"unknown loss {config.loss!r}; choose {', '.join(DISTILL_LOSSES)}")
-    out_dir = Path(out_dir)
-    rank, world = dist_info()
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    barrier()
     n_blocks = len(space.blocks)
-    blocks = list(range(n_blocks)) if blocks is None else blocks
-    bad = [b for b in blocks if not 0 <= b < n_blocks]
-    if bad:
-        raise DataError(f"block {bad[0]} does not exist; space {space.name!r} has blocks 0..{n_blocks - 1}")
+    out_dir, blocks, rank, world = start_block_run(out_dir, n_blocks, blocks)
     if cache_features is None:
         cache_features = data.in_memory
     if not data.in_memory and not cache_features:

@@ -11,7 +11,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dna_deploy.distributed import barrier, dist_info
+from dna_deploy.errors import DataError
 from dna_deploy.io import atomic_write_text, load_checkpoint, save_checkpoint
+
+
+def start_block_run(out_dir: str | Path, n_blocks: int, blocks: list[int] | None) -> tuple[Path, list[int], int, int]:
+    """(out_dir, the blocks to train in order, rank, world size) for a block-wise run: rank 0 makes
+    the folder, the others wait for it; a block that does not exist is named."""
+    out_dir = Path(out_dir)
+    rank, world = dist_info()
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    blocks = list(range(n_blocks)) if blocks is None else sorted(blocks)
+    bad = [b for b in blocks if not 0 <= b < n_blocks]
+    if bad:
+        raise DataError(f"block {bad[0]} does not exist; this space has blocks 0..{n_blocks - 1}")
+    return out_dir, blocks, rank, world
 
 
 class EpochCheckpoint:

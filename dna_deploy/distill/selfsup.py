@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from dna_deploy.data import DataSplits
 from dna_deploy.distill.checkpoints import block_checkpoint_path
-from dna_deploy.distill.loop import EpochCheckpoint
+from dna_deploy.distill.loop import EpochCheckpoint, start_block_run
 from dna_deploy.distributed import barrier, dist_info
 from dna_deploy.errors import DataError
 from dna_deploy.io import fingerprint, load_checkpoint, sha256_file, write_json
@@ -203,16 +203,8 @@ def train_blocks_selfsup(space: SearchSpace, data: DataSplits, out_dir: str | Pa
                          config: DistillConfig = DistillConfig(method=METHOD), blocks: list[int] | None = None,
                          resume: bool = True, show_progress: bool = True) -> dict:
     """DNA++ for the chosen blocks (default all), in order; returns per-block loss history."""
-    out_dir = Path(out_dir)
-    rank, world = dist_info()
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    barrier()
     n_blocks = len(space.blocks)
-    blocks = list(range(n_blocks)) if blocks is None else sorted(blocks)
-    bad = [b for b in blocks if not 0 <= b < n_blocks]
-    if bad:
-        raise DataError(f"block {bad[0]} does not exist; space {space.name!r} has blocks 0..{n_blocks - 1}")
+    out_dir, blocks, rank, world = start_block_run(out_dir, n_blocks, blocks)
     aug = augmentation_for(config, data.name)
     meta = {"method": METHOD, "space": space.to_dict(), "space_fingerprint": space.fingerprint, "teacher": None,
             "data": data.summary(), "config": asdict(config), "augmentation": {**aug, "scale": list(aug["scale"])},

@@ -65,6 +65,10 @@ class RunContext:
                     + (["--taps", ",".join(t.taps)] if t.taps else []))
         return ["--teacher", str(self.teacher_file)]
 
+    def distill_teacher_args(self) -> list[str]:
+        """The teacher flags of train and rate: none for DNA++, which rates against itself."""
+        return [] if self.cfg.train.method == "dna++" else self.teacher_args()
+
     def load_teacher(self):
         from dna_deploy.distill.teacher import load_teacher
 
@@ -240,7 +244,7 @@ class TrainStage(Stage):
         return [f"supernet/block{b}.pt" for b in range(len(ctx.space.blocks))]
 
     def commands(self, ctx):
-        return [["train", *ctx.common(), *ctx.teacher_args(), "-o", ctx.out / "supernet",
+        return [["train", *ctx.common(), *ctx.distill_teacher_args(), "-o", ctx.out / "supernet",
                  *cli_args(ctx.cfg.train, skip=("seed",))]]
 
     def run(self, ctx):
@@ -268,11 +272,8 @@ class RateStage(Stage):
     def outputs(self, ctx):
         return ["ratings.json"]
 
-    def _teacher_args(self, ctx) -> list[str]:
-        return [] if ctx.cfg.train.method == "dna++" else ctx.teacher_args()  # DNA++ rates against itself
-
     def commands(self, ctx):
-        return [["rate", *ctx.common(), "--supernet", ctx.out / "supernet", *self._teacher_args(ctx),
+        return [["rate", *ctx.common(), "--supernet", ctx.out / "supernet", *ctx.distill_teacher_args(),
                  "-o", ctx.out / "ratings.json", *cli_args(ctx.cfg.rate)]]
 
     def run(self, ctx):

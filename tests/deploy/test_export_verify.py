@@ -122,3 +122,14 @@ def test_tensorrt_path(tiny_model, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "model_fp16.engine").is_file()
     assert verify_export(tmp_path, show_progress=False)["passed"]
+
+
+def test_a_failed_export_leaves_the_earlier_export_as_it_was(tiny_model, tmp_path):
+    out = tmp_path / "ex"
+    export_model(tiny_model[0], out, ExportSettings(to="onnx"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DataError, match="calibration data not found"):
+        export_model(tiny_model[0], out, ExportSettings(to="tflite", precisions=("int8",),
+                                                        calibration_data=str(tmp_path / "none.npy")))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ex"]  # no temporary folder left behind

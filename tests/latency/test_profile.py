@@ -189,3 +189,13 @@ def test_validate_never_rewrites_a_foreign_table(ort_table, tmp_path):
     cal = LatencyTable.load(copy).calibration
     assert cal["host"]["cpu_flags_sha256"] == host_description()["cpu_flags_sha256"]
     assert LatencyTable.load(copy).meta["host"]["cpu"].startswith("Intel")  # the op timings keep their origin
+
+
+def test_two_profile_runs_on_one_output_are_refused(ort_bundle, tmp_path):
+    from dna_deploy.io import exclusive_lock
+
+    out = tmp_path / "t.json"
+    with exclusive_lock(out, what="profile run"):
+        r = runner.invoke(app, ["profile", "run-bundle", str(ort_bundle), "-o", str(out), "--rounds", "1", "--runs", "2"])
+    assert r.exit_code == 1 and "another profile run is writing" in r.output
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
