@@ -82,6 +82,8 @@ def verify(folder: Path = typer.Argument(..., help="Export folder (with model.js
            rtol: float = typer.Option(None, help="Override the relative tolerance."),
            min_top1_agreement: float = typer.Option(None), max_accuracy_drop_pts: float = typer.Option(None),
            max_latency_error_pct: float = typer.Option(None, help="Fail if measured latency is off the table by more."),
+           op_resolver: str = typer.Option(None, help="LiteRT kernels: xnnpack (default), builtin or reference "
+                                                       "[the matching table's]."),
            fmt: OutputFormat = FormatOpt) -> None:
     """Outputs vs PyTorch, top-1 agreement, accuracy, latency vs the table; non-zero exit on failure.
 
@@ -89,17 +91,18 @@ def verify(folder: Path = typer.Argument(..., help="Export folder (with model.js
     """
     settings = VerifySettings(max_images=max_images, atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement,
                               max_accuracy_drop_pts=max_accuracy_drop_pts, max_latency_error_pct=max_latency_error_pct)
-    _verify(folder, data=data, table=table, fmt=fmt, max_images=max_images, overrides=settings.overrides())
+    _verify(folder, data=data, table=table, fmt=fmt, max_images=max_images, overrides=settings.overrides(),
+            op_resolver=op_resolver)
 
 
-def _verify(folder, *, data, table, fmt, max_images=None, overrides=None):
+def _verify(folder, *, data, table, fmt, max_images=None, overrides=None, op_resolver=None):
     from dna_deploy.deploy.verify import verify_export
     from dna_deploy.errors import VerificationFailed
     from dna_deploy.latency.table import LatencyTable
 
     tables = [LatencyTable.load(t) for t in table]
     r = verify_export(folder, data=data, tables=tables, max_images=max_images, overrides=overrides,
-                      show_progress=fmt == "table")
+                      show_progress=fmt == "table", op_resolver=op_resolver)
     if fmt == "json":
         render(r, fmt="json")
     else:
@@ -111,6 +114,8 @@ def _verify(folder, *, data, table, fmt, max_images=None, overrides=None):
                          "drop_pts": s["accuracy_drop_pts"], "latency_ms": s["latency_ms"]["median_ms"],
                          "table_ms": s["predicted_ms"], "passed": a["passed"]})
         render(rows, title=f"verify {r['arch']} on {r['images']} images (PyTorch accuracy {r['pytorch_accuracy']:.4f})")
+        for note in r["notes"]:
+            console.print(f"note: {note}", markup=False)
         console.print(f"report: {Path(folder) / 'verify.json'}")
     if not r["passed"]:
         failed = [f"{a['path']}: {', '.join(k for k, c in a['checks'].items() if not c['pass'])}"

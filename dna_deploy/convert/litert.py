@@ -38,7 +38,19 @@ def _quiet_native_stderr():
         os.close(devnull)
 
 
+def _load_torch_compiler_first() -> None:
+    """TensorFlow's bundled native libraries make a later `import triton` in the same process crash
+    (a segmentation fault), and torch imports triton on its first optimizer or compile. A pipeline
+    that converts to LiteRT before it trains (DNA++, which has no teacher stage) would die there.
+    Loading torch's compiler stack before TensorFlow avoids it."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # noqa: BLE001 - torch absent or without dynamo: nothing to protect
+        pass
+
+
 def require_onnx2tf():
+    _load_torch_compiler_first()
     try:
         with _quiet_native_stderr():
             import onnx2tf  # noqa: F401

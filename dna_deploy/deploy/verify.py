@@ -76,18 +76,49 @@ def judge(stats: dict, tol: Tolerances) -> dict:
     return checks
 
 
-def _runner_for(artifact: dict, folder: Path, threads: int):
+def _runner_for(artifact: dict, folder: Path, threads: int, op_resolver: str | None = None):
     from dna_deploy.runtimes import require_runtime
 
     cls = require_runtime(artifact["runtime"], "cuda" if artifact["runtime"] == "tensorrt" else "cpu")
     kw = {"layout": artifact["layout"].lower()} if artifact["runtime"] == "litert" else {}
+    if op_resolver is not None and op_resolver in cls.op_resolvers:
+        kw["op_resolver"] = op_resolver
     return cls(folder / artifact["path"], threads=threads, precision=artifact["precision"], **kw)
+
+
+def _matching_table(tables, art: dict, space):
+    """The latency table for this artifact's runtime and precision and this space, if given."""
+    for t in tables or []:
+        if t.meta.get("runtime") == art["runtime"] and t.meta["device"].get("precision") == art["precision"] \
+                and t.meta.get("space_fingerprint") == space.fingerprint:
+            return t
+    return None
+
+
+def precision_advice(artifacts: list[dict]) -> list[str]:
+    """Plain words when a lower precision runs slower than fp32 on the same runtime here."""
+    notes = []
+    fp32 = {a["runtime"]: a["stats"]["latency_ms"]["median_ms"] for a in artifacts if a["precision"] == "fp32"}
+    for a in artifacts:
+        base = fp32.get(a["runtime"])
+        if a["precision"] != "fp32" and base:
+            ratio = a["stats"]["latency_ms"]["median_ms"] / base
+            if ratio > 1:
+                kernels = f" with {a['op_resolver']} kernels" if a.get("op_resolver") else ""
+                notes.append(f"{a['runtime']} {a['precision']} is {ratio:.1f}x slower than fp32 here{kernels}; ship fp32"
+                             + (" (or try the builtin kernels: --op-resolver builtin)" if a["runtime"] == "litert"
+                                and a.get("op_resolver") in (None, "xnnpack") else ""))
+    return notes
 
 
 def verify_export(folder: str | Path, *, data: str | None = None, tables: list | None = None, max_images: int | None = None,
                   threads: int = 1, overrides: dict | None = None, only: list[str] | None = None,
-                  show_progress: bool = True) -> dict:
-    """Run PyTorch and every exported artifact on the validation images; write verify.json."""
+                  show_progress: bool = True, op_resolver: str | None = None) -> dict:
+    """Run PyTorch and every exported artifact on the validation images; write verify.json.
+
+    Latency is measured with the kernels the matching table was profiled with (its device spec's
+    op_resolver), else `op_resolver`, else the runtime's default. `notes` says in words when no
+    table matched, when a table comes from another host, and when int8/fp16 is slower than fp32."""
     import torch
 
     from dna_deploy.data import load_data, stack
@@ -121,7 +152,7 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
     acc_ref = accuracy(ref, y_np)
     report = {"folder": str(folder), "arch": side["arch"], "data": data_spec, "data_fingerprint": d.fingerprint,
               "split": "val", "images": len(x),
-              "pytorch_accuracy": acc_ref, "artifacts": [], "passed": True}
+              "pytorch_accuracy": acc_ref, "artifacts": [], "notes": [], "passed": True}
     arts = [a for a in side["artifacts"] if only is None or a["path"] in only or a["runtime"] in only]
     with progress_bar(show_progress) as bar:
         task = bar.task("verifying", len(arts) * len(x))
@@ -132,7 +163,11 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
             tol = DEFAULT_TOLERANCES[art["precision"]]
             if overrides:
                 tol = replace(tol, **{k: v for k, v in overrides.items() if v is not None})
-            with _runner_for(art, folder, threads) as runner:
+            table = _matching_table(tables, art, space)
+            resolver = (table.meta["device"].get("op_resolver") if table else None) or op_resolver
+            if art["runtime"] != "litert":
+                resolver = None
+            with _runner_for(art, folder, threads, resolver) as runner:
                 batch = runner.input_shape[0] if runner.input_shape else 1
                 outs = []
                 for i in range(0, len(x_np), batch):
@@ -148,18 +183,24 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
                 timing = TimingStats.from_samples(runner.time(x_np[:batch], warmup=20, runs=100))
             stats["latency_ms"] = timing.to_dict()
             stats["predicted_ms"] = stats["latency_error_pct"] = None
-            for t in tables or []:
-                if t.meta.get("runtime") == art["runtime"] and t.meta["device"].get("precision") == art["precision"] \
-                        and t.meta.get("space_fingerprint") == space.fingerprint:
-                    p = t.predict(space, arch)["predicted_ms"]
-                    stats.update(predicted_ms=p, latency_table=str(t.path),
-                                 latency_error_pct=100 * (p - timing.median_ms) / timing.median_ms)
+            if table is not None:
+                p = table.predict(space, arch)["predicted_ms"]
+                stats.update(predicted_ms=p, latency_table=str(table.path),
+                             latency_error_pct=100 * (p - timing.median_ms) / timing.median_ms)
+                foreign = table.foreign_reasons()
+                if foreign:
+                    report["notes"].append(f"{art['path']}: table {table.path} was measured on another host or runtime "
+                                           f"({'; '.join(foreign[:2])}): its prediction is not this machine's")
+            elif tables:
+                report["notes"].append(f"{art['path']}: no latency table given for {art['runtime']} {art['precision']} "
+                                       f"of space {space.name!r}; latency measured, not compared")
             checks = judge(stats, tol)
             checks["sha256"] = {"value": "matches model.json" if intact else "differs from model.json (file changed after export)",
                                 "limit": "equal", "pass": intact}
             ok = all(c["pass"] for c in checks.values())
             report["artifacts"].append({**{k: art[k] for k in ("path", "runtime", "precision", "layout")}, "stats": stats,
-                                        "tolerances": asdict(tol), "checks": checks, "passed": ok})
+                                        "op_resolver": resolver, "tolerances": asdict(tol), "checks": checks, "passed": ok})
             report["passed"] &= ok
+    report["notes"] += precision_advice(report["artifacts"])
     write_json(folder / "verify.json", report)
     return report

@@ -20,9 +20,13 @@ class DeviceSpec:
     threads: int = 1
     batch: int = 1
     notes: str = ""
+    op_resolver: str | None = None  # LiteRT: xnnpack (its default), builtin or reference kernels
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["op_resolver"] is None:  # the runtime's default: tables from before this field stay equal
+            del d["op_resolver"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "device spec") -> "DeviceSpec":
@@ -37,6 +41,13 @@ class DeviceSpec:
         if spec.runtime == "torch" and (spec.precision == "int8" or (spec.precision == "fp16" and spec.device != "cuda")):
             raise DataError(f"{source}: the torch runtime times fp32 (cpu/cuda) or fp16 (cuda), not "
                             f"{spec.precision} on {spec.device}; use a LiteRT or TensorRT spec for int8")
+        if spec.op_resolver is not None:
+            from dna_deploy.runtimes import runner_class
+
+            allowed = runner_class(spec.runtime).op_resolvers
+            if spec.op_resolver not in allowed:
+                raise DataError(f"{source}: op_resolver {spec.op_resolver!r} for {spec.runtime}; "
+                                + (f"choose {', '.join(allowed)}" if allowed else f"{spec.runtime} has only its default"))
         for k in ("threads", "batch"):
             v = getattr(spec, k)
             if not isinstance(v, int) or v < 1:

@@ -104,8 +104,9 @@ def _open_runner(cls, bundle: Path, entry: dict, device: DeviceSpec):
 
         module = build_layer(LayerSpec(**entry["spec"])).eval()
         return cls(module, threads=device.threads, device=device.device, precision=device.precision,
-                   input_shape=entry["input_shape"]).activate()
-    return cls(bundle / entry["file"], threads=device.threads, device=device.device, precision=device.precision).activate()
+                   input_shape=entry["input_shape"], op_resolver=device.op_resolver).activate()
+    return cls(bundle / entry["file"], threads=device.threads, device=device.device, precision=device.precision,
+               op_resolver=device.op_resolver).activate()
 
 
 def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int | None = None,

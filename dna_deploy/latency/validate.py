@@ -74,7 +74,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                 x = torch.randn(device.batch, space.in_channels, space.input_size, space.input_size)
                 art = cls.prepare_artifact(net, x, work_dir, name=f"net{i:03d}", precision=device.precision)
                 runners[str(a)] = (cls(art, threads=device.threads, device=device.device, precision=device.precision,
-                                       input_shape=tuple(x.shape)).activate(),
+                                       input_shape=tuple(x.shape), op_resolver=device.op_resolver).activate(),
                                    x.numpy())
                 runners[str(a)][0].time(x.numpy(), warmup=warmup, runs=1)
                 cache[str(a)] = []

@@ -77,7 +77,7 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
     sections.append(("Latency: predicted vs measured", [
         ("p", "Measured end to end on this machine (batch 1, 100 runs after warm-up) next to the latency table's calibrated "
               "prediction for the same runtime and precision (tables exist for fp32 here)."),
-        ("table", lat_rows)]))
+        ("table", lat_rows)] + [("p", "Note: " + n) for rep in R["verify"]["reports"].values() for n in rep.get("notes", [])]))
     sections.append(("Accuracy per runtime", [
         ("p", f"On the {n_img} validation images (never used for training, rating or search). PyTorch: {pyt:.4f}. "
               + (f"Teacher: {R['retrain']['teacher_val_accuracy']:.4f}." if R["retrain"].get("teacher_val_accuracy") is not None

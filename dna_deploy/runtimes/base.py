@@ -51,9 +51,17 @@ class Runner(ABC):
     name: ClassVar[str]
     extra: ClassVar[str | None] = None  # pip extra that installs the runtime
     artifact_suffix: ClassVar[str] = ".onnx"  # what the host prepares for this runtime
+    # Kernel sets a runtime can run with (LiteRT: with or without XNNPACK); () = only its default.
+    # Part of the device like threads: latency can differ by 5x (int8 on x86), so profiling and
+    # deploying must use the same one.
+    op_resolvers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: Any, *, threads: int = 1, device: str = "cpu", precision: str = "fp32",
-                 input_shape: tuple[int, ...] | None = None):
+                 input_shape: tuple[int, ...] | None = None, op_resolver: str | None = None):
+        if op_resolver is not None and op_resolver not in self.op_resolvers:
+            raise DataError(f"{self.name}: op resolver {op_resolver!r} is not one of its kernel sets "
+                            f"({', '.join(self.op_resolvers) or 'it has only its default'})")
+        self.op_resolver = op_resolver
         self.model, self.threads, self.device, self.precision = model, threads, device, precision
         self.is_active = False
         # logical NCHW shape: read from the model file by _prepare; given by the caller for torch modules

@@ -13,11 +13,15 @@ from dna_deploy.runtimes.base import Runner
 class LiteRTRunner(Runner):
     name = "litert"
     extra = "tflite"
+    # xnnpack: builtin kernels + the XNNPACK delegate (LiteRT's default); builtin: the optimised
+    # builtin kernels alone; reference: the reference kernels (slow, for debugging).
+    op_resolvers = ("xnnpack", "builtin", "reference")
     artifact_suffix = ".tflite"
 
     def __init__(self, model, *, threads: int = 1, device: str = "cpu", precision: str = "fp32",
-                 input_shape=None, layout: str = "nhwc"):
-        super().__init__(model, threads=threads, device=device, precision=precision, input_shape=input_shape)
+                 input_shape=None, layout: str = "nhwc", op_resolver: str | None = None):
+        super().__init__(model, threads=threads, device=device, precision=precision, input_shape=input_shape,
+                         op_resolver=op_resolver)
         self.layout = layout  # input layout of the .tflite: onnx2tf makes NHWC unless told to keep NCHW
 
     @classmethod
@@ -44,9 +48,13 @@ class LiteRTRunner(Runner):
         return out[precision]
 
     def _prepare(self) -> None:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        self.interpreter = Interpreter(model_path=str(self.model), num_threads=self.threads)
+        resolver = {None: OpResolverType.AUTO, "xnnpack": OpResolverType.AUTO,
+                    "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                    "reference": OpResolverType.BUILTIN_REF}[self.op_resolver]
+        self.interpreter = Interpreter(model_path=str(self.model), num_threads=self.threads,
+                                       experimental_op_resolver_type=resolver)
         self.interpreter.allocate_tensors()
         self.inp = self.interpreter.get_input_details()[0]
         self.out = self.interpreter.get_output_details()[0]

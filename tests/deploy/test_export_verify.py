@@ -133,3 +133,15 @@ def test_a_failed_export_leaves_the_earlier_export_as_it_was(tiny_model, tmp_pat
                                                         calibration_data=str(tmp_path / "none.npy")))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["ex"]  # no temporary folder left behind
+
+
+def test_precision_advice_says_when_int8_is_slower():
+    from dna_deploy.deploy.verify import precision_advice
+
+    def art(p, ms, resolver=None):
+        return {"runtime": "litert", "precision": p, "op_resolver": resolver, "stats": {"latency_ms": {"median_ms": ms}}}
+
+    notes = precision_advice([art("fp32", 1.0), art("int8", 5.4)])
+    assert notes == ["litert int8 is 5.4x slower than fp32 here; ship fp32 (or try the builtin kernels: --op-resolver builtin)"]
+    assert precision_advice([art("fp32", 1.0), art("int8", 0.7)]) == []
+    assert "with builtin kernels; ship fp32" in precision_advice([art("fp32", 1.0), art("int8", 1.3, "builtin")])[0]

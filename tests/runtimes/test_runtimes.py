@@ -49,3 +49,45 @@ def test_timing_stats():
 def test_unknown_runtime_names_choices():
     with pytest.raises(DnaDeployError, match="did you mean 'onnxruntime'"):
         runner_class("onnxruntim")
+
+
+@pytest.mark.parametrize("resolver", ["xnnpack", "builtin"])
+def test_litert_kernel_sets_give_the_same_outputs(tiny, tmp_path, resolver):
+    """The op resolver is part of the device (like threads): every kernel set runs the same graph."""
+    _skip_if_unavailable("litert", "cpu")
+    spec = [s for s in tiny.all_layer_specs() if s.kind == "mbconv" and s.stride == 2][0]
+    torch.manual_seed(0)
+    module = build_layer(spec).eval()
+    x = torch.randn(1, spec.in_ch, spec.in_hw, spec.in_hw)
+    with torch.no_grad():
+        ref = module(x).numpy()
+    cls = runner_class("litert")
+    artifact = cls.prepare_artifact(module, x, tmp_path, name="op")
+    with cls(artifact, op_resolver=resolver) as runner:
+        assert np.allclose(runner.infer(x.numpy()), ref, atol=1e-4)
+
+
+def test_op_resolver_is_checked_against_the_runtime():
+    from dna_deploy.errors import DataError
+    from dna_deploy.latency.devices import DeviceSpec
+
+    with pytest.raises(DataError, match="onnxruntime has only its default"):
+        DeviceSpec.from_dict({"name": "x", "runtime": "onnxruntime", "op_resolver": "builtin"})
+    with pytest.raises(DataError, match="choose xnnpack, builtin, reference"):
+        DeviceSpec.from_dict({"name": "x", "runtime": "litert", "op_resolver": "fast"})
+    spec = DeviceSpec.from_dict({"name": "x", "runtime": "litert", "op_resolver": "builtin"})
+    assert spec.to_dict()["op_resolver"] == "builtin"
+    assert "op_resolver" not in DeviceSpec.from_dict({"name": "y", "runtime": "litert"}).to_dict()
+
+
+def test_training_after_a_litert_conversion_does_not_crash():
+    """TensorFlow loaded first used to make torch's first optimizer (which imports triton) segfault:
+    a teacher-free pipeline profiles LiteRT before it trains."""
+    import subprocess
+    import sys
+
+    _skip_if_unavailable("litert", "cpu")
+    code = ("from dna_deploy.convert.litert import require_onnx2tf; require_onnx2tf(); import torch; "
+            "torch.optim.Adam(torch.nn.Linear(2, 2).parameters()); print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-1500:]
