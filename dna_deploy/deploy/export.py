@@ -42,6 +42,11 @@ def calibration_images(spec: str | Path | None, ckpt: dict, *, n: int = 200, see
             raise DataError(f"calibration data {p} has shape {list(arr.shape)}; the model takes [N, {', '.join(map(str, shape[1:]))}]")
         return arr[:n]
     data = load_data(str(spec), shape[-1])
+    if str(spec) == str(ckpt.get("data")) and ckpt.get("data_fingerprint") not in (None, data.fingerprint):
+        # the model's own dataset, split differently than when it trained: the "training" images
+        # calibrated on here could be its validation images
+        raise DataError(f"calibration data {spec} splits differently (fingerprint {data.fingerprint}) than when the "
+                        f"model trained on it ({ckpt['data_fingerprint']}); retrain, or calibrate with an .npy file")
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     return torch.stack([data.train[i][0] for i in idx]).numpy()
 

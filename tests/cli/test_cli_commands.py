@@ -60,3 +60,20 @@ def test_rate_and_retrain(tmp_path, tiny_supernet, tiny_teacher):
 def test_help_has_an_example(cmd):
     r = runner.invoke(app, cmd)
     assert r.exit_code == 0 and "Example" in r.output
+
+
+def test_space_is_read_from_the_artifact(tmp_path):
+    """No --space: the table says it is for tiny, so a tiny architecture is predicted, not refused."""
+    from dna_deploy.io import shipped_dir
+
+    table = shipped_dir("latency_tables") / "x86-cpu-onnxruntime__tiny.json"
+    rows = invoke("profile", "predict", "-t", table, "k3e3.skip|k3e3.skip.skip|k3e3.skip.skip|k3e3.skip")
+    assert rows[0]["raw_sum_ms"] > 0
+
+
+def test_retrain_into_a_folder_of_another_architecture_starts_afresh(tmp_path):
+    for arch in ("k3e3.skip|k3e3.skip.skip|k3e3.skip.skip|k3e3.skip", "k5e3.skip|k3e3.skip.skip|k3e3.skip.skip|k3e3.skip"):
+        r = invoke("retrain", "-s", "tiny", "-a", arch, "-o", tmp_path / "re", "--epochs", "1", "--max-steps", "3")
+        assert r["arch"] == arch
+    lines = (tmp_path / "re" / "retrain_metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # the first network's epoch is not listed as the second's

@@ -88,6 +88,8 @@ def inputs(tmp_path_factory, tiny_model):
     for name, cfg in variants.items():
         (d / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     (d / "list.yaml").write_text("- a\n- b\n")
+    (d / "torch_int8.yaml").write_text("name: t8\nruntime: torch\nprecision: int8\n")
+    (d / "good.yaml").write_text(yaml.safe_dump(good))
     (d / "broken.yaml").write_text("space: [tiny\n")
     return d
 
@@ -162,6 +164,10 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["run", str(d / "no_devices.yaml")], "missing key 'devices'"),
         (["run", str(d / "list.yaml")], "expected a mapping"),
         (["run", str(d / "broken.yaml")], "cannot be parsed"),
+        (["run", str(d / "good.yaml"), "--out", str(d / "a_file")], "a_file"),
+        (["verify", str(d / "a_file")], "model.json"),
+        (["profile", "-d", str(d / "torch_int8.yaml"), "-s", "tiny", "-o", str(d / "t8.json")], "int8"),
+        (["profile", "predict", "-t", t, TINY_ARCH, "--space", str(d / "none.yaml")], "not found"),
         (["nope"], "No such command"),
         (["search"], "Missing option"),
     ]

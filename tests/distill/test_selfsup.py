@@ -104,3 +104,26 @@ def test_cli_method_and_teacher_must_agree(tmp_path):
     assert r.exit_code == 1 and "uses no teacher" in r.output
     r = runner.invoke(app, ["train", "-s", "tiny", "--method", "dino", "-o", str(tmp_path / "c")])
     assert r.exit_code == 1 and "dna++" in r.output
+
+
+@pytest.mark.slow
+def test_dnapp_two_process_gloo_training_and_resume(tmp_path):
+    """DDP as for DNA (every rank samples the same paths, the batch is split), then a rerun resumes."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "dna_deploy", "train",
+           "--method", "dna++", "-s", "tiny", "-o", str(tmp_path), "--blocks", "0", "--epochs", "1", "--max-steps", "4",
+           "--batch-size", "32", "-f", "json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads((tmp_path / "supernet.json").read_text())
+    assert meta["world_size"] == 2 and meta["method"] == "dna++"
+    state = torch.load(tmp_path / "block0.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["method"] == "dna++"
+    # the same run again: the finished epoch is resumed, not retrained
+    r = runner.invoke(app, ["train", "--method", "dna++", "-s", "tiny", "-o", str(tmp_path), "--blocks", "0", "--epochs",
+                            "1", "--max-steps", "4", "--batch-size", "32", "-f", "json"])
+    assert r.exit_code == 0, r.output[-2000:]
+    assert torch.equal(torch.load(tmp_path / "block0.pt", weights_only=True)["student"]["adapt_out.0.weight"],
+                       state["student"]["adapt_out.0.weight"])

@@ -72,6 +72,9 @@ def test_rerun_skips_finished_stages_and_reruns_changed_ones(smoke_run, tmp_path
     run_pipeline(SMOKE, out=out, show_progress=False, log=logs.append)
     skipped = [m for m in logs if "up to date" in m]
     assert len(skipped) == 8 and "[report] running" in logs  # everything but the report is reused
+    logs.clear()  # the same folder spelled another way: the report's relative image paths still resolve
+    run_pipeline(SMOKE, out=out.parent / ".." / out.parent.name / out.name, show_progress=False, log=logs.append)
+    assert "[report] running" in logs and "](tables/x86-cpu-onnxruntime__tiny.fidelity.png)" in (out / "report.md").read_text()
     cfg = yaml.safe_load(SMOKE.read_text())
     cfg["search"]["top_k"] = 2  # change the search: search and everything after it rerun
     changed = tmp_path / "changed.yaml"
