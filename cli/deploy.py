@@ -15,7 +15,9 @@ R, E = RetrainSettings(), ExportSettings()  # the defaults, shared with the pipe
 def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture string (from `search`)."), space: str = SpaceOpt,
             data: str = typer.Option("mnist", "--data"), output: Path = typer.Option(..., "--output", "-o", help="Folder."),
             teacher: str = typer.Option(None, help="Teacher for logit distillation (checkpoint or torchvision:NAME)."),
-            teacher_weights: Path = typer.Option(None), kd_weight: float = typer.Option(R.kd_weight, help="Weight of the KD term."),
+            teacher_weights: Path = typer.Option(None),
+            taps: str = typer.Option(None, help="torchvision teacher: its node names, comma-separated (unused by KD)."),
+            kd_weight: float = typer.Option(R.kd_weight, help="Weight of the KD term."),
             init_supernet: Path = typer.Option(None, help="Start from the distilled block supernets' weights."),
             epochs: int = typer.Option(R.epochs, min=1), batch_size: int = typer.Option(R.batch_size, min=1),
             lr: float = typer.Option(R.lr), seed: int = typer.Option(0),
@@ -33,7 +35,7 @@ def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture str
     a = sp.parse_arch(arch)
     check_writable(output, folder=True)
     d = load_data(data, sp.input_size)
-    t = load_teacher(teacher, sp, weights=teacher_weights) if teacher else None
+    t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None) if teacher else None
     settings = RetrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, max_steps=max_steps,
                                init_supernet=init_supernet is not None)
     cfg = settings.classifier(seed, with_teacher=t is not None)

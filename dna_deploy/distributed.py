@@ -15,13 +15,15 @@ def dist_info() -> tuple[int, int]:
 
 
 def init_distributed_from_env() -> bool:
-    """Join the process group torchrun describes (gloo on CPU, nccl on GPU); False when not launched so."""
+    """Join the process group torchrun describes (gloo for CPU tensors, nccl for CUDA ones); False when
+    not launched so."""
     import torch
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # CPU tensors always go through gloo; CUDA tensors through nccl where a GPU is present
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend=backend)
     return True
 

@@ -223,6 +223,10 @@ class VerifySettings:
 
     def __post_init__(self):
         _check(self, positive=("max_images", "atol", "rtol", "max_latency_error_pct"))
+        if self.min_top1_agreement is not None and not 0 <= self.min_top1_agreement <= 1:
+            raise DataError(f"min_top1_agreement is a fraction in [0, 1], got {self.min_top1_agreement}")
+        if self.max_accuracy_drop_pts is not None and not 0 <= self.max_accuracy_drop_pts <= 100:
+            raise DataError(f"max_accuracy_drop_pts is in percentage points [0, 100], got {self.max_accuracy_drop_pts}")
 
     def overrides(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "max_images" and v is not None}
@@ -350,5 +354,5 @@ def cli_args(settings, *, skip: tuple[str, ...] = (), defaults=None) -> list[str
             for v in value:
                 args += [flag, str(v)]
         else:
-            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+            args += [flag, repr(value) if isinstance(value, float) else str(value)]  # repr: no digit lost
     return args

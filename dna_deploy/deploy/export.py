@@ -8,6 +8,7 @@ tool versions. Nothing is silently downgraded: a precision that cannot be produc
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import shutil
 from pathlib import Path
 
@@ -37,8 +38,11 @@ def calibration_images(spec: str | Path | None, ckpt: dict, *, n: int = 200, see
         p = Path(spec)
         if not p.is_file():
             raise DataError(f"calibration data not found: {p}")
-        arr = np.load(p, allow_pickle=False).astype(np.float32)
-        if arr.ndim != 4 or list(arr.shape[1:]) != list(shape[1:]):
+        try:
+            arr = np.load(p, allow_pickle=False).astype(np.float32)
+        except (ValueError, OSError, TypeError) as e:  # not an array file, or objects / strings in it
+            raise DataError(f"calibration data {p} is not a numeric .npy array ({str(e).splitlines()[0][:120]})") from None
+        if arr.ndim != 4 or len(arr) == 0 or list(arr.shape[1:]) != list(shape[1:]):
             raise DataError(f"calibration data {p} has shape {list(arr.shape)}; the model takes [N, {', '.join(map(str, shape[1:]))}]")
         return arr[:n]
     data = load_data(str(spec), shape[-1])
@@ -48,7 +52,11 @@ def calibration_images(spec: str | Path | None, ckpt: dict, *, n: int = 200, see
         raise DataError(f"calibration data {spec} splits differently (fingerprint {data.fingerprint}) than when the "
                         f"model trained on it ({ckpt['data_fingerprint']}); retrain, or calibrate with an .npy file")
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    return torch.stack([data.train[i][0] for i in idx]).numpy()
+    images = torch.stack([data.train[i][0] for i in idx]).numpy()
+    if list(images.shape[1:]) != list(shape[1:]):
+        raise DataError(f"calibration data {spec} gives images of shape {list(images.shape[1:])}; the model takes "
+                        f"{list(shape[1:])}")
+    return images
 
 
 def export_model(weights: str | Path, out_dir: str | Path, settings: ExportSettings = ExportSettings(), *,
@@ -77,6 +85,9 @@ def export_model(weights: str | Path, out_dir: str | Path, settings: ExportSetti
         raise DataError(f"export output {out_dir} is a file; give a folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the swapped-in folder gets ordinary permissions
     try:
         sidecar = _export_into(weights, tmp, settings, model)
         if out_dir.exists():

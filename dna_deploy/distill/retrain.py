@@ -16,6 +16,16 @@ from dna_deploy.settings import ClassifierConfig
 from dna_deploy.space import Arch, SearchSpace
 
 
+def _supernet_hashes(space: SearchSpace, supernet_dir) -> list | None:
+    """The block checkpoints retraining starts from: a retrained supernet means a fresh retrain."""
+    if supernet_dir is None:
+        return None
+    from dna_deploy.io import sha256_file
+
+    paths = [block_checkpoint_path(Path(supernet_dir), b) for b in range(len(space.blocks))]
+    return [sha256_file(p)[:16] if p.is_file() else None for p in paths]
+
+
 def init_from_supernet(space: SearchSpace, arch: Arch, supernet_dir: str | Path):
     """The network with its blocks' weights copied from the distilled block supernets (where the
     shapes are the space's own: adapters are not part of the network). The head starts fresh."""
@@ -59,7 +69,9 @@ def retrain(space: SearchSpace, arch: Arch, data: DataSplits, out: str | Path, *
     r = train_classifier(net, data, out / "retrain.ckpt.pt", config=config, teacher=t_model, resume=resume,
                          show_progress=show_progress, metrics_path=out / "retrain_metrics.jsonl", what="retrain",
                          identity={"arch": str(arch), "data_fingerprint": data.fingerprint,
-                                   "init": "supernet" if supernet_dir else "random"})
+                                   "init": "supernet" if supernet_dir else "random",
+                                   "supernet_sha256": _supernet_hashes(space, supernet_dir),
+                                   "teacher_fingerprint": teacher.fingerprint if teacher is not None else None})
     metrics = {"val_accuracy": r["val_accuracy"], "val_loss": r["val_loss"], "epochs": config.epochs,
                "kd_weight": config.kd_weight if teacher is not None else 0.0, "init": "supernet" if supernet_dir else "random"}
     if teacher is not None:

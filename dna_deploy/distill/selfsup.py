@@ -159,7 +159,7 @@ class PopulationCentre:
     rated candidate is compared with. Duck-typed like distill.teacher.Teacher."""
 
     def __init__(self, space: SearchSpace, supernet_dir: str | Path, *, upto: int | None = None,
-                 paths_per_block: int | None = None):
+                 paths_per_block: int | None = None, whole_folder: bool = True):
         supernet_dir = Path(supernet_dir)
         n = len(space.blocks) if upto is None else upto
         self.space, self.blocks, self.paths = space, [], []
@@ -177,8 +177,10 @@ class PopulationCentre:
             self.blocks.append(_batch_statistics_only(target))
             k = paths_per_block or state["config"]["ensemble_paths"]
             self.paths.append(fixed_paths(space, b, k, state["config"]["seed"]))
-        # over every trained block in the folder, so rating some blocks now and others later agrees
-        for b in range(len(space.blocks)):
+        # rating: over every trained block in the folder, so rating some blocks now and others later
+        # agrees; training: over the blocks it feeds on only, so a block's own checkpoint never
+        # changes the identity it resumes under
+        for b in range(len(space.blocks) if whole_folder else n):
             path = block_checkpoint_path(supernet_dir, b)
             hashes.append(sha256_file(path)[:16] if path.is_file() else None)
         self.taps = [f"blocks.{b}" for b in range(n)]
@@ -220,7 +222,8 @@ def train_blocks_selfsup(space: SearchSpace, data: DataSplits, out_dir: str | Pa
 
 def _train_block(space, b, data, out_dir, config, meta, aug, resume, show_progress) -> dict:
     rank, world = dist_info()
-    prev = PopulationCentre(space, out_dir, upto=b) if b > 0 else None
+    barrier()  # every rank reads block b-1's final checkpoint only after rank 0 has written it
+    prev = PopulationCentre(space, out_dir, upto=b, whole_folder=False) if b > 0 else None
     torch.manual_seed(config.seed + b)
     online = SelfSupStudent(space, b)
     target = _batch_statistics_only(copy.deepcopy(online.supernet))

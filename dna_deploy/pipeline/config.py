@@ -97,8 +97,9 @@ def parse_pipeline(raw, *, where: str) -> PipelineConfig:
         targets = [e.to for e in values["export"]]
         if len(set(targets)) != len(targets):
             raise DataError(f"{where}: 'export' lists a target twice; merge their precisions into one entry")
-    if values.get("progressive") and values["progressive"].rounds < 1:
-        raise DataError(f"{where}: 'progressive': rounds must be at least 1")
+    if values.get("progressive") and values["progressive"].rounds > 1 and values["train"].method == "dna++":
+        raise DataError(f"{where}: 'progressive' (DNA+) distils each round from the previous winner, which "
+                        "DNA++ does not use; give train.method dna, or drop 'progressive'")
     return PipelineConfig(**values)
 
 

@@ -12,7 +12,7 @@ import datetime as _dt
 import time
 from pathlib import Path
 
-from dna_deploy.io import fingerprint, read_json, shipped_dir, write_json
+from dna_deploy.io import exclusive_lock, fingerprint, read_json, shipped_dir, write_json
 from dna_deploy.pipeline.config import PipelineConfig, load_pipeline
 from dna_deploy.pipeline.stages import STAGES, RunContext
 
@@ -20,9 +20,14 @@ STATE_FILE = "pipeline_state.json"
 
 
 def run_stages(cfg: PipelineConfig, out: Path, *, show_progress: bool = True, log=print) -> dict:
-    """One round: every stage in order; returns the run's summary."""
+    """One round: every stage in order, holding the folder's lock; returns the run's summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out / STATE_FILE, what="dna-deploy run"):
+        return _run_locked(cfg, out, show_progress=show_progress, log=log)
+
+
+def _run_locked(cfg: PipelineConfig, out: Path, *, show_progress: bool, log) -> dict:
     ctx = RunContext(cfg, out, show_progress=show_progress, log=log)
     state_path = out / STATE_FILE
     state = read_json(state_path, what="pipeline state") if state_path.is_file() else {"stages": {}}
@@ -41,6 +46,7 @@ def run_stages(cfg: PipelineConfig, out: Path, *, show_progress: bool = True, lo
         log(f"[{stage.name}] running")
         t0 = time.time()
         state["stages"][stage.name] = {"fingerprint": fp, "finished": False}
+        write_json(state_path, state)  # a crash mid-stage leaves it unfinished, never "up to date"
         result = stage.run(ctx)
         state["stages"][stage.name] = {"fingerprint": fp, "finished": True, "seconds": time.time() - t0, "result": result,
                                        "skipped": False,

@@ -81,6 +81,16 @@ class RunContext:
         return load_teacher(t.checkpoint or str(self.teacher_file), self.space)
 
     # ---------------- tables and budgets
+    def device_name(self, d) -> str:
+        """A device entry names a shipped spec or a spec file; its table is named by the spec's name."""
+        from dna_deploy.latency.devices import load_device
+
+        return load_device(d.device).name
+
+    def ordered_devices(self) -> list:
+        """Devices with a budget first: `search -b` values pair with `-t` tables in order."""
+        return sorted(self.cfg.devices, key=lambda d: d.budget_ms is None and d.budget_fraction is None)
+
     def table_path(self, device: str) -> Path:
         return self.out / "tables" / f"{device}__{self.space.name}.json"
 
@@ -88,7 +98,7 @@ class RunContext:
     def tables(self) -> list:
         from dna_deploy.latency.table import LatencyTable
 
-        return [LatencyTable.load(self.table_path(d.device)) for d in self.cfg.devices]
+        return [LatencyTable.load(self.table_path(self.device_name(d))) for d in self.cfg.devices]
 
     def budgets(self) -> list[float | None]:
         """Per device: budget_ms, or budget_fraction of the way from the smallest to the largest network."""
@@ -178,18 +188,22 @@ class TablesStage(Stage):
     name = "tables"
 
     def settings(self, ctx):
+        from dna_deploy.host import host_description, runtime_versions
         from dna_deploy.latency.devices import load_device
 
-        return {"devices": [load_device(d.device).to_dict() for d in ctx.cfg.devices], **to_mapping(ctx.cfg.profile)}
+        devices = [load_device(d.device) for d in ctx.cfg.devices]
+        # tables belong to this host and these runtime versions: a moved run folder or an upgrade re-profiles
+        return {"devices": [d.to_dict() for d in devices], **to_mapping(ctx.cfg.profile), "host": host_description(),
+                "versions": {d.runtime: runtime_versions(d.runtime) for d in devices}}
 
     def outputs(self, ctx):
-        return [f"tables/{d.device}__{ctx.space.name}.json" for d in ctx.cfg.devices]
+        return [f"tables/{ctx.device_name(d)}__{ctx.space.name}.json" for d in ctx.cfg.devices]
 
     def commands(self, ctx):
         p = ctx.cfg.profile
         cmds = []
         for d in ctx.cfg.devices:
-            table = ctx.table_path(d.device)
+            table = ctx.table_path(ctx.device_name(d))
             cmds.append(["profile", "--device", d.device, "--space", ctx.cfg.space, "-o", table, "--rounds", p.rounds,
                          "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}"])
             cmds.append(["profile", "validate", "--table", table, "--space", ctx.cfg.space, "-n", p.validate_samples,
@@ -297,19 +311,26 @@ class SearchStage(Stage):
     def outputs(self, ctx):
         return ["search.json", "pareto.png"]
 
+    @staticmethod
+    def _budgets(ctx) -> list:
+        return ctx.budgets()
+
     def commands(self, ctx):
         args = ["search", "--space", ctx.cfg.space, "-r", ctx.out / "ratings.json"]
-        for d, b in zip(ctx.cfg.devices, ctx.budgets()):
-            args += ["-t", ctx.table_path(d.device)] + (["-b", f"{b:.6g}"] if b is not None else [])
+        budgets = dict(zip((d.device for d in ctx.cfg.devices), self._budgets(ctx)))
+        for d in ctx.ordered_devices():  # budgeted tables first, so each -b pairs with its own -t
+            args += ["-t", ctx.table_path(ctx.device_name(d))]
+        args += [a for d in ctx.ordered_devices() if budgets[d.device] is not None for a in ("-b", repr(budgets[d.device]))]
         return [args + cli_args(ctx.cfg.search) + ["--pareto", ctx.out / "pareto", "-o", ctx.out / "search.json"]]
 
     def run(self, ctx):
         from dna_deploy.select.rate import load_ratings
         from dna_deploy.select.search import run_search
 
-        # budgets printed with 6 significant digits, as the reproduce command gives them
-        budgets = [float(f"{b:.6g}") if b is not None else None for b in ctx.budgets()]
-        res = run_search(ctx.space, load_ratings(ctx.out / "ratings.json", ctx.space), ctx.tables, budgets,
+        order = [ctx.cfg.devices.index(d) for d in ctx.ordered_devices()]  # as the reproduce command orders them
+        tables, budgets = ctx.tables, self._budgets(ctx)
+        res = run_search(ctx.space, load_ratings(ctx.out / "ratings.json", ctx.space), [tables[i] for i in order],
+                         [budgets[i] for i in order],
                          ctx.cfg.search, output=ctx.out / "search.json", pareto_path=ctx.out / "pareto")
         return res
 
@@ -383,7 +404,7 @@ class VerifyStage(Stage):
         return [f"export/{e.to}/verify.json" for e in ctx.cfg.export]
 
     def commands(self, ctx):
-        tables = [a for d in ctx.cfg.devices for a in ("-t", ctx.table_path(d.device))]
+        tables = [a for d in ctx.cfg.devices for a in ("-t", ctx.table_path(ctx.device_name(d)))]
         return [["verify", ctx.out / "export" / e.to, "--data", ctx.cfg.data, *tables, *cli_args(ctx.cfg.verify)]
                 for e in ctx.cfg.export]
 

@@ -145,6 +145,11 @@ def block_inputs(teacher: Teacher, data: DataSplits, *, calib_images: int, seed:
     return x_cal, f_cal, x_rate, f_rate
 
 
+def _checkpoint_hash(supernet_dir: Path, block: int) -> str | None:
+    path = block_checkpoint_path(supernet_dir, block)
+    return sha256_file(path)[:16] if path.is_file() else None
+
+
 def supernet_method(supernet_dir: str | Path) -> str:
     """'dna' or 'dna++', as supernet.json records (folders from before DNA++ are DNA)."""
     meta = Path(supernet_dir) / "supernet.json"
@@ -184,8 +189,12 @@ def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher
              "bn_calibration": {"images": len(x_cal), "batch": cb}, "tool_version": __version__, "blocks": []}
     if resume and out_path.is_file():
         old = read_json(out_path, what="rating table")
-        if old.get("space_fingerprint") == space.fingerprint and old.get("teacher_fingerprint") == teacher.fingerprint:
-            table["blocks"] = [b for b in old.get("blocks", []) if b["block"] not in blocks or b.get("complete")]
+        same = all(old.get(k) == table[k] for k in ("space_fingerprint", "teacher_fingerprint", "metric", "calibration_seed",
+                                                     "bn_calibration", "method")) \
+            and (old.get("data") or {}).get("fingerprint") == data.fingerprint
+        if same:  # a finished block is kept only while its checkpoint is the one it was rated from
+            table["blocks"] = [b for b in old.get("blocks", []) if b.get("complete") and
+                               b.get("checkpoint_sha256") == _checkpoint_hash(supernet_dir, b["block"])]
     done = {b["block"] for b in table["blocks"] if b.get("complete")}
     total = sum(space.block_candidate_count(b) for b in blocks if b not in done)
     with progress_bar(show_progress) as bar:
@@ -196,7 +205,7 @@ def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher
             student, state = load_block(space, supernet_dir, b)
             if method == "dna" and state.get("teacher_fingerprint") != teacher.fingerprint:
                 raise DataError(f"block {b} in {supernet_dir} was distilled from another teacher; rate with that teacher")
-            ckpt_fp = sha256_file(block_checkpoint_path(supernet_dir, b))[:16]
+            ckpt_fp = _checkpoint_hash(supernet_dir, b)
             partial_path = out_path.with_name(f"{out_path.stem}.block{b}.partial.json")
             partial = {"checkpoint": ckpt_fp, "candidates": {}, "subtrees_done": []}
             if resume and partial_path.is_file():

@@ -84,10 +84,12 @@ def inputs(tmp_path_factory, tiny_model):
         "bad_type": {**good, "rate": {"calib_images": "many"}},
         "bad_device": {**good, "devices": [{"device": "x86-cpu-onnxruntme", "budget_ms": 0.2}]},
         "no_devices": {"space": "tiny"},
+        "dnapp_rounds": {**good, "train": {"method": "dna++"}, "progressive": {"rounds": 2}},
     }
     for name, cfg in variants.items():
         (d / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     (d / "list.yaml").write_text("- a\n- b\n")
+    (d / "garbage.npy").write_text("not an array\n")
     (d / "torch_int8.yaml").write_text("name: t8\nruntime: torch\nprecision: int8\n")
     (d / "good.yaml").write_text(yaml.safe_dump(good))
     (d / "broken.yaml").write_text("space: [tiny\n")
@@ -168,6 +170,10 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["verify", str(d / "a_file")], "model.json"),
         (["profile", "-d", str(d / "torch_int8.yaml"), "-s", "tiny", "-o", str(d / "t8.json")], "int8"),
         (["profile", "predict", "-t", t, TINY_ARCH, "--space", str(d / "none.yaml")], "not found"),
+        (["run", str(d / "dnapp_rounds.yaml")], "DNA++"),
+        (["export", "-w", m, "--to", "tflite", "-p", "int8", "--calibration-data", str(d / "garbage.npy"), "-o",
+          str(d / "ex")], "not a numeric .npy"),
+        (["verify", str(d / "supernet_empty"), "--min-top1-agreement", "97"], "fraction"),
         (["nope"], "No such command"),
         (["search"], "Missing option"),
     ]

@@ -113,7 +113,7 @@ def test_dnapp_two_process_gloo_training_and_resume(tmp_path):
     import sys
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "dna_deploy", "train",
-           "--method", "dna++", "-s", "tiny", "-o", str(tmp_path), "--blocks", "0", "--epochs", "1", "--max-steps", "4",
+           "--method", "dna++", "-s", "tiny", "-o", str(tmp_path), "--blocks", "0,1", "--epochs", "1", "--max-steps", "4",
            "--batch-size", "32", "-f", "json"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -121,9 +121,12 @@ def test_dnapp_two_process_gloo_training_and_resume(tmp_path):
     assert meta["world_size"] == 2 and meta["method"] == "dna++"
     state = torch.load(tmp_path / "block0.pt", weights_only=True)
     assert state["epoch"] == 1 and state["method"] == "dna++"
-    # the same run again: the finished epoch is resumed, not retrained
-    r = runner.invoke(app, ["train", "--method", "dna++", "-s", "tiny", "-o", str(tmp_path), "--blocks", "0", "--epochs",
+    block1 = torch.load(tmp_path / "block1.pt", weights_only=True)
+    # the same run again: the finished epochs are resumed, not retrained -- block 1 included, whose
+    # inputs come from block 0's centre
+    r = runner.invoke(app, ["train", "--method", "dna++", "-s", "tiny", "-o", str(tmp_path), "--blocks", "0,1", "--epochs",
                             "1", "--max-steps", "4", "--batch-size", "32", "-f", "json"])
     assert r.exit_code == 0, r.output[-2000:]
-    assert torch.equal(torch.load(tmp_path / "block0.pt", weights_only=True)["student"]["adapt_out.0.weight"],
-                       state["student"]["adapt_out.0.weight"])
+    for b, before in ((0, state), (1, block1)):
+        after = torch.load(tmp_path / f"block{b}.pt", weights_only=True)
+        assert torch.equal(after["student"]["adapt_out.0.weight"], before["student"]["adapt_out.0.weight"]), b

@@ -79,10 +79,16 @@ def test_resume_keeps_finished_blocks(ratings, tiny_supernet, tiny_teacher, mnis
     partial = tmp_path / "r.json"
     d = json.loads(path.read_text())
     d["blocks"] = d["blocks"][:2]  # as if stopped after two blocks
+    real_hash = d["blocks"][1]["checkpoint_sha256"]
+    d["blocks"][1]["candidates"]["k3e3.skip.skip"]["loss"] = 99.0  # a stale rating ...
+    d["blocks"][1]["checkpoint_sha256"] = "0" * 16  # ... of a block checkpoint that has since changed
     partial.write_text(json.dumps(d))
     teacher = load_teacher(str(tiny_teacher[0]), tiny)
     again = rate_supernet(tiny, tiny_supernet[0], teacher, mnist32, partial, calib_images=128, show_progress=False)
     assert again["blocks"][0]["candidates"] == table["blocks"][0]["candidates"]  # kept, not recomputed
+    assert again["blocks"][1]["checkpoint_sha256"] == real_hash  # re-rated from the checkpoint there now
+    assert again["blocks"][1]["candidates"]["k3e3.skip.skip"]["loss"] == pytest.approx(
+        table["blocks"][1]["candidates"]["k3e3.skip.skip"]["loss"])
     assert len(again["blocks"]) == 4
     load_ratings(partial, tiny)
 

@@ -1,0 +1,29 @@
+"""Stage declarations without running them: table names, reproduce-command pairing."""
+
+import shutil
+
+from dna_deploy.io import shipped_dir
+from dna_deploy.pipeline.config import parse_pipeline
+from dna_deploy.pipeline.stages import RunContext, SearchStage, TablesStage
+
+
+def test_a_device_given_as_a_spec_file_names_its_table_by_the_spec(tmp_path):
+    spec = tmp_path / "my_pi.yaml"
+    spec.write_text("name: my-pi\nruntime: onnxruntime\n")
+    cfg = parse_pipeline({"space": "tiny", "devices": [{"device": str(spec), "budget_ms": 1.0}]}, where="p")
+    ctx = RunContext(cfg, tmp_path / "run")
+    assert TablesStage().outputs(ctx) == ["tables/my-pi__tiny.json"]
+    assert str(TablesStage().commands(ctx)[0][6]).endswith("tables/my-pi__tiny.json")
+
+
+def test_search_command_pairs_each_budget_with_its_table(tmp_path):
+    cfg = parse_pipeline({"space": "tiny", "devices": [{"device": "x86-cpu-litert"},
+                                                       {"device": "x86-cpu-onnxruntime", "budget_ms": 0.2}]}, where="p")
+    ctx = RunContext(cfg, tmp_path)
+    (tmp_path / "tables").mkdir()
+    for name in ("x86-cpu-litert__tiny.json", "x86-cpu-onnxruntime__tiny.json"):
+        shutil.copyfile(shipped_dir("latency_tables") / name, tmp_path / "tables" / name)
+    args = [str(a) for a in SearchStage().commands(ctx)[0]]
+    tables = [args[i + 1] for i, a in enumerate(args) if a == "-t"]
+    budgets = [args[i + 1] for i, a in enumerate(args) if a == "-b"]
+    assert tables[0].endswith("x86-cpu-onnxruntime__tiny.json") and budgets == ["0.2"]  # the budgeted table comes first
