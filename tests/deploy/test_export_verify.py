@@ -82,7 +82,7 @@ def test_litert_fp32_fp16_int8_pass_verify(tiny_model, tmp_path):
     int8 = next(a for a in side["artifacts"] if a["precision"] == "int8")
     assert int8["layout"] == "NHWC" and int8["input_dtype"] == "int8"
     # a tolerance override applies where an element-wise check exists; int8 keeps its top-1 judgement
-    r = runner.invoke(app, ["verify", str(tmp_path), "--atol", "1e-3", "--rtol", "1e-3", "-f", "json"])
+    r = runner.invoke(app, ["verify", str(tmp_path), "--atol", "1e-2", "--rtol", "1e-2", "-f", "json"])
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output[-2000:]
     report = json.loads((tmp_path / "verify.json").read_text())
     assert {a["path"]: a["tolerances"]["atol"] for a in report["artifacts"]}["model_int8.tflite"] is None
