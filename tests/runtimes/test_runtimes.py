@@ -16,16 +16,21 @@ def _skip_if_unavailable(name, device):
         pytest.skip(f"{name} on {device}: {reason}")
 
 
-@pytest.mark.parametrize("name, device", [(n, "cpu") for n in RUNTIME_NAMES if n != "tensorrt"]
-                         + [("tensorrt", "cuda"), ("torch", "cuda"), ("onnxruntime", "cuda")])
-def test_runtime_contract(name, device, tiny, tmp_path):
-    _skip_if_unavailable(name, device)
-    spec = [s for s in tiny.all_layer_specs() if s.kind == "mbconv" and s.stride == 2][0]
+def _strided_mbconv(space):
+    """A one-op model (the space's first strided MBConv), an input, and PyTorch's output."""
+    spec = [s for s in space.all_layer_specs() if s.kind == "mbconv" and s.stride == 2][0]
     torch.manual_seed(0)
     module = build_layer(spec).eval()
     x = torch.randn(1, spec.in_ch, spec.in_hw, spec.in_hw)
     with torch.no_grad():
-        ref = module(x).numpy()
+        return module, x, module(x).numpy()
+
+
+@pytest.mark.parametrize("name, device", [(n, "cpu") for n in RUNTIME_NAMES if n != "tensorrt"]
+                         + [("tensorrt", "cuda"), ("torch", "cuda"), ("onnxruntime", "cuda")])
+def test_runtime_contract(name, device, tiny, tmp_path):
+    _skip_if_unavailable(name, device)
+    module, x, ref = _strided_mbconv(tiny)
     cls = runner_class(name)
     artifact = cls.prepare_artifact(module, x, tmp_path, name="op")
     with cls(artifact, device=device, input_shape=tuple(x.shape)) as runner:
@@ -55,12 +60,7 @@ def test_unknown_runtime_names_choices():
 def test_litert_kernel_sets_give_the_same_outputs(tiny, tmp_path, resolver):
     """The op resolver is part of the device (like threads): every kernel set runs the same graph."""
     _skip_if_unavailable("litert", "cpu")
-    spec = [s for s in tiny.all_layer_specs() if s.kind == "mbconv" and s.stride == 2][0]
-    torch.manual_seed(0)
-    module = build_layer(spec).eval()
-    x = torch.randn(1, spec.in_ch, spec.in_hw, spec.in_hw)
-    with torch.no_grad():
-        ref = module(x).numpy()
+    module, x, ref = _strided_mbconv(tiny)
     cls = runner_class("litert")
     artifact = cls.prepare_artifact(module, x, tmp_path, name="op")
     with cls(artifact, op_resolver=resolver) as runner:
