@@ -70,35 +70,23 @@ def train(space: str = SpaceOpt, data: str = DataOpt,
     Data-parallel: torchrun --nproc-per-node 2 -m dna_deploy train ...
     """
     from dna_deploy.data import load_data
+    from dna_deploy.distill.blockwise import check_method_teacher, train_supernet
+    from dna_deploy.distill.teacher import load_teacher
     from dna_deploy.distributed import dist_info, init_distributed_from_env
-    from dna_deploy.errors import DataError
 
     cfg = DistillConfig(method=method, epochs=epochs, batch_size=batch_size, lr_edge=lr_edge, lr_inner=lr_inner,
                         lr_decay=lr_decay, weight_decay=weight_decay, loss=loss, fairness=fairness, seed=seed,
                         max_steps=max_steps, ema=ema, ensemble_paths=ensemble_paths, variance_weight=variance_weight,
                         augment=augment)
-    if method == "dna" and teacher is None:
-        raise DataError("DNA distils from a teacher: give --teacher (a checkpoint or torchvision:NAME), "
-                        "or train without one: --method dna++")
-    if method == "dna++" and teacher is not None:
-        raise DataError("--method dna++ uses no teacher; leave out --teacher (it serves retrain's distillation)")
+    check_method_teacher(method, teacher is not None)
     init_distributed_from_env()
     sp = resolve_space(space, teacher if teacher and not teacher.startswith("torchvision:") else None)
     block_list = parse_blocks(blocks)
     check_writable(output, folder=True)
     d = load_data(data, sp.input_size)
-    if method == "dna++":
-        from dna_deploy.distill.selfsup import train_blocks_selfsup
-
-        res = train_blocks_selfsup(sp, d, output, config=cfg, blocks=block_list, resume=resume,
-                                   show_progress=fmt == "table")
-    else:
-        from dna_deploy.distill.blockwise import train_blocks
-        from dna_deploy.distill.teacher import load_teacher
-
-        t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None)
-        res = train_blocks(sp, d, t, output, config=cfg, blocks=block_list, resume=resume, cache_features=cache_features,
-                           show_progress=fmt == "table")
+    t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None) if teacher else None
+    res = train_supernet(sp, d, t, output, config=cfg, blocks=block_list, resume=resume, cache_features=cache_features,
+                         show_progress=fmt == "table")
     if dist_info()[0] != 0:
         return
     rows = [{"block": b, "epochs": len(r["history"]), "first_loss": r["history"][0]["loss"] if r["history"] else None,

@@ -142,3 +142,27 @@ def _train_block(space, b, teacher, x_all, feats, stds, out_dir, config, meta, r
             ckpt.save(objects, epoch=epoch + 1, history=history,
                       extra={"block": b, "teacher_channels": teacher.channels, "channel_std": std})
     return {"history": history, "checkpoint": str(block_checkpoint_path(out_dir, b)), "resumed_from_epoch": start_epoch}
+
+
+def check_method_teacher(method: str, has_teacher: bool) -> None:
+    """DNA needs a teacher and DNA++ takes none (callers check this before loading any data)."""
+    if method == "dna" and not has_teacher:
+        raise DataError("DNA distils from a teacher: give --teacher (a checkpoint or torchvision:NAME), "
+                        "or train without one: --method dna++")
+    if method == "dna++" and has_teacher:
+        raise DataError("--method dna++ uses no teacher; leave out --teacher (it serves retrain's distillation)")
+
+
+def train_supernet(space: SearchSpace, data: DataSplits, teacher: Teacher | None, out_dir: str | Path, *,
+                   config: DistillConfig = DistillConfig(), blocks: list[int] | None = None, resume: bool = True,
+                   cache_features: bool | None = None, show_progress: bool = True) -> dict:
+    """Block-wise training by config.method: DNA distils `teacher`; DNA++ (distill/selfsup.py) takes none.
+    The one entry point of the CLI and the pipeline, so the two never dispatch differently."""
+    check_method_teacher(config.method, teacher is not None)
+    if config.method == "dna++":
+        from dna_deploy.distill.selfsup import train_blocks_selfsup
+
+        return train_blocks_selfsup(space, data, out_dir, config=config, blocks=blocks, resume=resume,
+                                    show_progress=show_progress)
+    return train_blocks(space, data, teacher, out_dir, config=config, blocks=blocks, resume=resume,
+                        cache_features=cache_features, show_progress=show_progress)

@@ -262,16 +262,11 @@ class TrainStage(Stage):
                  *cli_args(ctx.cfg.train, skip=("seed",))]]
 
     def run(self, ctx):
-        if ctx.cfg.train.method == "dna++":
-            from dna_deploy.distill.selfsup import train_blocks_selfsup
+        from dna_deploy.distill.blockwise import train_supernet
 
-            res = train_blocks_selfsup(ctx.space, ctx.data, ctx.out / "supernet", config=ctx.cfg.train,
-                                       show_progress=ctx.show_progress)
-        else:
-            from dna_deploy.distill.blockwise import train_blocks
-
-            res = train_blocks(ctx.space, ctx.data, ctx.load_teacher(), ctx.out / "supernet", config=ctx.cfg.train,
-                               show_progress=ctx.show_progress)
+        teacher = None if ctx.cfg.train.method == "dna++" else ctx.load_teacher()
+        res = train_supernet(ctx.space, ctx.data, teacher, ctx.out / "supernet", config=ctx.cfg.train,
+                             show_progress=ctx.show_progress)
         return {str(b): {"first_loss": r["history"][0]["loss"], "last_loss": r["history"][-1]["loss"],
                          "epochs": len(r["history"])} for b, r in res.items()}
 
@@ -311,13 +306,9 @@ class SearchStage(Stage):
     def outputs(self, ctx):
         return ["search.json", "pareto.png"]
 
-    @staticmethod
-    def _budgets(ctx) -> list:
-        return ctx.budgets()
-
     def commands(self, ctx):
         args = ["search", "--space", ctx.cfg.space, "-r", ctx.out / "ratings.json"]
-        budgets = dict(zip((d.device for d in ctx.cfg.devices), self._budgets(ctx)))
+        budgets = dict(zip((d.device for d in ctx.cfg.devices), ctx.budgets()))
         for d in ctx.ordered_devices():  # budgeted tables first, so each -b pairs with its own -t
             args += ["-t", ctx.table_path(ctx.device_name(d))]
         args += [a for d in ctx.ordered_devices() if budgets[d.device] is not None for a in ("-b", repr(budgets[d.device]))]
@@ -328,7 +319,7 @@ class SearchStage(Stage):
         from dna_deploy.select.search import run_search
 
         order = [ctx.cfg.devices.index(d) for d in ctx.ordered_devices()]  # as the reproduce command orders them
-        tables, budgets = ctx.tables, self._budgets(ctx)
+        tables, budgets = ctx.tables, ctx.budgets()
         res = run_search(ctx.space, load_ratings(ctx.out / "ratings.json", ctx.space), [tables[i] for i in order],
                          [budgets[i] for i in order],
                          ctx.cfg.search, output=ctx.out / "search.json", pareto_path=ctx.out / "pareto")
