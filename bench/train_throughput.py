@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from dna_deploy.data import load_mnist, stack
-from dna_deploy.distill.student import BlockStudent, channel_stats, feature_distance
+from dna_deploy.distill.blockwise import relative_floor
+from dna_deploy.distill.student import BlockStudent, feature_distance
 from dna_deploy.distill.teacher import Teacher
 from dna_deploy.io import write_json
 from dna_deploy.nn.builder import build_network
@@ -59,7 +60,7 @@ def main():
     with torch.no_grad():
         feats = [torch.cat(f) for f in zip(*[teacher.features(x_all[i:i + 256]) for i in range(0, len(x_all), 256)])]
     t_cache = time.perf_counter() - t0
-    stds = channel_stats(feats)
+    stds = [relative_floor(f.transpose(0, 1).flatten(1).std(1)) for f in feats]
     students = [BlockStudent(space, b, teacher.channels) for b in range(4)]
     opts = [torch.optim.Adam(s.parameters(), 1e-3) for s in students]
     rng = random.Random(0)

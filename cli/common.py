@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dna_deploy.display import format_value
+from dna_deploy.settings import ComputeSettings
 
 # Piped or captured output is not cut at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -27,6 +28,47 @@ SpaceOpt = typer.Option(None, "--space", "-s", help="Preset (dna-mbconv, tiny) o
                                                     "[the space the input artifact records; else dna-mbconv].")
 FormatOpt = typer.Option(OutputFormat.table, "--format", "-f", help="table (for people) or json (for scripts).")
 DEFAULT_SPACE = "dna-mbconv"
+
+_C = ComputeSettings()
+DeviceOpt = typer.Option(_C.device, "--device", help="auto (this rank's GPU, else the CPU), cpu, cuda or cuda:N.")
+AmpOpt = typer.Option(_C.amp, "--amp/--no-amp", help="bf16 (or fp16 + loss scaling) autocast on CUDA; the CPU runs fp32.")
+WorkersOpt = typer.Option(_C.workers, "--workers", min=0, help="Data-loader processes per rank for folder data [cores - 1, at most 8].")
+CheckpointEveryOpt = typer.Option(_C.checkpoint_every, "--checkpoint-every", min=1,
+                                  help="Also checkpoint every N steps inside an epoch (resume continues there).")
+
+
+def make_compute(device: str, amp: bool, workers: int | None, checkpoint_every: int | None = None):
+    """The resolved device etc. (dna_deploy/compute.py); under torchrun, also joins the process
+    group, with NCCL when this rank has a GPU."""
+    from dna_deploy.compute import Compute
+    from dna_deploy.distributed import init_distributed_from_env
+
+    compute = Compute.from_settings(ComputeSettings(device=device, amp=amp, workers=workers,
+                                                    checkpoint_every=checkpoint_every))
+    init_distributed_from_env(compute.device)
+    return compute
+
+
+def data_spec_for(data: str | None, *artifacts) -> str:
+    """--data, or the data the first artifact that records one was trained on (a supernet folder,
+    a model checkpoint): rating or retraining a folder-trained supernet on MNIST is never silent."""
+    from dna_deploy.io import load_checkpoint, read_json
+
+    if data is not None:
+        return data
+    for a in artifacts:
+        if a is None or not Path(a).exists():
+            continue
+        a = Path(a)
+        if a.is_dir() and (a / "supernet.json").is_file():
+            recorded = (read_json(a / "supernet.json", what="supernet metadata").get("data") or {}).get("data")
+        elif a.is_file() and a.suffix == ".pt":
+            recorded = load_checkpoint(a, what="checkpoint").get("data")
+        else:
+            continue
+        if isinstance(recorded, str):
+            return recorded
+    return "mnist"
 
 
 def recorded_space(path: Path | None):

@@ -6,14 +6,29 @@ from pathlib import Path
 
 import typer
 
-from dna_deploy.cli.common import FormatOpt, OutputFormat, SpaceOpt, check_writable, console, render, resolve_space
+from dna_deploy.cli.common import (
+    AmpOpt,
+    CheckpointEveryOpt,
+    DeviceOpt,
+    FormatOpt,
+    OutputFormat,
+    SpaceOpt,
+    WorkersOpt,
+    check_writable,
+    console,
+    data_spec_for,
+    make_compute,
+    render,
+    resolve_space,
+)
 from dna_deploy.settings import ExportSettings, RetrainSettings, VerifySettings
 
 R, E = RetrainSettings(), ExportSettings()  # the defaults, shared with the pipeline
 
 
 def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture string (from `search`)."), space: str = SpaceOpt,
-            data: str = typer.Option("mnist", "--data"), output: Path = typer.Option(..., "--output", "-o", help="Folder."),
+            data: str = typer.Option(None, "--data", help="Training data [what --init-supernet records, else mnist]."),
+            output: Path = typer.Option(..., "--output", "-o", help="Folder."),
             teacher: str = typer.Option(None, help="Teacher for logit distillation (checkpoint or torchvision:NAME)."),
             teacher_weights: Path = typer.Option(None),
             taps: str = typer.Option(None, help="torchvision teacher: its node names, comma-separated (unused by KD)."),
@@ -22,6 +37,9 @@ def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture str
             epochs: int = typer.Option(R.epochs, min=1), batch_size: int = typer.Option(R.batch_size, min=1),
             lr: float = typer.Option(R.lr), seed: int = typer.Option(0),
             max_steps: int = typer.Option(R.max_steps, min=1, help="Cap steps per epoch (smoke runs)."),
+            val_images: int = typer.Option(R.val_images, min=1, help="Validate each epoch on this many fixed images [all]."),
+            device: str = DeviceOpt, amp: bool = AmpOpt, workers: int = WorkersOpt,
+            checkpoint_every: int = CheckpointEveryOpt,
             resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Train the searched network stand-alone (cross-entropy, + logit KD with a teacher); writes model.pt.
 
@@ -34,13 +52,19 @@ def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture str
     sp = resolve_space(space, init_supernet, teacher if teacher and not teacher.startswith("torchvision:") else None)
     a = sp.parse_arch(arch)
     check_writable(output, folder=True)
+    settings = RetrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, max_steps=max_steps,
+                               init_supernet=init_supernet is not None, val_images=val_images)
+    compute = make_compute(device, amp, workers, checkpoint_every)
+    data = data_spec_for(data, init_supernet)
     d = load_data(data, sp.input_size)
     t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None) if teacher else None
-    settings = RetrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, max_steps=max_steps,
-                               init_supernet=init_supernet is not None)
     cfg = settings.classifier(seed, with_teacher=t is not None)
     r = run(sp, a, d, output, config=cfg, teacher=t, supernet_dir=init_supernet, resume=resume,
-            show_progress=fmt == "table", data_spec=data)
+            show_progress=fmt == "table", data_spec=data, compute=compute)
+    from dna_deploy.distributed import dist_info
+
+    if dist_info()[0] != 0:
+        return
     render({k: v for k, v in r.items() if k != "history"}, fmt=fmt, title="retrained")
 
 

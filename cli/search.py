@@ -6,14 +6,28 @@ from pathlib import Path
 
 import typer
 
-from dna_deploy.cli.common import FormatOpt, OutputFormat, SpaceOpt, check_writable, console, parse_blocks, render, resolve_space
+from dna_deploy.cli.common import (
+    DeviceOpt,
+    FormatOpt,
+    OutputFormat,
+    SpaceOpt,
+    WorkersOpt,
+    check_writable,
+    console,
+    data_spec_for,
+    make_compute,
+    parse_blocks,
+    render,
+    resolve_space,
+)
 from dna_deploy.errors import DataError
 from dna_deploy.settings import RateSettings, SearchSettings
 
 R, S = RateSettings(), SearchSettings()  # the defaults, shared with the pipeline
 
 
-def rate(space: str = SpaceOpt, data: str = typer.Option("mnist", "--data"),
+def rate(space: str = SpaceOpt,
+         data: str = typer.Option(None, "--data", help="The supernet's data [what the supernet folder records]."),
          supernet: Path = typer.Option(..., "--supernet", help="Folder written by `dna-deploy train`."),
          teacher: str = typer.Option(None, "--teacher", help="The teacher a DNA supernet was distilled from (DNA++: none)."),
          teacher_weights: Path = typer.Option(None), taps: str = typer.Option(None),
@@ -22,13 +36,17 @@ def rate(space: str = SpaceOpt, data: str = typer.Option("mnist", "--data"),
          metric: str = typer.Option(R.metric, help="l1-norm (DNA: mean|s-t|/std(t)), mse-channel or mse."),
          calib_images: int = typer.Option(R.calib_images, min=1, help="Training images used to re-estimate BatchNorm per candidate."),
          calib_batch: int = typer.Option(R.calib_batch, min=1, help="Batch size of that re-estimation."),
-         seed: int = typer.Option(0, help="Which training images calibrate BatchNorm."), resume: bool = typer.Option(True, "--resume/--restart"),
-         fmt: OutputFormat = FormatOpt) -> None:
+         seed: int = typer.Option(0, help="Which training images calibrate BatchNorm."),
+         rate_images: int = typer.Option(R.rate_images, min=1, help="Rate on a fixed subset of this many rate-split images [all]."),
+         rate_chunk: int = typer.Option(R.rate_chunk, min=1, help="Rate-split images on the device at once (memory only)."),
+         device: str = DeviceOpt, workers: int = WorkersOpt,
+         resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Rate every candidate of every block on the held-out rate split (BN re-estimated per candidate).
 
     DNA: against the teacher's features. DNA++: against the supernet's own population centre, no teacher.
 
     Example: dna-deploy rate --space tiny --supernet runs/supernet --teacher runs/teacher.pt -o runs/ratings.json
+    Sharded: torchrun --nproc-per-node 8 -m dna_deploy rate ... (each rank rates a share of the subtrees)
     """
     from dna_deploy.data import load_data
     from dna_deploy.distill.teacher import load_teacher
@@ -37,11 +55,19 @@ def rate(space: str = SpaceOpt, data: str = typer.Option("mnist", "--data"),
     sp = resolve_space(space, supernet)
     block_list = parse_blocks(blocks)
     check_writable(output)
-    d = load_data(data, sp.input_size)
+    RateSettings(metric=metric, calib_images=calib_images, calib_batch=calib_batch, rate_images=rate_images,
+                 rate_chunk=rate_chunk)
+    compute = make_compute(device, False, workers)  # ratings are computed in fp32
+    d = load_data(data_spec_for(data, supernet), sp.input_size)
     t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None) if teacher else None
     table = rate_supernet(sp, supernet, t, d, output, blocks=block_list,
-                          metric=metric, calib_images=calib_images, calib_batch=calib_batch, seed=seed, resume=resume,
+                          metric=metric, calib_images=calib_images, calib_batch=calib_batch, seed=seed,
+                          rate_images=rate_images, rate_chunk=rate_chunk, compute=compute, resume=resume,
                           show_progress=fmt == "table")
+    from dna_deploy.distributed import dist_info
+
+    if dist_info()[0] != 0:
+        return
     rows = []
     for b in table["blocks"]:
         ranked = sorted(b["candidates"].items(), key=lambda kv: kv[1]["loss"])

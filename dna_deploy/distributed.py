@@ -14,17 +14,19 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def init_distributed_from_env() -> bool:
-    """Join the process group torchrun describes (gloo for CPU tensors, nccl for CUDA ones); False when
-    not launched so."""
+def init_distributed_from_env(device=None) -> bool:
+    """Join the process group torchrun describes; False when not launched so. On a GPU rank
+    (`device` is CUDA, already selected with torch.cuda.set_device) collectives go through NCCL,
+    with gloo kept for the CPU tensors some helpers reduce; on the CPU through gloo alone."""
     import torch
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not torch.distributed.is_initialized():
-        # CPU tensors always go through gloo; CUDA tensors through nccl where a GPU is present
-        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
+        on_gpu = device is not None and getattr(device, "type", str(device)) == "cuda"
+        backend = "cpu:gloo,cuda:nccl" if on_gpu else "gloo"
+        kw = {"device_id": device} if on_gpu else {}
+        torch.distributed.init_process_group(backend=backend, **kw)
     return True
 
 

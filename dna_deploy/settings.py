@@ -27,6 +27,7 @@ RATING_METRICS = ("l1-norm", "mse-channel", "mse")
 DISTILL_LOSSES = ("mse-channel", "mse")
 DISTILL_METHODS = ("dna", "dna++")  # DNA: from a teacher; DNA++: teacher-free, self-supervised
 AUGMENTATIONS = ("auto", "digits", "natural")
+FEATURE_CACHES = ("auto", "none", "disk")  # teacher features: auto = in RAM for embedded data, on the fly for folders
 
 
 def _check(settings, *, positive=(), choices: dict | None = None) -> None:
@@ -44,6 +45,30 @@ def _check(settings, *, positive=(), choices: dict | None = None) -> None:
 
 
 @dataclass(frozen=True)
+class ComputeSettings:
+    """Where and how a stage runs (dna_deploy/compute.py); never part of what a checkpoint must
+    match, so a run started on a GPU may resume on the CPU and the other way round.
+
+    device: auto (this rank's GPU if any, else CPU), cpu, cuda or cuda:N. amp: bf16 (or fp16 with a
+    loss scaler) autocast on CUDA, with channels_last memory layout. workers: loader processes per rank [cores - 1, at most 8].
+    checkpoint_every: also checkpoint every this many steps inside an epoch (an ImageNet epoch of
+    one block takes hours)."""
+
+    device: str = "auto"
+    amp: bool = True
+    workers: int | None = None
+    checkpoint_every: int | None = 500
+
+    def __post_init__(self):
+        _check(self, positive=("checkpoint_every",))
+        if self.workers is not None and self.workers < 0:
+            raise DataError(f"workers must be >= 0, got {self.workers}")
+        d = str(self.device).lower()
+        if not (d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise DataError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     """Supervised training (the teacher, the retrained network): AdamW, cosine schedule, optional logit KD."""
 
@@ -55,9 +80,10 @@ class ClassifierConfig:
     kd_temperature: float = 2.0
     seed: int = 0
     max_steps: int | None = None  # cap steps per epoch (smoke runs)
+    val_images: int | None = None  # validate each epoch on a fixed subset of this many images [all]
 
     def __post_init__(self):
-        _check(self, positive=("epochs", "batch_size", "lr", "kd_temperature", "max_steps"))
+        _check(self, positive=("epochs", "batch_size", "lr", "kd_temperature", "max_steps", "val_images"))
 
 
 @dataclass(frozen=True)
@@ -69,13 +95,14 @@ class TeacherTrainSettings:
     lr: float = 3e-3
     max_steps: int | None = None
     arch: str | None = None
+    val_images: int | None = None
 
     def __post_init__(self):
-        _check(self, positive=("epochs", "batch_size", "lr", "max_steps"))
+        _check(self, positive=("epochs", "batch_size", "lr", "max_steps", "val_images"))
 
     def classifier(self, seed: int) -> ClassifierConfig:
         return ClassifierConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
-                                max_steps=self.max_steps)
+                                max_steps=self.max_steps, val_images=self.val_images)
 
 
 @dataclass(frozen=True)
@@ -119,10 +146,14 @@ class DistillConfig:
     ensemble_paths: int = 4
     variance_weight: float = 1.0
     augment: str = "auto"
+    feature_cache: str = "auto"  # DNA teacher features: auto | none (teacher on the fly) | disk (fp16 memmap)
+    feature_cache_gb: float = 64.0  # refuse a disk cache larger than this
 
     def __post_init__(self):
-        _check(self, positive=("epochs", "batch_size", "lr_edge", "lr_inner", "lr_decay", "max_steps", "ensemble_paths"),
-               choices={"loss": DISTILL_LOSSES, "method": DISTILL_METHODS, "augment": AUGMENTATIONS})
+        _check(self, positive=("epochs", "batch_size", "lr_edge", "lr_inner", "lr_decay", "max_steps", "ensemble_paths",
+                               "feature_cache_gb"),
+               choices={"loss": DISTILL_LOSSES, "method": DISTILL_METHODS, "augment": AUGMENTATIONS,
+                        "feature_cache": FEATURE_CACHES})
         if not 0 <= self.ema < 1:
             raise DataError(f"ema must lie in [0, 1), got {self.ema}")
         if self.variance_weight < 0:
@@ -130,6 +161,10 @@ class DistillConfig:
 
     def lr(self, block: int, n_blocks: int) -> float:
         return self.lr_edge if block in (0, n_blocks - 1) else self.lr_inner
+
+    def identity(self) -> dict:
+        """What a checkpoint must match to be resumed: everything but how features reach a block."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("feature_cache", "feature_cache_gb")}
 
 
 @dataclass(frozen=True)
@@ -155,9 +190,12 @@ class RateSettings:
     metric: str = "l1-norm"  # DNA: mean|s - t| / std(t)
     calib_images: int = 256  # training images per candidate's BatchNorm re-estimation
     calib_batch: int = 64
+    rate_images: int | None = None  # rate on a fixed subset of this many rate-split images [all]
+    rate_chunk: int = 2048  # rate-split images held on the device at once (memory, not results)
 
     def __post_init__(self):
-        _check(self, positive=("calib_images", "calib_batch"), choices={"metric": RATING_METRICS})
+        _check(self, positive=("calib_images", "calib_batch", "rate_images", "rate_chunk"),
+               choices={"metric": RATING_METRICS})
 
 
 @dataclass(frozen=True)
@@ -180,15 +218,17 @@ class RetrainSettings:
     kd_weight: float = 0.5
     max_steps: int | None = None
     init_supernet: bool = True
+    val_images: int | None = None
 
     def __post_init__(self):
-        _check(self, positive=("epochs", "batch_size", "lr", "max_steps"))
+        _check(self, positive=("epochs", "batch_size", "lr", "max_steps", "val_images"))
         if not 0 <= self.kd_weight <= 1:
             raise DataError(f"kd_weight must lie in [0, 1], got {self.kd_weight}")
 
     def classifier(self, seed: int, *, with_teacher: bool) -> ClassifierConfig:
         return ClassifierConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
-                                kd_weight=self.kd_weight if with_teacher else 0.0, max_steps=self.max_steps)
+                                kd_weight=self.kd_weight if with_teacher else 0.0, max_steps=self.max_steps,
+                                val_images=self.val_images)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ Written once so the trainers cannot drift apart: the checkpoint is written first
 line after it, so a kill never leaves metrics ahead of the weights; on start the metrics file is
 made to agree with the checkpoint's history, so an epoch interrupted after its checkpoint is never
 listed twice.
+
+Mid-epoch checkpoints (`save(..., step=k)`) hold the steps done in the unfinished epoch and its
+running sums; they add no metrics line. A resumed run continues with the batches not yet seen
+(compute.EpochBatches skips them without loading them).
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ class EpochCheckpoint:
 
     def resume(self, objects: dict, *, enabled: bool = True) -> tuple[int, list[dict], dict]:
         """Load state into `objects` (name -> anything with load_state_dict) when the checkpoint
-        matches; returns (epochs done, history, the raw checkpoint or {})."""
+        matches; returns (epochs done, history, the raw checkpoint or {}). The raw checkpoint's
+        "step" (steps done in the next epoch, 0 at an epoch's end) and "running" (that epoch's
+        running sums) continue an interrupted epoch."""
         start, history, state = 0, [], {}
         if enabled and self.path.is_file():
             loaded = load_checkpoint(self.path, what="training checkpoint")
@@ -56,15 +62,23 @@ class EpochCheckpoint:
         self._sync_metrics(history)
         return start, history, state
 
-    def save(self, objects: dict, *, epoch: int, history: list[dict], extra: dict | None = None) -> None:
-        """Checkpoint after `epoch` epochs, then append that epoch's metrics line."""
+    def save(self, objects: dict, *, epoch: int, history: list[dict], extra: dict | None = None, step: int = 0,
+             running: dict | None = None) -> None:
+        """Checkpoint after `epoch` whole epochs and `step` steps of the next one; at an epoch's end
+        (step 0) also append that epoch's metrics line."""
         if not self.writer:
             return
         save_checkpoint(self.path, {**{k: v.state_dict() for k, v in objects.items()}, **self.identity,
-                                    **(extra or {}), "epoch": epoch, "history": json.dumps(history)})
-        if self.metrics_path is not None:
+                                    **(extra or {}), "epoch": epoch, "history": json.dumps(history), "step": step,
+                                    "running": json.dumps(running or {})})
+        if self.metrics_path is not None and step == 0:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps({**self.key, **history[-1]}) + "\n")
+
+    @staticmethod
+    def position(state: dict) -> tuple[int, dict]:
+        """(steps done in the interrupted epoch, its running sums) from a resumed checkpoint."""
+        return int(state.get("step", 0)), json.loads(state.get("running") or "{}")
 
     def _mine(self, rec: dict) -> bool:
         return all(rec.get(k) == v for k, v in self.key.items())

@@ -44,7 +44,7 @@ def init_from_supernet(space: SearchSpace, arch: Arch, supernet_dir: str | Path)
 
 def retrain(space: SearchSpace, arch: Arch, data: DataSplits, out: str | Path, *, config: ClassifierConfig = ClassifierConfig(),
             teacher=None, supernet_dir: str | Path | None = None, resume: bool = True, show_progress: bool = True,
-            data_spec: str = "mnist") -> dict:
+            data_spec: str = "mnist", compute=None) -> dict:
     if data.num_classes != space.num_classes:
         space = dataclasses.replace(space, num_classes=data.num_classes)
     if supernet_dir is not None:
@@ -52,8 +52,10 @@ def retrain(space: SearchSpace, arch: Arch, data: DataSplits, out: str | Path, *
     if teacher is not None and config.kd_weight > 0:
         import torch
 
+        probe = torch.zeros(1, space.in_channels, space.input_size, space.input_size,
+                            device=next(teacher.model.parameters()).device)
         with torch.no_grad():
-            t_classes = teacher.model.eval()(torch.zeros(1, space.in_channels, space.input_size, space.input_size)).shape[1]
+            t_classes = teacher.model.eval()(probe).shape[1]
         if t_classes != data.num_classes:
             raise DataError(f"the teacher predicts {t_classes} classes and the data has {data.num_classes}: logit "
                             "distillation needs the same classes. Retrain without it (--kd-weight 0, or no --teacher)")
@@ -71,10 +73,11 @@ def retrain(space: SearchSpace, arch: Arch, data: DataSplits, out: str | Path, *
                          identity={"arch": str(arch), "data_fingerprint": data.fingerprint,
                                    "init": "supernet" if supernet_dir else "random",
                                    "supernet_sha256": _supernet_hashes(space, supernet_dir),
-                                   "teacher_fingerprint": teacher.fingerprint if teacher is not None else None})
+                                   "teacher_fingerprint": teacher.fingerprint if teacher is not None else None},
+                         compute=compute)
     metrics = {"val_accuracy": r["val_accuracy"], "val_loss": r["val_loss"], "epochs": config.epochs,
                "kd_weight": config.kd_weight if teacher is not None else 0.0, "init": "supernet" if supernet_dir else "random"}
     if teacher is not None:
-        metrics["teacher_val_accuracy"] = evaluate(teacher.model, data.val)["accuracy"]
+        metrics["teacher_val_accuracy"] = evaluate(teacher.model, data.val, compute=compute)["accuracy"]
     save_model(out / "model.pt", space, arch, net, data=data, metrics=metrics, data_spec=data_spec)
     return {"model": str(out / "model.pt"), "arch": str(arch), **metrics, "history": r["history"]}

@@ -25,14 +25,13 @@ from __future__ import annotations
 import copy
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
+from dna_deploy.compute import Compute, EpochBatches
 from dna_deploy.data import DataSplits
 from dna_deploy.distill.checkpoints import block_checkpoint_path
 from dna_deploy.distill.loop import EpochCheckpoint, start_block_run
@@ -189,6 +188,10 @@ class PopulationCentre:
                             "blocks": n}
         self.fingerprint = fingerprint({"method": METHOD, "blocks": hashes})
 
+    def to(self, compute) -> "PopulationCentre":
+        self.blocks = [compute.module(t) for t in self.blocks]
+        return self
+
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -203,29 +206,30 @@ class PopulationCentre:
 
 def train_blocks_selfsup(space: SearchSpace, data: DataSplits, out_dir: str | Path, *,
                          config: DistillConfig = DistillConfig(method=METHOD), blocks: list[int] | None = None,
-                         resume: bool = True, show_progress: bool = True) -> dict:
+                         resume: bool = True, compute: Compute | None = None, show_progress: bool = True) -> dict:
     """DNA++ for the chosen blocks (default all), in order; returns per-block loss history."""
+    compute = compute or Compute.from_settings()
     n_blocks = len(space.blocks)
     out_dir, blocks, rank, world = start_block_run(out_dir, n_blocks, blocks)
     aug = augmentation_for(config, data.name)
     meta = {"method": METHOD, "space": space.to_dict(), "space_fingerprint": space.fingerprint, "teacher": None,
-            "data": data.summary(), "config": asdict(config), "augmentation": {**aug, "scale": list(aug["scale"])},
-            "world_size": world}
+            "data": data.summary(), "config": config.identity(), "augmentation": {**aug, "scale": list(aug["scale"])},
+            "world_size": world, "compute": compute.describe()}
     if rank == 0:
         write_json(out_dir / "supernet.json", {**meta, "blocks": n_blocks})
     results = {}
     for b in blocks:
-        results[b] = _train_block(space, b, data, out_dir, config, meta, aug, resume, show_progress)
+        results[b] = _train_block(space, b, data, out_dir, config, meta, aug, compute, resume, show_progress)
     barrier()
     return results
 
 
-def _train_block(space, b, data, out_dir, config, meta, aug, resume, show_progress) -> dict:
+def _train_block(space, b, data, out_dir, config, meta, aug, compute, resume, show_progress) -> dict:
     rank, world = dist_info()
     barrier()  # every rank reads block b-1's final checkpoint only after rank 0 has written it
-    prev = PopulationCentre(space, out_dir, upto=b, whole_folder=False) if b > 0 else None
+    prev = PopulationCentre(space, out_dir, upto=b, whole_folder=False).to(compute) if b > 0 else None
     torch.manual_seed(config.seed + b)
-    online = SelfSupStudent(space, b)
+    online = compute.module(SelfSupStudent(space, b))  # on the device before the optimiser
     target = _batch_statistics_only(copy.deepcopy(online.supernet))
     opt = torch.optim.Adam(online.parameters(), lr=config.lr(b, len(space.blocks)), weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
@@ -235,53 +239,52 @@ def _train_block(space, b, data, out_dir, config, meta, aug, resume, show_progre
                                      "inputs_fingerprint": prev.fingerprint if prev else None},
                            writer=rank == 0)
     objects = {"student": online, "target": target, "optimizer": opt, "scheduler": sched}
-    start_epoch, history, _ = ckpt.resume(objects, enabled=resume)
+    start_epoch, history, state = ckpt.resume(objects, enabled=resume)
+    start_step, running = EpochCheckpoint.position(state)
     target.requires_grad_(False)
-    model = online
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(online, find_unused_parameters=True)
+    model = compute.ddp(online)
+    scaler = compute.scaler()
     n = len(data.train)
-    per_rank = config.batch_size // world if world > 1 else config.batch_size
-    steps = n // config.batch_size  # whole batches only: the variance term needs a batch
-    if steps == 0:
+    steps = EpochBatches(n, config.batch_size, seed=0, steps=config.max_steps, drop_last=True).steps
+    if steps == 0:  # whole batches only: the variance term needs a batch
         raise DataError(f"DNA++ needs at least one batch of {config.batch_size} training images; there are {n}")
-    if config.max_steps:
-        steps = min(steps, config.max_steps)
     path_rng = random.Random(config.seed * 7919 + b)  # identical on every rank
     sampler = FairPathSampler(space, b, path_rng) if config.fairness else (lambda: sample_path(space, b, path_rng))
     ens_rng = random.Random(config.seed * 104729 + b)
-    for _ in range(start_epoch * steps):  # replay the RNGs so a resumed run samples the same paths
+    for _ in range(start_epoch * steps + start_step):  # replay the RNGs so a resumed run samples the same paths
         sampler()
         [sample_path(space, b, ens_rng) for _ in range(config.ensemble_paths)]
     with progress_bar(show_progress and rank == 0) as bar:
-        task = bar.task(f"block {b} (DNA++)", config.epochs * steps)
-        bar.advance(task, start_epoch * steps)
+        task = bar.task(f"block {b} (DNA++)", config.epochs * steps, completed=start_epoch * steps + start_step)
         for epoch in range(start_epoch, config.epochs):
-            gen = torch.Generator().manual_seed(config.seed * 1000 + epoch * 31 + b)
-            view_gen = torch.Generator().manual_seed(config.seed * 2000 + epoch * 37 + b)
-            loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, generator=gen, drop_last=True)
+            batches = EpochBatches(n, config.batch_size, seed=config.seed * 1000 + epoch * 31 + b, rank=rank, world=world,
+                                   start=start_step, steps=config.max_steps, drop_last=True)
+            # the views of step k come from their own seed, so a resumed epoch draws the same views
+            view_seed = (config.seed * 2000 + epoch * 37 + b) * 100003 + rank
             online.train()
-            t0, totals, count = time.time(), {"loss": 0.0, "predict": 0.0, "variance": 0.0, "spread": 0.0}, 0
-            for step, (x, _) in enumerate(loader):
-                if step >= steps:
-                    break
-                v1, v2 = two_views(x, aug, view_gen)
-                if world > 1:
-                    v1, v2 = (v[rank * per_rank:(rank + 1) * per_rank] for v in (v1, v2))
-                if prev is not None:
-                    v1, v2 = prev.input_of(b, v1), prev.input_of(b, v2)
-                ops = sampler()
-                ens = [sample_path(space, b, ens_rng) for _ in range(config.ensemble_paths)]
-                # both views in one batch: one forward (DDP averages its gradients over ranks)
-                f, p = model(torch.cat([v1, v2]), ops)
-                (f1, f2), (p1, p2) = f.chunk(2), p.chunk(2)
-                t1, t2 = population_centre(target, torch.cat([v1, v2]), ens).chunk(2)
+            t0 = time.time()
+            totals = {k: float(running.get(k, 0.0)) for k in ("loss", "predict", "variance", "spread")}
+            count = int(running.get("images", 0))
+            for step, (x, _) in enumerate(compute.loader(data.train, batch_sampler=batches, streamed=not data.in_memory),
+                                          start=start_step):
+                x = compute.batch(x)
+                v1, v2 = two_views(x, aug, torch.Generator().manual_seed(view_seed + step * 7))
+                with compute.autocast():
+                    if prev is not None:
+                        v1, v2 = prev.input_of(b, v1), prev.input_of(b, v2)
+                    ops = sampler()
+                    ens = [sample_path(space, b, ens_rng) for _ in range(config.ensemble_paths)]
+                    # both views in one batch: one forward (DDP averages its gradients over ranks)
+                    f, p = model(torch.cat([v1, v2]), ops)
+                    t1, t2 = population_centre(target, torch.cat([v1, v2]), ens).float().chunk(2)
+                (f1, f2), (p1, p2) = f.float().chunk(2), p.float().chunk(2)
                 predict = (ssl_distance(p1, t2) + ssl_distance(p2, t1)).mean()
                 variance = (variance_penalty(f1) + variance_penalty(f2)) / 2
                 loss = predict + config.variance_weight * variance
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 ema_update(target, online.supernet, config.ema)
                 k = len(v1)
                 totals["loss"] += loss.item() * k
@@ -289,7 +292,12 @@ def _train_block(space, b, data, out_dir, config, meta, aug, resume, show_progre
                 totals["variance"] += variance.item() * k
                 totals["spread"] += output_spread(f1.detach()) * k
                 count += k
-                bar.advance(task, info=f"epoch {epoch + 1} loss {totals['loss'] / count:.4f}")
+                done = step + 1
+                bar.advance(task, info=f"epoch {epoch + 1} loss {totals['loss'] / count:.4f}", images=k * world)
+                if compute.checkpoint_every and done % compute.checkpoint_every == 0 and done < steps:
+                    ckpt.save(objects, epoch=epoch, history=history, extra={"block": b, "method": METHOD}, step=done,
+                              running={**totals, "images": count})
+            start_step, running = 0, {}
             sched.step()
             rec = {"block": b, "epoch": epoch + 1, **{k: v / max(count, 1) for k, v in totals.items()},
                    "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,

@@ -45,26 +45,22 @@ class BlockStudent(nn.Module):
 
 
 def feature_distance(student: torch.Tensor, target: torch.Tensor, kind: str, channel_std: torch.Tensor | None = None,
-                     reduce: bool = True) -> torch.Tensor:
+                     reduce: bool = True, target_std: float | None = None) -> torch.Tensor:
     """'mse-channel': MSE of features scaled by the teacher's per-channel std; 'mse': plain MSE;
-    'l1-norm': DNA's rating distance mean|s - t| / std(t). reduce=False: one value per image."""
+    'l1-norm': DNA's rating distance mean|s - t| / std(t), with std(t) over all rated images
+    (`target_std`, when they come in chunks) or over `target`. reduce=False: one value per image."""
     if kind == "mse-channel":
         d = ((student - target) / channel_std.view(1, -1, 1, 1)) ** 2
     elif kind == "mse":
         d = (student - target) ** 2
     elif kind == "l1-norm":
-        d = (student - target).abs() / target.std()
+        d = (student - target).abs() / (target.std() if target_std is None else target_std)
     elif kind == "ssl-cosine":  # DNA++: 2 - 2 cos per image, against the population centre
         d = (2 - 2 * torch.nn.functional.cosine_similarity(student.flatten(1), target.flatten(1), dim=1))[:, None]
     else:
         raise DataError(f"unknown distance {kind!r}; choose {', '.join(DISTANCES)}")
     per_image = d.flatten(1).mean(1)
     return per_image.mean() if reduce else per_image
-
-
-def channel_stats(feats: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per-channel std of each teacher feature: the scale the mse-channel loss divides by."""
-    return [f.transpose(0, 1).flatten(1).std(1).clamp_min(1e-6) for f in feats]
 
 
 def load_block(space: SearchSpace, out_dir: str | Path, block: int) -> tuple[nn.Module, dict]:

@@ -1,6 +1,6 @@
 """Supervised training and evaluation of a classifier: the teacher (`teacher train`) and the
 searched network (`retrain`, with optional logit distillation from the teacher). Checkpoints every
-epoch (atomic) and resumes."""
+epoch and every `checkpoint_every` steps (atomic) and resumes."""
 
 from __future__ import annotations
 
@@ -12,80 +12,121 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import Subset
 
-from dna_deploy.data import DataSplits
+from dna_deploy.compute import Compute, EpochBatches
+from dna_deploy.data import DataSplits, ImageTensorDataset, capped
 from dna_deploy.distill.loop import EpochCheckpoint
+from dna_deploy.distributed import dist_info
 from dna_deploy.progress import progress_bar
 from dna_deploy.settings import ClassifierConfig
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, *, batch_size: int = 256) -> dict:
+def evaluate(model: nn.Module, dataset, *, batch_size: int = 256, compute: Compute | None = None) -> dict:
+    """Accuracy and loss; under torchrun each rank scores its share and the counts are summed."""
+    if compute is None:  # where the model already is, in fp32
+        compute = Compute(next(model.parameters()).device, None, False, 0)
+    rank, world = dist_info()
     model.eval()
-    correct = total = 0
-    loss = 0.0
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        total += len(y)
-    return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1), "n": total}
+    mine = list(range(rank, len(dataset), world))
+    sums = torch.zeros(3, dtype=torch.float64, device=compute.device)  # correct, loss, n
+    for x, y in compute.loader(Subset(dataset, mine), batch_size=batch_size, streamed=not _in_memory(dataset)):
+        x, y = compute.batch(x), y.to(compute.device)
+        with compute.autocast():
+            logits = model(x)
+        logits = logits.float()
+        sums[0] += (logits.argmax(1) == y).sum()
+        sums[1] += F.cross_entropy(logits, y, reduction="sum")
+        sums[2] += len(y)
+    if world > 1:
+        torch.distributed.all_reduce(sums)
+    correct, loss, total = sums.tolist()
+    return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1), "n": int(total)}
+
+
+def _in_memory(dataset) -> bool:
+    """Tensors already in RAM (embedded data) gain nothing from loader workers."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return isinstance(dataset, ImageTensorDataset)
 
 
 def train_classifier(model: nn.Module, data: DataSplits, ckpt_path: str | Path, *, config: ClassifierConfig = ClassifierConfig(),
                      teacher: nn.Module | None = None, resume: bool = True, show_progress: bool = True,
-                     metrics_path: str | Path | None = None, what: str = "train", identity: dict | None = None) -> dict:
+                     metrics_path: str | Path | None = None, what: str = "train", identity: dict | None = None,
+                     compute: Compute | None = None) -> dict:
     """Cross-entropy (+ logit KD) with AdamW and a cosine schedule; returns history and val accuracy.
 
+    Trains on `data.augmented()` (RandomResizedCrop + flip for folder data), data-parallel under
+    torchrun, with AMP on a GPU; validates each epoch on `config.val_images` fixed images [all].
     identity: what else must match for a checkpoint to be resumed (the architecture, the data): a
     rerun into the same folder with another network starts afresh instead of loading wrong weights."""
+    compute = compute or Compute.from_settings()
+    rank, world = dist_info()
     torch.manual_seed(config.seed)
     ckpt_path = Path(ckpt_path)
+    model = compute.module(model)  # on the device before the optimiser
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-    if config.max_steps:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps)
+    train_set = data.augmented()
+    steps_per_epoch = EpochBatches(len(train_set), config.batch_size, seed=0, steps=config.max_steps).steps
     total = config.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / max(total, 1))))
     objects = {"state_dict": model, "optimizer": opt, "scheduler": sched}
-    ckpt = EpochCheckpoint(ckpt_path, identity={"config": asdict(config), **(identity or {})}, metrics_path=metrics_path, key={"what": what})
-    start_epoch, history, _ = ckpt.resume(objects, enabled=resume)
+    ckpt = EpochCheckpoint(ckpt_path, identity={"config": asdict(config), **(identity or {})}, metrics_path=metrics_path,
+                           key={"what": what}, writer=rank == 0)
+    start_epoch, history, state = ckpt.resume(objects, enabled=resume)
+    start_step, running = EpochCheckpoint.position(state)
     if teacher is not None:
-        teacher.eval()
-    gen = torch.Generator().manual_seed(config.seed)
-    with progress_bar(show_progress) as bar:
-        task = bar.task(what, total)
-        bar.advance(task, start_epoch * steps_per_epoch)
+        teacher = compute.module(teacher).eval()
+    val_set = capped(data.val, config.val_images)
+    net = compute.ddp(model)
+    scaler = compute.scaler()
+    streamed = not data.in_memory
+    with progress_bar(show_progress and rank == 0) as bar:
+        task = bar.task(what, total, completed=start_epoch * steps_per_epoch + start_step)
         for epoch in range(start_epoch, config.epochs):
-            gen.manual_seed(config.seed * 1000 + epoch)
-            loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, generator=gen, drop_last=False)
+            batches = EpochBatches(len(train_set), config.batch_size, seed=config.seed * 1000 + epoch, rank=rank,
+                                   world=world, start=start_step, steps=config.max_steps)
             model.train()
-            t0, seen, run_loss, run_correct = time.time(), 0, 0.0, 0
-            for step, (x, y) in enumerate(loader):
-                if step >= steps_per_epoch:
-                    break
-                logits = model(x)
+            t0 = time.time()
+            seen, run_loss, run_correct = (int(running.get("seen", 0)), float(running.get("loss", 0.0)),
+                                           int(running.get("correct", 0)))
+            for step, (x, y) in enumerate(compute.loader(train_set, batch_sampler=batches, streamed=streamed),
+                                          start=start_step):
+                x, y = compute.batch(x), y.to(compute.device, non_blocking=True)
+                with compute.autocast():
+                    logits = net(x)
+                    if teacher is not None and config.kd_weight > 0:
+                        with torch.no_grad():
+                            t_logits = teacher(x)
+                logits = logits.float()
                 loss = F.cross_entropy(logits, y)
                 if teacher is not None and config.kd_weight > 0:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
                     T = config.kd_temperature
-                    kd = F.kl_div(F.log_softmax(logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean") * T * T
+                    kd = F.kl_div(F.log_softmax(logits / T, 1), F.softmax(t_logits.float() / T, 1),
+                                  reduction="batchmean") * T * T
                     loss = (1 - config.kd_weight) * loss + config.kd_weight * kd
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 seen += len(y)
                 run_loss += loss.item() * len(y)
                 run_correct += (logits.argmax(1) == y).sum().item()
-                bar.advance(task, info=f"epoch {epoch + 1} loss {run_loss / seen:.3f}")
-            val = evaluate(model, data.val)
+                done = step + 1
+                bar.advance(task, info=f"epoch {epoch + 1} loss {run_loss / seen:.3f}", images=len(y) * world)
+                if compute.checkpoint_every and done % compute.checkpoint_every == 0 and done < steps_per_epoch:
+                    ckpt.save(objects, epoch=epoch, history=history, step=done,
+                              running={"seen": seen, "loss": run_loss, "correct": run_correct})
+            start_step, running = 0, {}
+            val = evaluate(model, val_set, compute=compute)
             rec = {"epoch": epoch + 1, "train_loss": run_loss / max(seen, 1), "train_accuracy": run_correct / max(seen, 1),
-                   "val_accuracy": val["accuracy"], "val_loss": val["loss"], "seconds": time.time() - t0,
-                   "images_per_s": seen / max(time.time() - t0, 1e-9)}
+                   "val_accuracy": val["accuracy"], "val_loss": val["loss"], "val_images": val["n"],
+                   "seconds": time.time() - t0, "images_per_s": seen * world / max(time.time() - t0, 1e-9)}
             history.append(rec)
             ckpt.save(objects, epoch=epoch + 1, history=history)
-    final = evaluate(model, data.val)
+    final = evaluate(model, data.val, compute=compute)  # the reported accuracy is always on the whole split
+    model.cpu()
     return {"history": history, "val_accuracy": final["accuracy"], "val_loss": final["loss"]}

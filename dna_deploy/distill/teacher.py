@@ -41,6 +41,13 @@ class Teacher:
     fingerprint: str
     _extractor: nn.Module | None = None
 
+    def to(self, compute) -> "Teacher":
+        """Move the teacher to a compute.Compute's device (and memory layout)."""
+        self.model = compute.module(self.model)
+        if self._extractor is not None:
+            self._extractor = compute.module(self._extractor)
+        return self
+
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The teacher's feature map at the end of every student block."""
@@ -200,7 +207,7 @@ def load_teacher(spec: str, space: SearchSpace, *, weights: str | Path | None = 
 
 
 def train_space_teacher(space: SearchSpace, data, out: str | Path, *, arch=None, config=None, resume: bool = True,
-                        show_progress: bool = True) -> dict:
+                        show_progress: bool = True, compute=None) -> dict:
     """Train a network of the space (default: its largest) on the data and save it as a teacher."""
     from dna_deploy.distill.supervised import train_classifier
     from dna_deploy.nn.builder import build_network
@@ -217,7 +224,7 @@ def train_space_teacher(space: SearchSpace, data, out: str | Path, *, arch=None,
     out = Path(out)
     result = train_classifier(model, data, out.with_suffix(".train.pt"), config=config,
                               resume=resume, show_progress=show_progress, what="teacher",
-                              identity={"arch": str(arch), "data_fingerprint": data.fingerprint})
+                              identity={"arch": str(arch), "data_fingerprint": data.fingerprint}, compute=compute)
     metrics = {"val_accuracy": result["val_accuracy"], "epochs": len(result["history"])}
     save_space_teacher(out, space, arch, model, metrics, data.fingerprint)
     out.with_suffix(".train.pt").unlink(missing_ok=True)

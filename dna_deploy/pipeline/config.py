@@ -14,6 +14,7 @@ from pathlib import Path
 from dna_deploy.errors import DataError, suggest
 from dna_deploy.io import read_structured
 from dna_deploy.settings import (
+    ComputeSettings,
     DeviceBudget,
     DistillConfig,
     ExportSettings,
@@ -45,6 +46,7 @@ class PipelineConfig:
     export: tuple[ExportSettings, ...] = (ExportSettings(),)
     verify: VerifySettings = field(default_factory=VerifySettings)
     progressive: ProgressiveSettings = field(default_factory=ProgressiveSettings)
+    compute: ComputeSettings = field(default_factory=ComputeSettings)  # where teacher, train, rate, retrain run
 
     def with_teacher_checkpoint(self, path: str | Path) -> "PipelineConfig":
         """DNA+: the next round distils from this round's retrained network."""
@@ -52,10 +54,11 @@ class PipelineConfig:
 
 
 SECTIONS = {"teacher": TeacherSettings, "profile": ProfileSettings, "rate": RateSettings, "search": SearchSettings,
-            "retrain": RetrainSettings, "verify": VerifySettings, "progressive": ProgressiveSettings}
+            "retrain": RetrainSettings, "verify": VerifySettings, "progressive": ProgressiveSettings,
+            "compute": ComputeSettings}
 SCALARS = {"name": str, "output": str, "seed": int, "data": str, "space": str}
 TOP_KEYS = ("name", "output", "seed", "data", "space", "teacher", "devices", "profile", "train", "rate", "search",
-            "retrain", "export", "verify", "progressive")
+            "retrain", "export", "verify", "progressive", "compute")
 
 
 def parse_pipeline(raw, *, where: str) -> PipelineConfig:

@@ -9,6 +9,7 @@ never keeps state on itself: what later stages need is read back from the run fo
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import shutil
 from dataclasses import dataclass, field
@@ -32,6 +33,20 @@ class RunContext:
     stage_times: dict = field(default_factory=dict)  # name -> {"seconds", "skipped"}, for the report
     _space: object = None
     _data: object = None
+    _compute: object = None
+
+    @property
+    def compute(self):
+        """The device etc. every training, rating and retraining stage runs on (the `compute` section)."""
+        if self._compute is None:
+            from dna_deploy.compute import Compute
+
+            self._compute = Compute.from_settings(self.cfg.compute)
+        return self._compute
+
+    def compute_args(self, *, training: bool = True) -> list[str]:
+        """The `compute` section as flags (rating has no --amp or --checkpoint-every: it runs fp32)."""
+        return cli_args(self.cfg.compute, skip=() if training else ("amp", "checkpoint_every"))
 
     @property
     def space(self):
@@ -166,7 +181,7 @@ class TeacherStage(Stage):
         t = ctx.cfg.teacher.train if ctx.cfg.teacher is not None else None
         if t is None:
             return []
-        return [["teacher", "train", *ctx.common(), "-o", ctx.teacher_file, *cli_args(t)]]
+        return [["teacher", "train", *ctx.common(), "-o", ctx.teacher_file, *cli_args(t), *ctx.compute_args()]]
 
     def run(self, ctx):
         t = ctx.cfg.teacher
@@ -177,7 +192,8 @@ class TeacherStage(Stage):
         from dna_deploy.distill.teacher import train_space_teacher
 
         r = train_space_teacher(ctx.space, ctx.data, ctx.teacher_file, arch=t.train.arch,
-                                config=t.train.classifier(ctx.cfg.seed), show_progress=ctx.show_progress)
+                                config=t.train.classifier(ctx.cfg.seed), show_progress=ctx.show_progress,
+                                compute=ctx.compute)
         return {k: v for k, v in r.items() if k != "history"}
 
 
@@ -259,14 +275,14 @@ class TrainStage(Stage):
 
     def commands(self, ctx):
         return [["train", *ctx.common(), *ctx.distill_teacher_args(), "-o", ctx.out / "supernet",
-                 *cli_args(ctx.cfg.train, skip=("seed",))]]
+                 *cli_args(ctx.cfg.train, skip=("seed",)), *ctx.compute_args()]]
 
     def run(self, ctx):
         from dna_deploy.distill.blockwise import train_supernet
 
         teacher = None if ctx.cfg.train.method == "dna++" else ctx.load_teacher()
         res = train_supernet(ctx.space, ctx.data, teacher, ctx.out / "supernet", config=ctx.cfg.train,
-                             show_progress=ctx.show_progress)
+                             compute=ctx.compute, show_progress=ctx.show_progress)
         return {str(b): {"first_loss": r["history"][0]["loss"], "last_loss": r["history"][-1]["loss"],
                          "epochs": len(r["history"])} for b, r in res.items()}
 
@@ -283,7 +299,7 @@ class RateStage(Stage):
 
     def commands(self, ctx):
         return [["rate", *ctx.common(), "--supernet", ctx.out / "supernet", *ctx.distill_teacher_args(),
-                 "-o", ctx.out / "ratings.json", *cli_args(ctx.cfg.rate)]]
+                 "-o", ctx.out / "ratings.json", *cli_args(ctx.cfg.rate), *ctx.compute_args(training=False)]]
 
     def run(self, ctx):
         from dna_deploy.select.rate import rate_supernet
@@ -292,7 +308,9 @@ class RateStage(Stage):
         teacher = None if ctx.cfg.train.method == "dna++" else ctx.load_teacher()
         table = rate_supernet(ctx.space, ctx.out / "supernet", teacher, ctx.data, ctx.out / "ratings.json",
                               metric=r.metric, calib_images=r.calib_images, calib_batch=r.calib_batch,
-                              seed=ctx.cfg.seed, show_progress=ctx.show_progress)
+                              seed=ctx.cfg.seed, rate_images=r.rate_images, rate_chunk=r.rate_chunk,
+                              compute=dataclasses.replace(ctx.compute, amp_dtype=None),  # ratings in fp32
+                              show_progress=ctx.show_progress)
         return {"candidates": sum(len(b["candidates"]) for b in table["blocks"]), "metric": table["metric"]}
 
 
@@ -341,7 +359,8 @@ class RetrainStage(Stage):
 
     def commands(self, ctx):
         r = ctx.cfg.retrain
-        args = ["retrain", *ctx.common(), "-a", ctx.arch, "-o", ctx.out / "retrain", *cli_args(r, skip=("init_supernet",))]
+        args = ["retrain", *ctx.common(), "-a", ctx.arch, "-o", ctx.out / "retrain", *cli_args(r, skip=("init_supernet",)),
+                *ctx.compute_args()]
         if self._uses_teacher(ctx):
             args += ctx.teacher_args()
         if r.init_supernet:
@@ -356,7 +375,7 @@ class RetrainStage(Stage):
         res = retrain(ctx.space, ctx.space.parse_arch(ctx.arch), ctx.data, ctx.out / "retrain",
                       config=r.classifier(ctx.cfg.seed, with_teacher=teacher is not None), teacher=teacher,
                       supernet_dir=ctx.out / "supernet" if r.init_supernet else None, show_progress=ctx.show_progress,
-                      data_spec=ctx.cfg.data)
+                      data_spec=ctx.cfg.data, compute=ctx.compute)
         return {k: v for k, v in res.items() if k != "history"}
 
 
