@@ -90,7 +90,7 @@ def _matching_table(tables, art: dict, space):
     """The latency table for this artifact's runtime and precision and this space, if given."""
     for t in tables or []:
         if t.meta.get("runtime") == art["runtime"] and t.meta["device"].get("precision") == art["precision"] \
-                and t.meta.get("space_fingerprint") == space.fingerprint:
+                and t.fits(space):
             return t
     return None
 

@@ -66,6 +66,7 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
     manifest = {"format": BUNDLE_FORMAT, "space": space.name, "space_fingerprint": space.fingerprint,
+                "body_fingerprint": space.body_fingerprint,
                 "space_definition": space.to_dict(), "device": device.to_dict(), "tool_version": __version__,
                 "entries": {}}
     if manifest_path.is_file():
@@ -176,6 +177,7 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
     stats = {k: TimingStats.from_samples(v) for k, v in samples.items()}
     table = LatencyTable(
         meta={"space": manifest["space"], "space_fingerprint": manifest["space_fingerprint"],
+              "body_fingerprint": manifest.get("body_fingerprint"),
               "space_definition": manifest.get("space_definition"),
               "device": device.to_dict(), "runtime": device.runtime, "versions": runtime_versions(device.runtime),
               "host": host_description(device.device), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -7,8 +7,10 @@ pay a per-inference overhead, which a plain sum misses.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,15 +96,38 @@ class LatencyTable:
             reasons += version_differences(self.meta.get("versions"), runtime_versions(runtime))
         return reasons
 
+    def fits_body(self, space: SearchSpace) -> bool:
+        """Measured for this space's body (everything but the class count). Tables from before
+        `body_fingerprint` are matched through the class count their head entry names."""
+        body = self.meta.get("body_fingerprint")
+        if body is not None:
+            return body == space.body_fingerprint
+        heads = {int(m.group(1)) for k in self.entries for m in [re.search(r"^head-.*-out:(\d+)", k)] if m}
+        return any(dataclasses.replace(space, num_classes=k).fingerprint == self.meta.get("space_fingerprint")
+                   for k in heads)
+
+    def fits(self, space: SearchSpace) -> bool:
+        """Predicts every network of this space: its body, and a head for its class count."""
+        return self.fits_body(space) and not self.missing([space.head_spec()])
+
     def check_space(self, space: SearchSpace) -> None:
-        fp = self.meta.get("space_fingerprint")
-        if fp != space.fingerprint:
+        if not self.fits_body(space):
             raise TableError(f"latency table {self.path or self.name} was measured for space "
-                             f"{self.meta.get('space')!r} (fingerprint {fp}), not {space.name!r} ({space.fingerprint}); "
+                             f"{self.meta.get('space')!r} (fingerprint {self.meta.get('space_fingerprint')}), not "
+                             f"{space.name!r} ({space.fingerprint}); "
                              f"profile this space: dna-deploy profile --space {space.name} --device {self.name}")
+        missing = self.missing([space.head_spec()])
+        if missing:
+            raise TableError(f"latency table {self.path or self.name} fits space {space.name!r} but has no head for "
+                             f"{space.num_classes} classes ({missing[0]}); profile the space with this class count: "
+                             f"dna-deploy profile --space SPACE_FILE --device {self.name}")
 
     def missing(self, specs: list[LayerSpec]) -> list[str]:
         return sorted({s.key for s in specs if s.key and s.key not in self.entries})
+
+    def entry_ms(self, key: str) -> float:
+        """One entry's median latency (a clear error naming the nearest entries when absent)."""
+        return self._lookup(key)
 
     def _lookup(self, key: str) -> float:
         try:

@@ -62,6 +62,9 @@ def _keep_mask(scores: np.ndarray, costs: np.ndarray, k: int, batch: int = 512) 
         prev_min = np.minimum.accumulate(np.concatenate([[np.inf], c[:-1, 0]]))
         keep[order[c[:, 0] < prev_min]] = True
         return keep
+    if D == 2 and k == 1:
+        keep[order[_staircase(c)]] = True
+        return keep
     kept_costs = np.empty((0, D))
     for s in range(0, n, batch):
         bc = c[s:s + batch]
@@ -75,12 +78,39 @@ def _keep_mask(scores: np.ndarray, costs: np.ndarray, k: int, batch: int = 512) 
     return keep
 
 
+def _staircase(c: np.ndarray) -> np.ndarray:
+    """Rows of `c` (n x 2, in rating order) that no earlier row matches or beats on both costs.
+
+    A sweep over the staircase of the rows kept so far (first cost ascending, second strictly
+    descending): the kept row with the largest first cost <= this row's has the smallest second
+    cost among all with first cost <= it, so one comparison decides. O(n log n) against the
+    batched all-pairs test's O(n x kept), which took seconds on fronts of thousands."""
+    import bisect
+
+    xs: list[float] = []
+    ys: list[float] = []
+    ok = np.zeros(len(c), dtype=bool)
+    for i, (x, y) in enumerate(c.tolist()):
+        j = bisect.bisect_right(xs, x)
+        if j and ys[j - 1] <= y:
+            continue
+        ok[i] = True
+        end = j
+        while end < len(xs) and ys[end] >= y:  # rows this one now beats on both costs
+            end += 1
+        xs[j:end] = [x]
+        ys[j:end] = [y]
+    return ok
+
+
 def _merge(problem: Problem, dims: list[int], top_k: int, *, incumbent: float = np.inf,
-           bounds: dict | None = None) -> Front:
+           bounds: dict | None = None, known: tuple[np.ndarray, np.ndarray] | None = None) -> Front:
     """Block-by-block Pareto merge over the cost dimensions `dims` (see the module docstring).
 
     Partials that cannot be completed within the limits are dropped; with an incumbent (the k-th
-    best score of known feasible networks), so are partials whose lower bound exceeds it."""
+    best score of known feasible networks), so are partials whose lower bound exceeds it; with
+    `known` feasible networks (first cost ascending, running minimum of their scores), so are
+    partials every completion of which one of them beats on both rating and first cost."""
     B, D = len(problem.blocks), len(problem.cost_names)
     suffix_min = np.zeros((B + 1, D))
     suffix_score = np.zeros(B + 1)
@@ -98,6 +128,11 @@ def _merge(problem: Problem, dims: list[int], top_k: int, *, incumbent: float = 
         ok = np.all(c + suffix_min[i + 1] <= problem.limits + 1e-12, axis=1)
         if np.isfinite(incumbent):
             ok &= _lower_bound(s, c, i + 1, problem, bounds, suffix_score) <= incumbent + 1e-12
+        if known is not None:
+            best_s = _lower_bound(s, c, i + 1, problem, bounds or {}, suffix_score)
+            j = np.searchsorted(known[0], c[:, 0] + suffix_min[i + 1, 0] + 1e-12, side="right") - 1
+            beaten = np.where(j >= 0, known[1][np.clip(j, 0, None)], np.inf) < best_s - 1e-12
+            ok &= ~beaten
         s, c, parent, cand = s[ok], c[ok], parent[ok], cand[ok]
         keep = _keep_mask(s, c[:, dims], top_k)
         front = Front(s[keep], c[keep], np.concatenate([front.choices[parent[keep]], cand[keep, None]], axis=1))
@@ -168,7 +203,7 @@ def solve(problem: Problem, *, top_k: int = 1, keep_front_dims: int | None = Non
         raise InfeasibleBudget(_infeasible_message(problem, mins - problem.fixed))
     dims = [int(d) for d in np.flatnonzero(np.isfinite(problem.limits))]
     if keep_front_dims is not None:
-        front = _merge(problem, sorted(set([0] + dims)), 1)
+        front = _front(problem, dims)
     else:
         incumbent, answer = (np.inf, None)
         if len(dims) >= 2:
@@ -186,6 +221,26 @@ def solve(problem: Problem, *, top_k: int = 1, keep_front_dims: int | None = Non
     else:
         idx = np.lexsort(tuple(front.costs[:, d] for d in reversed(range(D))) + (front.scores,))[:top_k]
     return Front(front.scores[idx], front.costs[idx], front.choices[idx])
+
+
+def _front(problem: Problem, dims: list[int]) -> Front:
+    """The (rating, first cost) front within every limit.
+
+    With limits on other costs the merge must keep a front over those costs too, which grows large
+    when ratings follow MACs (dna-mbconv, --max-mmacs 400, ratings = f(MACs) + small noise: 7 s and
+    543 points). So a fast 1-D merge first finds feasible networks near the front: it keeps only
+    (rating, first cost)-non-dominated partials that can still meet every limit, which is exact
+    for feasibility but may miss front points. The exact merge then drops each partial network
+    that one of those beats on both axes whatever the remaining blocks add. Exact: a network on
+    the constrained front is beaten by no feasible network."""
+    other = [d for d in dims if d != 0]
+    if not other:
+        return _merge(problem, [0], 1)
+    near = _merge(problem, [0], 1)  # every partial can still meet all limits; dominated ones dropped on 2 axes
+    feas = np.all(near.costs <= problem.limits + 1e-12, axis=1)
+    order = np.argsort(near.costs[feas, 0], kind="stable")
+    known = (near.costs[feas, 0][order], np.minimum.accumulate(near.scores[feas][order])) if feas.any() else None
+    return _merge(problem, sorted(set([0] + dims)), 1, bounds=_suffix_fronts(problem, other), known=known)
 
 
 def _infeasible_message(problem: Problem, mins: np.ndarray) -> str:
@@ -237,12 +292,16 @@ def build_problem(space: SearchSpace, ratings: dict, tables: list, budgets_ms: l
     blocks = []
     for b in range(len(space.blocks)):
         cands = next(x for x in ratings["blocks"] if x["block"] == b)["candidates"]
-        order = [".".join(map(str, ops)) for ops in space.block_candidates(b)]
+        candidates = list(space.block_candidates(b))
+        order = [".".join(map(str, ops)) for ops in candidates]
         missing = [n for n in order if n not in cands]
         if missing:
             raise DataError(f"rating table lacks candidate {missing[0]!r} of block {b}; re-run `dna-deploy rate`")
-        costs = np.array([[t.block_ms(space, b, space.parse_arch_block(b, n)) for t in tables]
-                          + [cands[n]["macs"], cands[n]["params"]] for n in order], float)
+        # each layer's entry looked up once per table, then summed per candidate (6,264 on dna-mbconv)
+        keys = [[spec.key for spec in space.block_specs(b, ops) if spec.key] for ops in candidates]
+        ms = [{k: t.entry_ms(k) for k in {k for ks in keys for k in ks}} for t in tables]
+        costs = np.array([[sum(m[k] for k in ks) for m in ms] + [cands[n]["macs"], cands[n]["params"]]
+                          for ks, n in zip(keys, order)], float)
         blocks.append(BlockChoices(order, np.array([cands[n]["loss"] for n in order], float), costs))
     return Problem(blocks, names, fixed, limits, display)
 

@@ -118,6 +118,14 @@ class SearchSpace:
         d.pop("name"), d.pop("description")
         return fingerprint(d)
 
+    @property
+    def body_fingerprint(self) -> str:
+        """The fingerprint without the class count: what latency tables are keyed by, so a space
+        fine-tuned to 10 classes shares every entry but the head's with its 1000-class original."""
+        d = self.to_dict()
+        d.pop("name"), d.pop("description"), d.pop("num_classes")
+        return fingerprint(d)
+
     # ---------------- shapes ----------------
     def resolution_at(self, block: int) -> int:
         """Input resolution of block `block` (== len(blocks): the head's input)."""

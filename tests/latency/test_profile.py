@@ -199,3 +199,26 @@ def test_two_profile_runs_on_one_output_are_refused(ort_bundle, tmp_path):
         r = runner.invoke(app, ["profile", "run-bundle", str(ort_bundle), "-o", str(out), "--rounds", "1", "--runs", "2"])
     assert r.exit_code == 1 and "another profile run is writing" in r.output
     assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+def test_tables_are_keyed_by_the_body_so_another_class_count_needs_only_its_head():
+    """A 4-class variant of the space shares every entry of the shipped 10-class table but the head:
+    the table fits its body, says plainly that the head is missing, and is never silently skipped."""
+    import dataclasses
+
+    from dna_deploy.errors import TableError
+    from dna_deploy.io import shipped_dir
+    from dna_deploy.latency.table import LatencyTable
+    from dna_deploy.space import load_space
+
+    tiny = load_space("tiny")
+    four = dataclasses.replace(tiny, num_classes=4)
+    table = LatencyTable.load(shipped_dir("latency_tables") / "x86-cpu-onnxruntime__tiny.json")
+    assert four.fingerprint != tiny.fingerprint and four.body_fingerprint == tiny.body_fingerprint
+    assert table.fits(tiny) and table.fits_body(four) and not table.fits(four)
+    with pytest.raises(TableError, match="no head for 4 classes"):
+        table.predict(four, four.smallest_arch())
+    other = dataclasses.replace(tiny, head_channels=96)
+    assert not table.fits_body(other)
+    with pytest.raises(TableError, match="was measured for space"):
+        table.predict(other, other.smallest_arch())

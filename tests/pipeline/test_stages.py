@@ -27,3 +27,17 @@ def test_search_command_pairs_each_budget_with_its_table(tmp_path):
     tables = [args[i + 1] for i, a in enumerate(args) if a == "-t"]
     budgets = [args[i + 1] for i, a in enumerate(args) if a == "-b"]
     assert tables[0].endswith("x86-cpu-onnxruntime__tiny.json") and budgets == ["0.2"]  # the budgeted table comes first
+
+
+def test_the_imagenet_example_parses_and_covers_the_scale_settings():
+    """examples/imagenet.yaml is what a user edits: every key must be one the pipeline knows."""
+    from pathlib import Path
+
+    from dna_deploy.io import read_structured
+    from dna_deploy.pipeline.config import parse_pipeline
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "imagenet.yaml"
+    cfg = parse_pipeline(read_structured(path, what="pipeline file"), where=str(path))
+    assert cfg.compute.device == "auto" and cfg.compute.workers == 8 and cfg.compute.checkpoint_every == 500
+    assert cfg.train.feature_cache == "none" and cfg.rate.rate_images == 10000 and cfg.retrain.val_images == 10000
+    assert cfg.teacher.torchvision == "efficientnet_b0"

@@ -116,3 +116,26 @@ def test_paper_scale_space_searches_exactly(mbconv):
     # a looser limit can only improve the optimum
     p2 = build_problem(mbconv, r, [], [], max_mmacs=400)
     assert solve(p2).scores[0] <= front.scores[0]
+
+
+@pytest.mark.parametrize("seed", [7, 8, 9])
+def test_pareto_front_under_another_limit_is_the_brute_force_front(seed):
+    """--pareto with a MACs-like limit on a second cost: the pruned merge gives exactly the front of
+    (rating, first cost) over the networks that meet the limit."""
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    p = random_problem(rng, blocks=(4, 5, 3, 4), D=2)
+    p.limits[0] = np.inf
+    pts = []
+    for combo in itertools.product(*[range(len(b.names)) for b in p.blocks]):
+        cost = p.fixed + sum(b.costs[j] for b, j in zip(p.blocks, combo))
+        pts.append((sum(b.scores[j] for b, j in zip(p.blocks, combo)), cost[0], cost[1]))
+    pts = np.array(pts)
+    p.limits[1] = np.quantile(pts[:, 2], 0.4)  # rules out most of the unconstrained front
+    feas = pts[pts[:, 2] <= p.limits[1]]
+    nd = [i for i, (s, c, _) in enumerate(feas)
+          if not np.any((feas[:, 0] <= s) & (feas[:, 1] <= c) & ((feas[:, 0] < s) | (feas[:, 1] < c)))]
+    front = solve(p, keep_front_dims=1)
+    assert np.all(front.costs[:, 1] <= p.limits[1] + 1e-9)
+    assert np.allclose(sorted(front.scores), sorted(feas[nd, 0]))

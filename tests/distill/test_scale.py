@@ -1,0 +1,191 @@
+"""The scale path on CPU: folder data streamed by loader workers, the teacher on the fly or from an
+fp16 disk cache, 2 gloo ranks for training and rating, mid-epoch resume, progress as log lines.
+
+The CUDA path is the same code with another `Compute`; its test runs only where a GPU is visible."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dna_deploy.cli.app import app
+from dna_deploy.compute import Compute, EpochBatches, resolve_device
+from dna_deploy.data import load_data
+from dna_deploy.distill.blockwise import relative_floor, train_blocks
+from dna_deploy.distill.teacher import load_teacher, train_space_teacher
+from dna_deploy.errors import DataError
+from dna_deploy.settings import ClassifierConfig, ComputeSettings, DistillConfig
+from dna_deploy.space import load_space
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from imagefolder import make_image_folder  # noqa: E402
+
+runner = CliRunner()
+SPACE = str(Path(__file__).resolve().parent.parent / "data" / "mbconv64.yaml")
+CPU = Compute.from_settings(ComputeSettings(device="cpu", workers=1))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def folder_teacher(tmp_path_factory, folder):
+    space = load_space(SPACE)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    r = train_space_teacher(space, load_data(str(folder), space.input_size), path, show_progress=False,
+                            config=ClassifierConfig(epochs=6, batch_size=16), compute=CPU)
+    assert r["val_accuracy"] > 0.4  # 4 classes: it learned something from the streamed, augmented images
+    return path
+
+
+def _torchrun(args: list[str], n: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "-m", "dna_deploy", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_epoch_batches_share_every_batch_and_skip_on_resume():
+    one = list(EpochBatches(50, 16, seed=3))
+    assert [len(b) for b in one] == [16, 16, 16, 2]
+    ranks = [list(EpochBatches(50, 16, seed=3, rank=r, world=2)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 4  # every rank takes every step (DDP)
+    for step in range(4):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(one[step])
+    assert list(EpochBatches(50, 16, seed=3, start=2)) == one[2:]  # a resumed epoch: the batches not yet seen
+    assert len(EpochBatches(49, 16, seed=3, world=2)) == 3  # a last batch of 1 image cannot feed 2 ranks
+
+
+def test_relative_floor_tames_a_dead_channel():
+    std = torch.tensor([1.0, 0.8, 1.2, 1e-9])
+    floored = relative_floor(std)
+    assert floored[:3].tolist() == std[:3].tolist()
+    assert floored[3] == pytest.approx(0.01 * float(std.median()))
+
+
+def test_device_choice_is_checked():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DataError, match="no CUDA GPU is visible"):
+            resolve_device("cuda")
+    with pytest.raises(DataError, match="use auto, cpu, cuda or cuda:N"):
+        ComputeSettings(device="tpu")
+    r = runner.invoke(app, ["train", "--method", "dna++", "-s", "tiny", "-o", "/tmp/never", "--device", "gpu"])
+    assert r.exit_code != 0 and "use auto, cpu, cuda or cuda:N" in r.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible on this machine)")
+def test_cuda_training_and_rating_match_the_cpu(tmp_path, folder, folder_teacher):
+    space = load_space(SPACE)
+    data = load_data(str(folder), space.input_size)
+    cuda = Compute.from_settings(ComputeSettings(device="cuda", workers=1))
+    cfg = DistillConfig(epochs=1, batch_size=16)
+    res = train_blocks(space, data, load_teacher(str(folder_teacher), space), tmp_path / "gpu", config=cfg,
+                       compute=cuda, show_progress=False)
+    assert all(np.isfinite(r["history"][-1]["loss"]) for r in res.values())
+    meta = json.loads((tmp_path / "gpu" / "supernet.json").read_text())
+    assert meta["compute"]["device"].startswith("cuda") and meta["compute"]["amp"] in ("bfloat16", "float16")
+
+
+@pytest.mark.slow
+def test_folder_data_trains_and_rates_on_two_gloo_ranks_like_one(tmp_path, folder, folder_teacher):
+    """Train with 2 ranks (DDP over gloo, streamed folder data, teacher on the fly), then rate with
+    2 ranks (subtrees shared) and with 1: the same ratings."""
+    common = ["-s", SPACE, "--teacher", str(folder_teacher), "--workers", "1", "-f", "json"]
+    r = _torchrun(["train", *common, "--data", str(folder), "-o", str(tmp_path / "sn"), "--epochs", "2",
+                   "--batch-size", "16"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((tmp_path / "sn" / "supernet.json").read_text())
+    assert meta["world_size"] == 2 and meta["data"]["data"] == str(folder.resolve())
+    for b in range(3):
+        history = json.loads(torch.load(tmp_path / "sn" / f"block{b}.pt", weights_only=True)["history"])
+        assert len(history) == 2 and np.isfinite(history[-1]["loss"])
+    # no --data: rate takes the supernet's recorded folder, not MNIST
+    r2 = _torchrun(["rate", *common, "--supernet", str(tmp_path / "sn"), "-o", str(tmp_path / "r2.json"),
+                    "--rate-chunk", "3"])
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    r1 = runner.invoke(app, ["rate", *common, "--supernet", str(tmp_path / "sn"), "-o", str(tmp_path / "r1.json")])
+    assert r1.exit_code == 0, r1.output
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("r1.json", "r2.json"))
+    assert two["compute"]["world_size"] == 2 and one["data"]["data"] == str(folder.resolve())
+    assert not list(tmp_path.glob("*.partial.json"))  # merged and cleaned up
+    for b1, b2 in zip(one["blocks"], two["blocks"]):
+        assert b1["candidates"].keys() == b2["candidates"].keys()
+        for k in b1["candidates"]:
+            assert b2["candidates"][k]["loss"] == pytest.approx(b1["candidates"][k]["loss"], rel=1e-5)
+
+
+def test_disk_cache_holds_only_the_taps_asked_for_and_trains_like_the_teacher_on_the_fly(tmp_path, folder,
+                                                                                         folder_teacher):
+    space = load_space(SPACE)
+    data = load_data(str(folder), space.input_size)
+    teacher = load_teacher(str(folder_teacher), space)
+    cfg = DistillConfig(epochs=1, batch_size=16)
+    online = train_blocks(space, data, teacher, tmp_path / "online", config=cfg, blocks=[1], compute=CPU,
+                          show_progress=False)
+    disk = train_blocks(space, data, teacher, tmp_path / "disk", config=DistillConfig(epochs=1, batch_size=16,
+                                                                                      feature_cache="disk"),
+                        blocks=[1], compute=CPU, show_progress=False)
+    files = sorted(p.name for p in (tmp_path / "disk" / "feature_cache").rglob("*.f16"))
+    assert files == ["tap0.f16", "tap1.f16"]  # block 1 reads taps 0 and 1, nothing else
+    a, b = online[1]["history"][0]["loss"], disk[1]["history"][0]["loss"]
+    assert b == pytest.approx(a, rel=0.02)  # same batches; fp16 storage is the only difference
+    with pytest.raises(DataError, match="over feature_cache_gb"):
+        train_blocks(space, data, teacher, tmp_path / "big", blocks=[2], compute=CPU, show_progress=False,
+                     config=DistillConfig(epochs=1, feature_cache="disk", feature_cache_gb=1e-6))
+
+
+def test_a_kill_mid_epoch_resumes_to_the_same_weights(tmp_path, tiny_teacher):
+    """Checkpoints every 2 steps inside the one epoch; killed there, the resumed run ends with the
+    weights of a run never killed (same batches, same paths, restored optimiser)."""
+    args = ["train", "-s", "tiny", "--teacher", str(tiny_teacher[0]), "--blocks", "0", "--epochs", "1",
+            "--max-steps", "60", "--checkpoint-every", "2", "--device", "cpu", "-f", "json"]
+    full = runner.invoke(app, [*args, "-o", str(tmp_path / "full")])
+    assert full.exit_code == 0, full.output
+    proc = subprocess.Popen([sys.executable, "-m", "dna_deploy", *args, "-o", str(tmp_path / "killed")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "block0.pt"
+    deadline = time.time() + 300
+    step = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            step = torch.load(ckpt, weights_only=True).get("step", 0) if ckpt.is_file() else 0
+        except Exception:  # caught mid-rename
+            step = 0
+        if step >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] == 0 and 6 <= state["step"] < 60  # killed inside the epoch
+    resumed = runner.invoke(app, [*args, "-o", str(tmp_path / "killed")])
+    assert resumed.exit_code == 0, resumed.output
+    a = torch.load(tmp_path / "full" / "block0.pt", weights_only=True)["student"]
+    b = torch.load(ckpt, weights_only=True)["student"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    history = json.loads(torch.load(ckpt, weights_only=True)["history"])
+    assert [h["epoch"] for h in history] == [1]
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # a mid-epoch checkpoint adds no metrics line
+
+
+def test_without_a_terminal_progress_is_plain_log_lines(tmp_path):
+    env = {**os.environ, "DNA_DEPLOY_PROGRESS": "log", "DNA_DEPLOY_LOG_EVERY": "0"}
+    r = subprocess.run([sys.executable, "-m", "dna_deploy", "teacher", "train", "-s", "tiny", "-o",
+                        str(tmp_path / "t.pt"), "--epochs", "1", "--max-steps", "3"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("[progress] teacher:")]
+    assert lines and "steps/s" in lines[-1] and "img/s" in lines[-1] and "3/3 (100.0%)" in lines[-1]
+    assert "ETA" in lines[0]
