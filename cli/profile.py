@@ -103,11 +103,19 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
     if fmt == "json":
         render(r, fmt="json")
         return
-    rows = [{"predictor": k, **{m: r[k][m] for m in ("rmse_ms", "rmspe_pct", "within_5pct", "within_10pct")}}
+    def hits(f, key):  # "92.0 % [86.4, 95.4]": the rate with its Wilson 95 % interval
+        lo, hi = f[f"{key}_ci95"]
+        return f"{100 * f[key]:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+    rows = [{"predictor": k, "rmse_ms": r[k]["rmse_ms"], "rmspe_pct": r[k]["rmspe_pct"],
+             "within ±5 % [95 % CI]": hits(r[k], "within_5pct"), "within ±10 % [95 % CI]": hits(r[k], "within_10pct")}
             for k in ("raw_sum", "calibrated", "macs_linear")]
     render(rows, title=f"fidelity on {r['held_out_networks']} held-out networks (fit on {r['fit_networks']})")
     console.print(f"calibration: measured = {r['calibration']['a']:.4f} * raw_sum + {r['calibration']['b']:.4f} ms; "
                   f"stored in {dest}; plot: {plot}")
+    q = r["calibrated"]["rel_error_quantiles"]
+    console.print(f"held-out relative error (predicted - measured) / measured: 5th {100 * q['q05']:+.1f} %, median "
+                  f"{100 * q['q50']:+.1f} %, 95th {100 * q['q95']:+.1f} % (stored: search --budget-margin uses it)")
 
 
 @app.command("bundle")

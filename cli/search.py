@@ -83,6 +83,9 @@ def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating tab
            max_mmacs: float = typer.Option(S.max_mmacs, help="Limit on millions of multiply-accumulates."),
            max_params: float = typer.Option(S.max_params, help="Limit on parameters."),
            top_k: int = typer.Option(S.top_k, min=1, help="The K best architectures (exact)."),
+           budget_margin: bool = typer.Option(S.budget_margin, "--budget-margin/--no-budget-margin",
+                                              help="Search so that the upper end of each prediction's 90 % interval "
+                                                   "(the table's held-out errors) meets its budget."),
            pareto_out: Path = typer.Option(None, "--pareto", help="Write the Pareto front (rating vs the first table's latency, within every limit): PATH.csv and PATH.png."),
            output: Path = typer.Option(None, "--output", "-o", help="Write the result as JSON."),
            fmt: OutputFormat = FormatOpt) -> None:
@@ -103,7 +106,7 @@ def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating tab
     if len(budget_ms) > len(tables):
         raise DataError(f"{len(budget_ms)} --budget-ms values but {len(tables)} --table: give one table per budget")
     budgets = list(budget_ms) + [None] * (len(tables) - len(budget_ms))
-    settings = SearchSettings(top_k=top_k, max_mmacs=max_mmacs, max_params=max_params)
+    settings = SearchSettings(top_k=top_k, max_mmacs=max_mmacs, max_params=max_params, budget_margin=budget_margin)
     result = run_search(sp, r, tables, budgets, settings, output=output, pareto_path=pareto_out)
     rows = result["results"]
     if fmt == "json":

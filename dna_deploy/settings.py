@@ -203,6 +203,7 @@ class SearchSettings:
     top_k: int = 5
     max_mmacs: float | None = None
     max_params: float | None = None
+    budget_margin: bool = False  # search so that the upper end of each prediction's 90 % interval meets its budget
 
     def __post_init__(self):
         _check(self, positive=("top_k", "max_mmacs", "max_params"))

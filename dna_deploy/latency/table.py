@@ -163,7 +163,31 @@ class LatencyTable:
             return budget_ms
         return (budget_ms - self.calibration["b"]) / self.calibration["a"]
 
+    def error_quantiles(self) -> dict | None:
+        """The held-out relative errors (predicted - measured) / measured of the calibrated table:
+        {q05, q50, q95}, from `profile validate` on this table; None before it ran."""
+        q = ((self.fidelity or {}).get("calibrated") or {}).get("rel_error_quantiles")
+        return q if isinstance(q, dict) and {"q05", "q95"} <= set(q) else None
+
+    def interval(self, predicted_ms: float) -> tuple[float, float] | None:
+        """90 % interval of the measured latency for a prediction: measured = predicted / (1 + e)
+        with e between the held-out 5th and 95th percentiles."""
+        q = self.error_quantiles()
+        if q is None:
+            return None
+        return predicted_ms / (1 + q["q95"]), predicted_ms / (1 + q["q05"])
+
+    def upper_end_budget(self, budget_ms: float) -> float:
+        """The budget a prediction must meet for the upper end of its 90 % interval to meet
+        `budget_ms` (never looser than the budget itself; the budget unchanged before validation)."""
+        q = self.error_quantiles()
+        return budget_ms if q is None else budget_ms * (1 + min(q["q05"], 0.0))
+
     def predict(self, space: SearchSpace, arch: Arch) -> dict:
         self.check_space(space)
         raw = self.raw_ms(space, arch)
-        return {"raw_ms": raw, "predicted_ms": self.calibrate(raw), "calibrated": bool(self.calibration)}
+        out = {"raw_ms": raw, "predicted_ms": self.calibrate(raw), "calibrated": bool(self.calibration)}
+        iv = self.interval(out["predicted_ms"])
+        if iv is not None:
+            out["interval90_ms"] = list(iv)
+        return out

@@ -23,12 +23,29 @@ from dna_deploy.runtimes.base import TimingStats
 from dna_deploy.space import SearchSpace
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float]:
+    """95 % Wilson score interval of a hit-rate: honest at small n and at rates near 0 or 1, where
+    the normal approximation claims [1, 1] for 50 hits out of 50."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
 def fidelity_metrics(predicted, measured) -> dict:
+    """Hit-rates within +-5 % / +-10 % with Wilson intervals, RMSE, RMSPE, and the quantiles of the
+    relative error (predicted - measured) / measured: the error distribution a budget's interval
+    is drawn from (LatencyTable.interval)."""
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
     rel = (p - m) / m
+    hit5, hit10 = int(np.sum(np.abs(rel) <= 0.05)), int(np.sum(np.abs(rel) <= 0.10))
     return {"n": int(m.size), "rmse_ms": float(np.sqrt(np.mean((p - m) ** 2))),
             "rmspe_pct": float(100 * np.sqrt(np.mean(rel ** 2))),
-            "within_5pct": float(np.mean(np.abs(rel) <= 0.05)), "within_10pct": float(np.mean(np.abs(rel) <= 0.10))}
+            "within_5pct": hit5 / m.size, "within_5pct_ci95": wilson_interval(hit5, m.size),
+            "within_10pct": hit10 / m.size, "within_10pct_ci95": wilson_interval(hit10, m.size),
+            "rel_error_quantiles": {f"q{q:02d}": float(np.quantile(rel, q / 100)) for q in (5, 50, 95)}}
 
 
 def fit_linear(x, y) -> tuple[float, float]:

@@ -39,6 +39,28 @@ def plot_block_losses(metrics_path: Path, png: Path, *, method: str = "dna") -> 
     return save_figure(fig, png)
 
 
+def _interval_blocks(best: dict, budgets: dict, margin: bool) -> list:
+    """The chosen network's predicted latency with its 90 % interval (from each table's held-out
+    errors) and whether each budget holds at the interval's upper end."""
+    rows = []
+    for key, iv in best.items():
+        if not key.startswith("latency_ms_90:"):
+            continue
+        name = key.split(":", 1)[1]
+        row = {"device": name, "predicted (ms)": best[f"latency_ms:{name}"], "90 % interval (ms)": f"{iv[0]:.4g}–{iv[1]:.4g}",
+               "budget (ms)": budgets.get(name)}
+        if f"budget_holds_at_upper_end:{name}" in best:
+            row["budget holds at the upper end"] = "yes" if best[f"budget_holds_at_upper_end:{name}"] else "NO"
+        rows.append(row)
+    if not rows:
+        return []
+    how = ("The search met each budget at the interval's upper end (search.budget_margin)." if margin else
+           "The search met each budget with the prediction itself; set search.budget_margin: true to meet it at the "
+           "interval's upper end.")
+    return [("p", "The measured latency to expect: the prediction with the 90 % interval of the table's held-out "
+                  "errors (profile validate). " + how), ("table", rows)]
+
+
 def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
     """ctx: the RunContext of a run whose stages up to verify are done (results, space, folder);
     commands: per stage, the command lines that reproduce it. Returns the headline numbers."""
@@ -59,7 +81,7 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
         ("table", [{"rank": i + 1, "arch": r["arch"], "rating": r["rating"], "MMACs": r["mmacs"], "params (M)": r["params_m"],
                     **{k: v for k, v in r.items() if k.startswith("latency_ms:")}} for i, r in enumerate(R["search"]["results"])]),
         ("p", "Block ratings of the chosen network: " + ", ".join(f"{x:.4f}" for x in best["block_ratings"])),
-    ]))
+    ] + _interval_blocks(best, budgets, R["search"].get("budget_margin", False))))
 
     lat_rows, acc_rows = [], []
     for target, rep in R["verify"]["reports"].items():

@@ -354,19 +354,36 @@ def run_search(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list
 
     from dna_deploy.io import write_json
 
+    searched = budgets_ms
+    if settings.budget_margin:
+        missing = [t.name for t, b in zip(tables, budgets_ms) if b is not None and t.error_quantiles() is None]
+        if missing:
+            raise DataError(f"--budget-margin needs each budgeted table's held-out error distribution; {missing[0]} has "
+                            "none: run `dna-deploy profile validate` on it first")
+        searched = [t.upper_end_budget(b) if b is not None else None for t, b in zip(tables, budgets_ms)]
     t0 = time.perf_counter()
-    rows = search(space, ratings, tables, budgets_ms, max_mmacs=settings.max_mmacs, max_params=settings.max_params,
+    rows = search(space, ratings, tables, searched, max_mmacs=settings.max_mmacs, max_params=settings.max_params,
                   top_k=settings.top_k)
     seconds = time.perf_counter() - t0
+    for row in rows:  # the measured latency to expect: a 90 % interval per table, and the budget at its upper end
+        for t, b in zip(tables, budgets_ms):
+            iv = t.interval(row[f"latency_ms:{t.name}"])
+            if iv is not None:
+                row[f"latency_ms_90:{t.name}"] = [iv[0], iv[1]]
+                if b is not None:
+                    row[f"budget_holds_at_upper_end:{t.name}"] = bool(iv[1] <= b + 1e-12)
     largest = space.largest_arch()
     result = {"space": space.name, "exact": True, "metric": ratings.get("metric"),
               "constraints": {**{f"budget_ms:{t.name}": b for t, b in zip(tables, budgets_ms)},
                               "max_mmacs": settings.max_mmacs, "max_params": settings.max_params},
-              "budgets_ms": {t.name: b for t, b in zip(tables, budgets_ms)}, "results": rows, "search_seconds": seconds,
+              "budgets_ms": {t.name: b for t, b in zip(tables, budgets_ms)},
+              "budget_margin": settings.budget_margin,
+              "searched_budgets_ms": {t.name: b for t, b in zip(tables, searched)},
+              "results": rows, "search_seconds": seconds,
               "largest": str(largest),
               "largest_predicted_ms": {t.name: t.predict(space, largest)["predicted_ms"] for t in tables}}
     if pareto_path is not None:
-        front = pareto(space, ratings, tables, budgets_ms, max_mmacs=settings.max_mmacs, max_params=settings.max_params)
+        front = pareto(space, ratings, tables, searched, max_mmacs=settings.max_mmacs, max_params=settings.max_params)
         csv, png = Path(pareto_path).with_suffix(".csv"), Path(pareto_path).with_suffix(".png")
         write_front(front, csv, png, tables[0].name)
         result["pareto"] = {"csv": str(csv), "png": str(png), "points": len(front)}

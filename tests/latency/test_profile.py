@@ -222,3 +222,15 @@ def test_tables_are_keyed_by_the_body_so_another_class_count_needs_only_its_head
     assert not table.fits_body(other)
     with pytest.raises(TableError, match="was measured for space"):
         table.predict(other, other.smallest_arch())
+
+
+def test_wilson_interval_is_honest_at_small_samples_and_perfect_rates():
+    from dna_deploy.latency.validate import fidelity_metrics, wilson_interval
+
+    lo, hi = wilson_interval(50, 50)
+    assert hi == 1.0 and lo == pytest.approx(0.9287, abs=1e-3)  # 50/50 does not prove 100 %
+    lo, hi = wilson_interval(99, 100)
+    assert lo == pytest.approx(0.9455, abs=1e-3) and hi == pytest.approx(0.9982, abs=1e-3)
+    m = fidelity_metrics([1.0, 1.09, 0.8, 1.02], [1.0, 1.0, 1.0, 1.0])
+    assert m["within_10pct"] == 0.75 and m["within_10pct_ci95"][0] < 0.75 < m["within_10pct_ci95"][1]
+    assert m["rel_error_quantiles"]["q05"] == pytest.approx(-0.17) and m["rel_error_quantiles"]["q50"] == pytest.approx(0.01)

@@ -139,3 +139,34 @@ def test_pareto_front_under_another_limit_is_the_brute_force_front(seed):
     front = solve(p, keep_front_dims=1)
     assert np.all(front.costs[:, 1] <= p.limits[1] + 1e-9)
     assert np.allclose(sorted(front.scores), sorted(feas[nd, 0]))
+
+
+def test_budget_margin_meets_the_budget_at_the_upper_end_of_the_interval(tmp_path):
+    """A table whose held-out errors say a prediction can be 8 % low: with --budget-margin the chosen
+    network's 90 % interval ends within the budget; without it, the prediction alone is within."""
+    import json
+
+    from dna_deploy.io import shipped_dir
+    from dna_deploy.latency.table import LatencyTable
+    from dna_deploy.select.search import run_search, synthetic_ratings
+    from dna_deploy.settings import SearchSettings
+    from dna_deploy.space import load_space
+
+    tiny = load_space("tiny")
+    src = json.loads((shipped_dir("latency_tables") / "x86-cpu-onnxruntime__tiny.json").read_text())
+    src["fidelity"] = {"calibrated": {"rel_error_quantiles": {"q05": -0.08, "q50": 0.0, "q95": 0.05}}}
+    (tmp_path / "t.json").write_text(json.dumps(src))
+    table = LatencyTable.load(tmp_path / "t.json")
+    ratings = synthetic_ratings(tiny)
+    lo = table.predict(tiny, tiny.smallest_arch())["predicted_ms"]
+    hi = table.predict(tiny, tiny.largest_arch())["predicted_ms"]
+    budget = lo + 0.4 * (hi - lo)
+    plain = run_search(tiny, ratings, [table], [budget], SearchSettings(top_k=1))["results"][0]
+    margin = run_search(tiny, ratings, [table], [budget], SearchSettings(top_k=1, budget_margin=True))["results"][0]
+    name = table.name
+    assert plain[f"latency_ms:{name}"] <= budget
+    assert margin[f"latency_ms_90:{name}"][1] <= budget + 1e-9 and margin[f"budget_holds_at_upper_end:{name}"]
+    assert margin[f"latency_ms:{name}"] <= budget * 0.92 + 1e-9
+    assert margin["rating"] >= plain["rating"]  # the margin costs rating, never gains it
+    lo90, hi90 = plain[f"latency_ms_90:{name}"]
+    assert lo90 == pytest.approx(plain[f"latency_ms:{name}"] / 1.05) and hi90 == pytest.approx(plain[f"latency_ms:{name}"] / 0.92)
