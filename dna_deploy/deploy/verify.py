@@ -185,16 +185,27 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
             stats["latency_ms"] = timing.to_dict()
             stats["predicted_ms"] = stats["latency_error_pct"] = None
             if table is not None:
-                p = table.predict(space, arch)["predicted_ms"]
+                pred = table.predict(space, arch)
+                p = pred["predicted_ms"]
                 stats.update(predicted_ms=p, latency_table=str(table.path),
                              latency_error_pct=100 * (p - timing.median_ms) / timing.median_ms)
+                if "interval90_ms" in pred:  # the measured latency against the table's own error bars
+                    lo, hi = pred["interval90_ms"]
+                    stats.update(predicted_interval90_ms=[lo, hi], within_interval90=bool(lo <= timing.median_ms <= hi))
                 foreign = table.foreign_reasons()
                 if foreign:
                     report["notes"].append(f"{art['path']}: table {table.path} was measured on another host or runtime "
                                            f"({'; '.join(foreign[:2])}): its prediction is not this machine's")
             elif tables:
-                report["notes"].append(f"{art['path']}: no latency table given for {art['runtime']} {art['precision']} "
-                                       f"of space {space.name!r}; latency measured, not compared")
+                headless = next((t for t in tables if t.meta.get("runtime") == art["runtime"]
+                                 and t.meta["device"].get("precision") == art["precision"] and t.fits_body(space)), None)
+                if headless is not None:
+                    report["notes"].append(f"{art['path']}: table {headless.path} fits this network's body but has no head "
+                                           f"for {space.num_classes} classes; profile the space with that class count "
+                                           "to compare its latency")
+                else:
+                    report["notes"].append(f"{art['path']}: no latency table given for {art['runtime']} {art['precision']} "
+                                           f"of space {space.name!r}; latency measured, not compared")
             checks = judge(stats, tol)
             checks["sha256"] = {"value": "matches model.json" if intact else "differs from model.json (file changed after export)",
                                 "limit": "equal", "pass": intact}

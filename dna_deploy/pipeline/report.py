@@ -97,8 +97,9 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
         pyt = rep["pytorch_accuracy"]
         n_img = rep["images"]
     sections.append(("Latency: predicted vs measured", [
-        ("p", "Measured end to end on this machine (batch 1, 100 runs after warm-up) next to the latency table's calibrated "
-              "prediction for the same runtime and precision (tables exist for fp32 here)."),
+        ("p", "Measured end to end on this machine (batch 1, 100 runs after warm-up) next to the calibrated prediction "
+              "of the latency table for the same runtime and precision (an artifact with no such table among the "
+              "pipeline's devices has none)."),
         ("table", lat_rows)] + [("p", "Note: " + n) for rep in R["verify"]["reports"].values() for n in rep.get("notes", [])]))
     sections.append(("Accuracy per runtime", [
         ("p", f"On the {n_img} validation images (never used for training, rating or search). PyTorch: {pyt:.4f}. "

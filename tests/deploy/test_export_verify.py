@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -86,6 +87,17 @@ def test_litert_fp32_fp16_int8_pass_verify(tiny_model, tmp_path):
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output[-2000:]
     report = json.loads((tmp_path / "verify.json").read_text())
     assert {a["path"]: a["tolerances"]["atol"] for a in report["artifacts"]}["model_int8.tflite"] is None
+    # each precision is compared with its own table: int8 with the int8 one, with its 90 % interval
+    tables = Path(__file__).resolve().parents[2] / "latency_tables"
+    r = runner.invoke(app, ["verify", str(tmp_path), "-t", str(tables / "x86-cpu-litert-int8__tiny.json"),
+                            "-t", str(tables / "x86-cpu-litert__tiny.json"), "-f", "json"])
+    assert r.exit_code == 0, r.output[-2000:]
+    by = {a["path"]: a["stats"] for a in json.loads((tmp_path / "verify.json").read_text())["artifacts"]}
+    assert by["model_int8.tflite"]["latency_table"].endswith("x86-cpu-litert-int8__tiny.json")
+    assert by["model_fp32.tflite"]["latency_table"].endswith("x86-cpu-litert__tiny.json")
+    lo, hi = by["model_int8.tflite"]["predicted_interval90_ms"]
+    assert lo < by["model_int8.tflite"]["predicted_ms"] < hi
+    assert by["model_fp16.tflite"]["predicted_ms"] is None  # no fp16 table given: measured, not compared
 
 
 def test_compare_outputs_polygraphy_rule():
