@@ -138,13 +138,26 @@ class Runner(ABC):
         """NCHW float32 in, float32 out (feature maps back in NCHW)."""
         return self._from_native(self._run(self._to_native(self._check(x))))
 
-    def time(self, x: np.ndarray, *, warmup: int = 10, runs: int = 50) -> list[float]:
-        """Raw latency samples in ms (warm-up discarded). The one timing loop of the project."""
+    def time(self, x: np.ndarray, *, warmup: int = 10, runs: int = 50, warmup_s: float | None = None) -> list[float]:
+        """Raw latency samples in ms (warm-up discarded). The one timing loop of the project.
+
+        The warm-up lasts `warmup` runs and at least `warmup_s` seconds (WARMUP_S by default), as
+        trtexec warms up for 200 ms: a model idle for a few seconds (while other models of an
+        interleaved round ran) came back 30-50 % slower for its first ~0.1 s on the 2-core cloud
+        machine here, so short warm-ups timed op tables "cold" while verify, right after its
+        accuracy pass, timed the deployed network "hot": the quickstart predicted 0.41 ms for a
+        network that measured 0.28 ms."""
         native = self._to_native(self._check(x))
-        for _ in range(warmup):
+        limit = time.perf_counter() + (WARMUP_S if warmup_s is None else warmup_s)
+        done = 0
+        while done < warmup or time.perf_counter() < limit:
             self._run(native)
+            done += 1
         self._sync()
         return [self._timed_run(native) for _ in range(runs)]
+
+
+WARMUP_S = 0.25  # seconds of warm-up before every timed batch (see Runner.time)
 
 
 def measure(runner: Runner, x: np.ndarray, *, warmup: int = 10, runs: int = 50) -> TimingStats:
