@@ -24,6 +24,7 @@ def profile_cmd(ctx: typer.Context,
                 rounds: int = typer.Option(P.rounds, min=1, help="Interleaved timing rounds over all ops."),
                 runs: int = typer.Option(P.runs, min=1, help="Timed runs per op per round."),
                 cv_threshold: float = typer.Option(P.cv_threshold, help="Re-measure ops whose robust CV exceeds this."),
+                warmup_s: float = typer.Option(P.warmup_s, min=0.0, help="Seconds each timed batch warms up (idle models run slow at first)."),
                 resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run."),
                 force: bool = typer.Option(False, "--force", help="Allow replacing a table shipped with dna-deploy."),
                 fmt: OutputFormat = FormatOpt) -> None:
@@ -43,7 +44,7 @@ def profile_cmd(ctx: typer.Context,
     out = output or default_table_path(dev, sp)
     check_writable(out)
     table = profile(sp, dev, out, rounds=rounds, runs_per_round=runs, cv_threshold=cv_threshold, resume=resume,
-                    show_progress=fmt == "table", force=force)
+                    show_progress=fmt == "table", force=force, warmup_s=warmup_s)
     _summary(table, out, fmt)
 
 
@@ -81,6 +82,7 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
              samples: int = typer.Option(P.validate_samples, "--samples", "-n", help="Networks measured end to end (half held out)."),
              seed: int = typer.Option(0, help="Which random networks."),
              rounds: int = typer.Option(P.validate_rounds, min=1, help="Interleaved timing rounds per network."),
+             warmup_s: float = typer.Option(P.warmup_s, min=0.0, help="Seconds each timed batch warms up."),
              plot: Path = typer.Option(None, help="PNG scatter [<table>.fidelity.png]."),
              resume: bool = typer.Option(True, "--resume/--restart", help="Reuse network measurements of an interrupted run."),
              output: Path = typer.Option(None, "--output", "-o", help="Write the calibrated table here [the table itself]."),
@@ -99,7 +101,7 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
     check_writable(dest)
     plot = plot or dest.with_suffix(".fidelity.png")
     r = validate_table(table, resolve_space(space, table), samples=samples, seed=seed, plot_path=plot,
-                       show_progress=fmt == "table", resume=resume, rounds=rounds, output=dest)
+                       show_progress=fmt == "table", resume=resume, rounds=rounds, output=dest, warmup_s=warmup_s)
     if fmt == "json":
         render(r, fmt="json")
         return

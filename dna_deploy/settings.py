@@ -177,8 +177,11 @@ class ProfileSettings:
     cv_threshold: float = 0.05
     validate_samples: int = 30
     validate_rounds: int = 3
+    warmup_s: float = 0.25  # seconds every timed batch warms up (runtimes/base.py: idle models run slow at first)
 
     def __post_init__(self):
+        if not 0 <= self.warmup_s <= 10:
+            raise DataError(f"warmup_s must lie in [0, 10] seconds, got {self.warmup_s}")
         _check(self, positive=("rounds", "runs", "cv_threshold", "validate_rounds"),
                choices={"use_shipped": ("auto", True, False)})
         if self.validate_samples < 6:

@@ -22,7 +22,7 @@ from dna_deploy.latency.devices import DeviceSpec
 from dna_deploy.latency.table import LatencyTable, refuse_shipped
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime, runner_class
-from dna_deploy.runtimes.base import TimingStats
+from dna_deploy.runtimes.base import WARMUP_S, TimingStats
 from dna_deploy.space import LayerSpec, SearchSpace
 
 BUNDLE_FORMAT = "dna-deploy-bundle/1"
@@ -113,9 +113,10 @@ def _open_runner(cls, bundle: Path, entry: dict, device: DeviceSpec):
 def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int | None = None,
                    warmup: int = 10, rounds: int = 5, runs_per_round: int = 20, cv_threshold: float = 0.05,
                    max_extra_rounds: int = 4, resume: bool = True, show_progress: bool = True,
-                   seed: int = 0) -> LatencyTable:
+                   seed: int = 0, warmup_s: float = WARMUP_S) -> LatencyTable:
     """Time every op model of a bundle, interleaved round by round so drift spreads evenly; entries
-    whose spread (robust CV) stays above cv_threshold get extra rounds. Saves progress every round."""
+    whose spread (robust CV) stays above cv_threshold get extra rounds. Saves progress every round.
+    Each op model warms up for `warmup_s` seconds before each of its timed batches (Runner.time)."""
     bundle = Path(bundle_dir)
     manifest = read_json(bundle / MANIFEST, what="bundle manifest")
     if manifest.get("format") != BUNDLE_FORMAT:
@@ -126,7 +127,7 @@ def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int
     cls = require_runtime(device.runtime, device.device)
     entries: dict = manifest["entries"]
     settings = {"warmup": warmup, "rounds": rounds, "runs_per_round": runs_per_round, "cv_threshold": cv_threshold,
-                "max_extra_rounds": max_extra_rounds}
+                "max_extra_rounds": max_extra_rounds, "warmup_s": warmup_s}
     out_path = Path(out_path)
     with exclusive_lock(out_path, what="profile run"):
         return _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, warmup=warmup, rounds=rounds,
@@ -168,7 +169,7 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
                 order = list(todo)
                 rng.shuffle(order)
                 for k in order:
-                    samples[k] += runners[k].time(inputs[k], warmup=3, runs=runs_per_round)
+                    samples[k] += runners[k].time(inputs[k], warmup=3, runs=runs_per_round, warmup_s=settings["warmup_s"])
                     bar.advance(task)
                 write_json(partial_path, {"run_id": run_id, "rounds_done": r + 1, "samples": samples})
     finally:

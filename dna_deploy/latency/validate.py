@@ -20,7 +20,7 @@ from dna_deploy.latency.devices import DeviceSpec
 from dna_deploy.latency.table import LatencyTable, is_shipped
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime
-from dna_deploy.runtimes.base import TimingStats
+from dna_deploy.runtimes.base import WARMUP_S, TimingStats
 from dna_deploy.space import SearchSpace
 
 
@@ -71,7 +71,7 @@ def sample_networks(space: SearchSpace, n: int, seed: int) -> list:
 
 
 def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_dir: Path, *, rounds: int = 3,
-                     runs_per_round: int = 15, warmup: int = 10, show_progress: bool = True,
+                     runs_per_round: int = 15, warmup: int = 10, show_progress: bool = True, warmup_s: float = WARMUP_S,
                      cache_path: Path | None = None) -> dict[str, float]:
     """End-to-end median latency of each network, interleaved across networks; cached for resume."""
     import torch
@@ -80,7 +80,8 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
 
     cls = require_runtime(device.runtime, device.device)
     cache = {}
-    run_id = fingerprint({"device": device.to_dict(), "space": space.fingerprint, "rounds": rounds, "runs": runs_per_round})
+    run_id = fingerprint({"device": device.to_dict(), "space": space.fingerprint, "rounds": rounds, "runs": runs_per_round,
+                          "warmup_s": warmup_s})
     if cache_path is not None and cache_path.is_file():
         c = read_json(cache_path, what="measurement cache")
         if c.get("run_id") == run_id:
@@ -107,7 +108,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                 rng.shuffle(order)
                 for k in order:
                     r, x = runners[k]
-                    cache[k] += r.time(x, warmup=2, runs=runs_per_round)
+                    cache[k] += r.time(x, warmup=2, runs=runs_per_round, warmup_s=warmup_s)
                     bar.advance(task)
                 if cache_path is not None:
                     write_json(cache_path, {"run_id": run_id, "samples": cache})
@@ -146,7 +147,7 @@ def calibrated_table_path(table_path: str | Path, *, output: str | Path | None =
 def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int = 30, holdout: float = 0.5,
                    seed: int = 0, plot_path: str | Path | None = None, work_dir: str | Path | None = None,
                    show_progress: bool = True, rounds: int = 3, runs_per_round: int = 15, resume: bool = True,
-                   output: str | Path | None = None, force: bool = False) -> dict:
+                   output: str | Path | None = None, force: bool = False, warmup_s: float = WARMUP_S) -> dict:
     """Measure `samples` networks, fit the calibration on 1 - holdout of them, report on the rest,
     and store calibration + fidelity (atomically) in the table, or in a copy (calibrated_table_path)."""
     from dna_deploy.host import host_description, runtime_versions
@@ -166,7 +167,7 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     if not resume:
         (work / "measurements.json").unlink(missing_ok=True)
     archs = sample_networks(space, samples, seed)
-    measured = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round,
+    measured = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round, warmup_s=warmup_s,
                                 show_progress=show_progress, cache_path=work / "measurements.json")
     raw = {str(a): table.raw_ms(space, a) for a in archs}
     macs = {str(a): network_costs(space, a)["macs"] for a in archs}

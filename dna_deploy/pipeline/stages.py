@@ -221,9 +221,9 @@ class TablesStage(Stage):
         for d in ctx.cfg.devices:
             table = ctx.table_path(ctx.device_name(d))
             cmds.append(["profile", "--device", d.device, "--space", ctx.cfg.space, "-o", table, "--rounds", p.rounds,
-                         "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}"])
+                         "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}", "--warmup-s", repr(p.warmup_s)])
             cmds.append(["profile", "validate", "--table", table, "--space", ctx.cfg.space, "-n", p.validate_samples,
-                         "--rounds", p.validate_rounds])
+                         "--rounds", p.validate_rounds, "--warmup-s", repr(p.warmup_s)])
         return cmds
 
     def run(self, ctx):
@@ -254,9 +254,9 @@ class TablesStage(Stage):
                 continue
             ctx.log(f"[tables] profiling {dev.name} on this machine" + (f" (shipped table: {why})" if why else ""))
             profile(ctx.space, dev, dst, rounds=p.rounds, runs_per_round=p.runs, cv_threshold=p.cv_threshold,
-                    show_progress=ctx.show_progress)
+                    show_progress=ctx.show_progress, warmup_s=p.warmup_s)
             rep = validate_table(dst, ctx.space, samples=p.validate_samples, plot_path=dst.with_suffix(".fidelity.png"),
-                                 show_progress=ctx.show_progress, rounds=p.validate_rounds)
+                                 show_progress=ctx.show_progress, rounds=p.validate_rounds, warmup_s=p.warmup_s)
             res[dev.name] = {"table": str(dst), "source": "measured on this machine",
                              "fidelity": LatencyTable.load(dst).fidelity,
                              "validate": {k: rep[k] for k in ("raw_sum", "calibrated", "macs_linear")}}
