@@ -42,8 +42,6 @@ def main():
                 art = cls.prepare_artifact(net, x, Path(tmp), name=f"{space_name}_{prec}", precision=prec)
                 for kernels in ("xnnpack", "builtin"):
                     runners[(prec, kernels)] = cls(art, precision=prec, op_resolver=kernels).activate()
-            # which ops XNNPACK leaves to the builtin kernels (each one splits the delegated graph)
-            outside = {prec: _outside_delegate(runners[(prec, "xnnpack")]) for prec in ("fp32", "int8")}
             runs = 20 if space_name == "tiny" else 5
             samples = {k: [] for k in runners}
             for _ in range(3):  # interleaved rounds: drift spreads over all four
@@ -54,27 +52,13 @@ def main():
             med = {k: TimingStats.from_samples(v).median_ms for k, v in samples.items()}
             base = med[("fp32", "xnnpack")]
             res[label] = {"arch": str(a), **{f"{p}/{k}": {"median_ms": m, "vs_fp32_default": m / base}
-                                             for (p, k), m in med.items()},
-                          "ops_outside_xnnpack": outside}
+                                             for (p, k), m in med.items()}}
     print(f"{'network':22} {'fp32 xnnpack':>14} {'fp32 builtin':>14} {'int8 xnnpack':>14} {'int8 builtin':>14}")
     for label, r in res.items():
         cells = [f"{r[c]['median_ms']:.2f} ({r[c]['vs_fp32_default']:.2f}x)" for c in
                  ("fp32/xnnpack", "fp32/builtin", "int8/xnnpack", "int8/builtin")]
         print(f"{label:22} " + " ".join(f"{c:>14}" for c in cells))
-    for label, r in res.items():
-        for prec, ops in r["ops_outside_xnnpack"].items():
-            print(f"{label} {prec}: {ops['delegate_partitions']} XNNPACK partition(s); ops left to builtin kernels: "
-                  + (", ".join(f"{k} x{v}" for k, v in ops["left"].items()) or "none"))
     write_json(ROOT / "bench/results/int8_kernels.json", res)
-
-
-def _outside_delegate(runner) -> dict:
-    """Ops of the primary subgraph after delegation: DELEGATE nodes are XNNPACK partitions, the
-    rest run on LiteRT's builtin kernels."""
-    from collections import Counter
-
-    names = Counter(op["op_name"] for op in runner.interpreter._get_ops_details())
-    return {"delegate_partitions": names.pop("DELEGATE", 0), "left": dict(sorted(names.items()))}
 
 
 if __name__ == "__main__":
