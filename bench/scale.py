@@ -6,8 +6,8 @@ Measured here (images/s, on `--device`, AMP on CUDA):
 - rating: candidates/s of the prefix-tree rater for block 1 on `--rate-images` images;
 - retraining: one supervised step of the largest `dna-mbconv` network.
 From these it prints an ImageNet wall-time ESTIMATE for 1 and 8 GPUs (or processes) under the DNA
-schedule (20 epochs per block on 1.28 M images, 6,264 candidates rated on 50 k images, 450 epochs of
-retraining are not assumed: `--retrain-epochs`), with memory and the disk a feature cache would take.
+schedule (20 epochs per block on 1.28 M images, 6,264 candidates rated on 50 k images, and
+`--retrain-epochs` of retraining, 100 by default), with memory and the disk a feature cache would take.
 
 Two more measurements that need no GPU:
 - peak RSS of `dna-deploy train` on synthetic image folders of two sizes (streamed data: it must not

@@ -49,23 +49,16 @@ def make_compute(device: str, amp: bool, workers: int | None, checkpoint_every: 
     return compute
 
 
-def data_spec_for(data: str | None, *artifacts) -> str:
-    """--data, or the data the first artifact that records one was trained on (a supernet folder,
-    a model checkpoint): rating or retraining a folder-trained supernet on MNIST is never silent."""
-    from dna_deploy.io import load_checkpoint, read_json
+def data_spec_for(data: str | None, supernet: Path | None) -> str:
+    """--data, or the data the supernet folder records it was trained on: rating or retraining a
+    folder-trained supernet on MNIST is never silent. MNIST when neither says."""
+    from dna_deploy.io import read_json
 
     if data is not None:
         return data
-    for a in artifacts:
-        if a is None or not Path(a).exists():
-            continue
-        a = Path(a)
-        if a.is_dir() and (a / "supernet.json").is_file():
-            recorded = (read_json(a / "supernet.json", what="supernet metadata").get("data") or {}).get("data")
-        elif a.is_file() and a.suffix == ".pt":
-            recorded = load_checkpoint(a, what="checkpoint").get("data")
-        else:
-            continue
+    meta = Path(supernet) / "supernet.json" if supernet is not None else None
+    if meta is not None and meta.is_file():
+        recorded = (read_json(meta, what="supernet metadata").get("data") or {}).get("data")
         if isinstance(recorded, str):
             return recorded
     return "mnist"
