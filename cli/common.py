@@ -24,7 +24,7 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-SpaceOpt = typer.Option(None, "--space", "-s", help="Preset (dna-mbconv, tiny) or a space file (.yaml/.json/.toml) "
+SpaceOpt = typer.Option(None, "--space", "-s", help="Preset (dna-mbconv, tiny, vit-tiny, vit-small) or a space file (.yaml/.json/.toml) "
                                                     "[the space the input artifact records; else dna-mbconv].")
 FormatOpt = typer.Option(OutputFormat.table, "--format", "-f", help="table (for people) or json (for scripts).")
 DEFAULT_SPACE = "dna-mbconv"

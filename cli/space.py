@@ -25,7 +25,7 @@ def show(space: str = SpaceOpt, fmt: OutputFormat = FormatOpt) -> None:
                      "choices": ",".join(b.choices), "skip": b.allow_skip,
                      "candidates": sp.block_candidate_count(i)})
     summary = {
-        "space": sp.name, "fingerprint": sp.fingerprint, "input": f"{sp.input_size}x{sp.input_size}x{sp.in_channels}",
+        "space": sp.name, "family": sp.family, "fingerprint": sp.fingerprint, "input": f"{sp.input_size}x{sp.input_size}x{sp.in_channels}",
         "classes": sp.num_classes,
         "candidates rated (all blocks)": sum(r["candidates"] for r in rows),
         "architectures (distinct networks)": sp.count_architectures(),

@@ -59,9 +59,11 @@ def describe_rows(space: SearchSpace, arch: Arch) -> list[dict]:
     rows = []
 
     def row(where: str, s: LayerSpec):
-        op = {"conv": f"conv{s.kernel}x{s.kernel}", "head": "head", "skip": "skip"}.get(s.kind, str(s.op))
+        op = {"conv": f"conv{s.kernel}x{s.kernel}", "patch": f"patch{s.kernel}x{s.kernel}", "head": "head",
+              "vithead": "head", "skip": "skip"}.get(s.kind, str(s.op))
+        head = s.kind in ("head", "vithead")
         rows.append({"where": where, "op": op, "in": f"{s.in_hw}x{s.in_hw}x{s.in_ch}",
-                     "out": f"{s.out_hw}x{s.out_hw}x{s.out_ch}" if s.kind != "head" else f"{s.out_ch}",
+                     "out": f"{s.out_ch}" if head else f"{s.out_hw}x{s.out_hw}x{s.out_ch}",
                      "stride": s.stride, "macs": s.macs, "params": s.params})
 
     for i, s in enumerate(space.stem_specs()):

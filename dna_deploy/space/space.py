@@ -4,6 +4,12 @@ A space is a fixed stem, a searched body cut into blocks (the DNA partition: eac
 distilled, rated and searched on its own), and a fixed head. Each layer of a block picks one op
 from the block's choices; a layer other than the first may also pick ``skip``, which searches depth.
 
+Two families share this machinery. An MBConv space ("mbconv", the DNA paper's mobile space) has a
+conv stem, a fixed MBConv layer and a conv head. A transformer space ("vit") has a patch embedding as
+its stem (``stem_stride`` is the patch size, ``stem_channels`` the embedding width), transformer
+layers choosing MLP ratio and heads, and a pooled head; a block whose stride is 2 or whose width
+changes starts with a patch-merging conv.
+
 Skips only change depth: ``k3e6.skip.k5e3`` and ``k3e6.k5e3.skip`` build the same network. Rating and
 search therefore use *canonical* candidates, whose skips are trailing; both counts are reported.
 """
@@ -17,9 +23,11 @@ from pathlib import Path
 
 from dna_deploy.errors import ArchError, DataError, SpaceError, check_keys
 from dna_deploy.io import fingerprint, read_structured
-from dna_deploy.space.ops import ACTIVATIONS, SKIP, LayerSpec, Op, parse_op
+from dna_deploy.space.ops import ACTIVATIONS, SKIP, VIT_ACTIVATION, LayerSpec, Op, parse_op
 
 MBCONV_CHOICES = ("k3e3", "k3e6", "k5e3", "k5e6", "k7e3", "k7e6")
+VIT_CHOICES = tuple(f"r{r}h{h}" for r in (2, 3, 4) for h in (3, 4, 6))
+FAMILIES = {"mbconv": "mbconv", "vit": "vit"}  # family -> the op kind its blocks choose among
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class SearchSpace:
     se_ratio: float = 0.25
     activation: str = "swish"
     description: str = ""
+    family: str = "mbconv"  # "mbconv" | "vit" (see the module docstring)
 
     # ---------------- construction ----------------
     @classmethod
@@ -58,6 +67,7 @@ class SearchSpace:
         blocks_raw = d["blocks"]
         if not isinstance(blocks_raw, list) or not blocks_raw:
             raise SpaceError(f"{source}: 'blocks' must be a non-empty list of blocks")
+        family = d.get("family", "mbconv")
         blocks = []
         for i, b in enumerate(blocks_raw):
             check_keys(b, known=BlockDef.__dataclass_fields__, required=("out_channels", "stride", "layers"),
@@ -65,8 +75,12 @@ class SearchSpace:
             b = dict(b)
             if "choices" in b:
                 b["choices"] = tuple(str(c) for c in b["choices"])
+            elif family == "vit":
+                b["choices"] = VIT_CHOICES
             blocks.append(BlockDef(**b))
         fields = {k: v for k, v in d.items() if k != "blocks"}
+        if family == "vit":
+            fields.setdefault("activation", VIT_ACTIVATION)
         space = cls(blocks=tuple(blocks), **fields)
         space.validate(source)
         return space
@@ -79,8 +93,16 @@ class SearchSpace:
         for name in ("input_size", "num_classes", "in_channels", "stem_channels", "stem_stride",
                      "first_channels", "head_channels"):
             positive_int(name, getattr(self, name))
-        if self.activation not in ACTIVATIONS:
+        if self.family not in FAMILIES:
+            raise SpaceError(f"{source}: family {self.family!r}; valid: {', '.join(FAMILIES)}")
+        vit = self.family == "vit"
+        if vit and self.activation != VIT_ACTIVATION:
+            raise SpaceError(f"{source}: transformer spaces use activation {VIT_ACTIVATION!r}, got {self.activation!r}")
+        if not vit and self.activation not in ACTIVATIONS:
             raise SpaceError(f"{source}: activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        if vit and self.input_size % self.stem_stride:
+            raise SpaceError(f"{source}: input_size {self.input_size} is not a multiple of the patch size "
+                             f"(stem_stride) {self.stem_stride}")
         if not 0 <= self.se_ratio < 1:
             raise SpaceError(f"{source}: se_ratio must be in [0, 1), got {self.se_ratio}")
         try:
@@ -101,8 +123,17 @@ class SearchSpace:
                     raise SpaceError(f"{source}: block {i}: {e}") from None
                 if op.is_skip:
                     raise SpaceError(f"{source}: block {i}: list 'skip' through allow_skip, not in choices")
+                if op.kind != FAMILIES[self.family]:
+                    example = "r4h6" if vit else "k5e6"
+                    raise SpaceError(f"{source}: block {i}: choice {c!r} is not a {self.family} op (e.g. {example}); "
+                                     "set family: vit for transformer choices")
+                if vit and b.out_channels % op.heads:
+                    raise SpaceError(f"{source}: block {i}: {op.heads} heads do not divide width {b.out_channels}")
             if len(set(b.choices)) != len(b.choices):
                 raise SpaceError(f"{source}: block {i} lists a choice twice")
+        if vit and any(self.resolution_at(i) % b.stride for i, b in enumerate(self.blocks)):
+            raise SpaceError(f"{source}: a stride-2 block needs an even token grid; the grids are "
+                             f"{[self.resolution_at(i) for i in range(len(self.blocks) + 1)]}")
         if self.resolution_at(len(self.blocks)) < 1:
             raise SpaceError(f"{source}: input_size {self.input_size} is too small for the strides")
 
@@ -111,31 +142,44 @@ class SearchSpace:
         d["blocks"] = [{**asdict(b), "choices": list(b.choices)} for b in self.blocks]
         return d
 
+    def _shape_dict(self) -> dict:
+        """to_dict without name and description; the default family is left out, so that MBConv
+        spaces keep the fingerprints they had before transformer spaces existed."""
+        d = self.to_dict()
+        d.pop("name"), d.pop("description")
+        if d["family"] == "mbconv":
+            d.pop("family")
+        return d
+
     @property
     def fingerprint(self) -> str:
         """Hash of everything that shapes networks (not the name or description)."""
-        d = self.to_dict()
-        d.pop("name"), d.pop("description")
-        return fingerprint(d)
+        return fingerprint(self._shape_dict())
 
     @property
     def body_fingerprint(self) -> str:
         """The fingerprint without the class count: what latency tables are keyed by, so a space
         fine-tuned to 10 classes shares every entry but the head's with its 1000-class original."""
-        d = self.to_dict()
-        d.pop("name"), d.pop("description"), d.pop("num_classes")
+        d = self._shape_dict()
+        d.pop("num_classes")
         return fingerprint(d)
+
+    @property
+    def is_vit(self) -> bool:
+        return self.family == "vit"
 
     # ---------------- shapes ----------------
     def resolution_at(self, block: int) -> int:
         """Input resolution of block `block` (== len(blocks): the head's input)."""
-        hw = (self.input_size - 1) // self.stem_stride + 1  # the fixed first layer keeps stride 1
+        hw = (self.input_size - 1) // self.stem_stride + 1  # MBConv's fixed first layer keeps stride 1
         for b in self.blocks[:block]:
             hw = (hw - 1) // b.stride + 1
         return hw
 
     def channels_in(self, block: int) -> int:
-        return self.first_channels if block == 0 else self.blocks[block - 1].out_channels
+        if block == 0:
+            return self.stem_channels if self.is_vit else self.first_channels
+        return self.blocks[block - 1].out_channels
 
     # ---------------- candidates and counting ----------------
     def block_candidates(self, block: int) -> list[tuple[Op, ...]]:
@@ -165,6 +209,10 @@ class SearchSpace:
 
     # ---------------- layer specs ----------------
     def stem_specs(self) -> list[LayerSpec]:
+        if self.is_vit:
+            p = self.stem_stride
+            return [LayerSpec("patch", self.in_channels, self.stem_channels, self.input_size, p, kernel=p,
+                              act=self.activation)]
         first = parse_op(self.first_op)
         hw0 = self.input_size
         hw1 = (hw0 - 1) // self.stem_stride + 1
@@ -176,6 +224,9 @@ class SearchSpace:
 
     def head_spec(self) -> LayerSpec:
         nb = len(self.blocks)
+        if self.is_vit:
+            return LayerSpec("vithead", self.blocks[-1].out_channels, self.num_classes, self.resolution_at(nb),
+                             act=self.activation)
         return LayerSpec("head", self.blocks[-1].out_channels, self.num_classes, self.resolution_at(nb),
                          act=self.activation, mid_ch=self.head_channels)
 
@@ -188,8 +239,12 @@ class SearchSpace:
             if op.is_skip:
                 specs.append(LayerSpec("skip", cin, cin, hw, 1, act=self.activation))
                 continue
-            specs.append(LayerSpec("mbconv", cin, b.out_channels, hw, stride, kernel=op.kernel, expand=op.expand,
-                                   se_ratio=self.se_ratio, act=self.activation))
+            if op.kind == "vit":
+                specs.append(LayerSpec("vit", cin, b.out_channels, hw, stride, expand=op.expand, heads=op.heads,
+                                       act=self.activation))
+            else:
+                specs.append(LayerSpec("mbconv", cin, b.out_channels, hw, stride, kernel=op.kernel,
+                                       expand=op.expand, se_ratio=self.se_ratio, act=self.activation))
             cin, hw = b.out_channels, specs[-1].out_hw
         return specs
 
@@ -235,17 +290,17 @@ class SearchSpace:
         return arch.canonical() if canonical else arch
 
     def largest_arch(self) -> "Arch":
-        """Every layer at the widest, largest-kernel op: the usual in-space teacher."""
+        """Every layer at the widest, largest-kernel (most-heads) op: the usual in-space teacher."""
         blocks = []
         for b in self.blocks:
-            best = max((parse_op(c) for c in b.choices), key=lambda o: (o.expand, o.kernel))
+            best = max((parse_op(c) for c in b.choices), key=lambda o: o.size)
             blocks.append((best,) * b.layers)
         return Arch(tuple(blocks))
 
     def smallest_arch(self) -> "Arch":
         blocks = []
         for b in self.blocks:
-            low = min((parse_op(c) for c in b.choices), key=lambda o: (o.expand, o.kernel))
+            low = min((parse_op(c) for c in b.choices), key=lambda o: o.size)
             depth = 1 if b.allow_skip else b.layers
             blocks.append((low,) * depth + (SKIP,) * (b.layers - depth))
         return Arch(tuple(blocks))
@@ -315,7 +370,25 @@ def _tiny() -> SearchSpace:
         description="A CPU-sized DNA space for 32x32 inputs: same choices, four blocks, small channels.")
 
 
-PRESETS = {"dna-mbconv": _dna_mbconv, "tiny": _tiny}
+def _vit_tiny() -> SearchSpace:
+    blocks = tuple(BlockDef(c, s, n, VIT_CHOICES) for c, s, n in [(48, 1, 2), (96, 2, 2), (144, 1, 2)])
+    return SearchSpace(
+        name="vit-tiny", input_size=32, num_classes=10, blocks=blocks, stem_channels=48, stem_stride=4,
+        activation=VIT_ACTIVATION, family="vit",
+        description="A CPU-sized transformer space for 32x32 inputs: 4x4 patches (8x8 tokens), widths 48, 96 "
+                    "(patch merging to 4x4) and 144, MLP ratio 2/3/4 x heads 3/4/6 per layer, plus skip.")
+
+
+def _vit_small() -> SearchSpace:
+    blocks = tuple(BlockDef(384, 1, 3, VIT_CHOICES) for _ in range(4))
+    return SearchSpace(
+        name="vit-small", input_size=224, num_classes=1000, blocks=blocks, stem_channels=384, stem_stride=16,
+        activation=VIT_ACTIVATION, family="vit",
+        description="A DeiT-S-sized transformer space: 16x16 patches (14x14 tokens), width 384, four blocks of "
+                    "three layers choosing MLP ratio 2/3/4 x heads 3/4/6, plus skip.")
+
+
+PRESETS = {"dna-mbconv": _dna_mbconv, "tiny": _tiny, "vit-tiny": _vit_tiny, "vit-small": _vit_small}
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:

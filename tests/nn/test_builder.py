@@ -5,7 +5,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dna_deploy.nn.builder import build_network, network_costs
 
 
-@pytest.mark.parametrize("space_name, n", [("tiny", 6), ("dna-mbconv", 2)])
+@pytest.mark.parametrize("space_name, n", [("tiny", 6), ("dna-mbconv", 2), ("vit-tiny", 6), ("vit-small", 1)])
 def test_forward_shapes_and_costs_match_torch_counters(space_name, n, rng):
     from dna_deploy.space import load_space
 
