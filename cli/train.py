@@ -26,7 +26,8 @@ T, D = TeacherTrainSettings(), DistillConfig()  # the defaults, shared with the 
 
 teacher_app = typer.Typer(help="Teachers for block-wise distillation.", no_args_is_help=True)
 
-DataOpt = typer.Option("mnist", "--data", help="'mnist' (embedded 5,000 images) or a folder with train/ and val/.")
+DataOpt = typer.Option("mnist", "--data", help="'mnist' (embedded 5,000 images), 'fashion-mnist' (60k + 10k, IDX files "
+                       "from Debian's dataset-fashion-mnist) or a folder with train/ and val/.")
 
 
 @teacher_app.command("train")

@@ -236,6 +236,23 @@ class RetrainSettings:
 
 
 @dataclass(frozen=True)
+class BaselineSettings:
+    """The pipeline's random baseline: networks drawn uniformly from the space whose predicted
+    latency (the first budgeted table) lies within `tolerance` of the found network's, each
+    retrained with the found network's recipe. Search earns its keep only if the found network
+    beats their median."""
+
+    random_networks: int = 0  # 0: no baseline
+    tolerance: float = 0.05
+
+    def __post_init__(self):
+        if not isinstance(self.random_networks, int) or self.random_networks < 0:
+            raise DataError(f"baseline random_networks must be an integer >= 0, got {self.random_networks!r}")
+        if not 0 < self.tolerance < 1:
+            raise DataError(f"baseline tolerance must lie in (0, 1), got {self.tolerance}")
+
+
+@dataclass(frozen=True)
 class ExportSettings:
     to: str = "onnx"  # onnx | tflite | tensorrt (ONNX is always produced)
     precisions: tuple[str, ...] = ("fp32",)

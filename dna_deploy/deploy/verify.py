@@ -136,7 +136,7 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
     space, arch, net, ckpt = load_model(weights)
     data_spec = data or side.get("trained_on")
     if data_spec is None:
-        raise DataError("verify needs labelled data: --data mnist or a folder with train/ and val/")
+        raise DataError("verify needs labelled data: --data mnist, fashion-mnist or a folder with train/ and val/")
     d = load_data(data_spec, space.input_size)
     trained_fp = ckpt.get("data_fingerprint")
     if trained_fp is not None and d.fingerprint != trained_fp:

@@ -3,10 +3,15 @@ checkpoint, with its feature maps tapped at the end of every student block.
 
 Feature resolutions must match the student's block outputs; channels may differ (1x1 adapters,
 see student.py). Checkpoints are loaded with weights_only=True.
+
+Vision transformers (torchvision's vit_* family) are tapped at encoder-layer boundaries. Their
+token sequences (a class token, then the patch grid row by row) are turned into the NCHW grid that
+every student block gives, class token dropped, so one adapter and one loss serve both families.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +34,34 @@ FAMILY_STAGES = {
     "mobilenet_v3": [f"features.{i}" for i in range(1, 16)],
     "resnet": ["layer1", "layer2", "layer3", "layer4"],
     "regnet": [f"trunk_output.block{i}" for i in range(1, 5)],
+    "vit": [f"encoder.layers.encoder_layer_{i}" for i in range(32)],
 }
+
+
+def tokens_to_grid(t: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) tokens -> (B, C, g, g); a leading class token (N = g*g + 1) is dropped. Other
+    tensors pass through."""
+    if t.ndim != 3:
+        return t
+    n = t.shape[1]
+    g = math.isqrt(n)
+    if g * g != n:
+        g = math.isqrt(n - 1)
+        if g * g != n - 1:
+            raise DataError(f"teacher tap gives {n} tokens: neither a square grid nor a class token plus one")
+        t = t[:, 1:]
+    return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], g, g)
+
+
+class GridTaps(nn.Module):
+    """A feature extractor whose token outputs come back as NCHW grids."""
+
+    def __init__(self, extractor: nn.Module):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: tokens_to_grid(v) for k, v in self.extractor(x).items()}
 
 
 @dataclass
@@ -83,7 +115,13 @@ def _check_resolutions(space: SearchSpace, taps: list[str], feats: list[torch.Te
 
 
 def _auto_taps(space: SearchSpace, stages: list[str], shapes: dict[str, torch.Size]) -> list[str]:
-    """For each block in order, a later stage at the block's resolution (exact channels preferred)."""
+    """For each block in order, a later stage at the block's resolution (exact channels preferred).
+    An isotropic teacher (one resolution throughout, as a ViT) is tapped at evenly spaced stages,
+    ending at the last: block b of B takes stage round((b + 1) * S / B) - 1."""
+    n_blocks, n_stages = len(space.blocks), len(stages)
+    resolutions = {shapes[st][-1] for st in stages} | {space.resolution_at(b + 1) for b in range(n_blocks)}
+    if len(resolutions) == 1 and n_stages >= n_blocks:
+        return [stages[round((b + 1) * n_stages / n_blocks) - 1] for b in range(n_blocks)]
     taps, last = [], -1
     for b, blk in enumerate(space.blocks):
         want = space.resolution_at(b + 1)
@@ -131,6 +169,10 @@ def torchvision_teacher(name: str, space: SearchSpace, *, weights: str | Path | 
         raise DataError(f"teacher weights {weights} do not fit torchvision:{name}:{detail}")
     model.load_state_dict(state)
     model.eval()
+    image_size = getattr(model, "image_size", None)  # torchvision's ViTs take exactly this size
+    if image_size is not None and image_size != space.input_size:
+        raise DataError(f"torchvision:{name} takes {image_size}x{image_size} images; space {space.name!r} takes "
+                        f"{space.input_size}x{space.input_size}: use a space of that input size (e.g. vit-small)")
     # a tap is a traced graph node or a module's output
     nodes = list(dict.fromkeys([n for n, _ in model.named_modules() if n] + get_graph_node_names(model)[1]))
     x = torch.zeros(1, space.in_channels, space.input_size, space.input_size)
@@ -144,11 +186,11 @@ def torchvision_teacher(name: str, space: SearchSpace, *, weights: str | Path | 
             raise DataError(f"no default taps for torchvision:{name}; name one node per block with --taps "
                             f"(e.g. {', '.join(nodes[1:4])} ...)")
         stages = [s for s in FAMILY_STAGES[fam] if s in nodes]
-        probe = create_feature_extractor(model, return_nodes=stages)
+        probe = GridTaps(create_feature_extractor(model, return_nodes=stages))
         with torch.no_grad():
             shapes = {k: v.shape for k, v in probe(x).items()}
         taps = _auto_taps(space, stages, shapes)
-    extractor = create_feature_extractor(model, return_nodes=taps).eval()
+    extractor = GridTaps(create_feature_extractor(model, return_nodes=taps)).eval()
     with torch.no_grad():
         feats = [extractor(x)[t] for t in taps]
     channels = _check_resolutions(space, taps, feats)

@@ -14,6 +14,7 @@ from pathlib import Path
 from dna_deploy.errors import DataError, suggest
 from dna_deploy.io import read_structured
 from dna_deploy.settings import (
+    BaselineSettings,
     ComputeSettings,
     DeviceBudget,
     DistillConfig,
@@ -43,6 +44,7 @@ class PipelineConfig:
     rate: RateSettings = field(default_factory=RateSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
+    baseline: BaselineSettings = field(default_factory=BaselineSettings)
     export: tuple[ExportSettings, ...] = (ExportSettings(),)
     verify: VerifySettings = field(default_factory=VerifySettings)
     progressive: ProgressiveSettings = field(default_factory=ProgressiveSettings)
@@ -54,11 +56,11 @@ class PipelineConfig:
 
 
 SECTIONS = {"teacher": TeacherSettings, "profile": ProfileSettings, "rate": RateSettings, "search": SearchSettings,
-            "retrain": RetrainSettings, "verify": VerifySettings, "progressive": ProgressiveSettings,
+            "retrain": RetrainSettings, "baseline": BaselineSettings, "verify": VerifySettings, "progressive": ProgressiveSettings,
             "compute": ComputeSettings}
 SCALARS = {"name": str, "output": str, "seed": int, "data": str, "space": str}
 TOP_KEYS = ("name", "output", "seed", "data", "space", "teacher", "devices", "profile", "train", "rate", "search",
-            "retrain", "export", "verify", "progressive", "compute")
+            "retrain", "baseline", "export", "verify", "progressive", "compute")
 
 
 def parse_pipeline(raw, *, where: str) -> PipelineConfig:
@@ -108,20 +110,22 @@ def parse_pipeline(raw, *, where: str) -> PipelineConfig:
 
 def check_references(cfg: PipelineConfig, *, where: str) -> None:
     """The files and names the stages will need exist (space, devices, data, teacher files)."""
+    from dna_deploy.data import DATASETS
     from dna_deploy.latency.devices import load_device
     from dna_deploy.space import load_space
 
     load_space(cfg.space)
     for d in cfg.devices:
         load_device(d.device)
-    if cfg.data != "mnist" and not Path(cfg.data).is_dir():
-        raise DataError(f"{where}: data {cfg.data!r} is neither 'mnist' nor a folder with train/ and val/")
+    if cfg.data not in DATASETS and not Path(cfg.data).is_dir():
+        raise DataError(f"{where}: data {cfg.data!r} is neither one of {', '.join(DATASETS)} nor a folder with "
+                        "train/ and val/")
     t = cfg.teacher or TeacherSettings(checkpoint=None, train=None)
     for what, path in (("teacher checkpoint", t.checkpoint), ("teacher weights", t.weights)):
         if path is not None and not Path(path).is_file():
             raise DataError(f"{where}: {what} not found: {path}")
     for e in cfg.export:
-        if e.calibration_data and e.calibration_data != "mnist" and not Path(e.calibration_data).exists():
+        if e.calibration_data and e.calibration_data not in DATASETS and not Path(e.calibration_data).exists():
             raise DataError(f"{where}: calibration data not found: {e.calibration_data}")
 
 

@@ -106,6 +106,7 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
               + (f"Teacher: {R['retrain']['teacher_val_accuracy']:.4f}." if R["retrain"].get("teacher_val_accuracy") is not None
                  else "No teacher (DNA++): retrained on labels only.")),
         ("table", acc_rows)]))
+    sections.append(("Against random networks of the same latency", _baseline_blocks(R.get("baseline") or {})))
     sections.append(("Pareto front", [("p", f"{R['search']['pareto']['points']} networks: summed block rating vs predicted "
                                             f"latency on {next(iter(R['tables']))} (pareto.csv), under the same limits as the search."), ("img", "pareto.png")]))
     fid = []
@@ -139,6 +140,24 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
     atomic_write_text(out / "report.html", _html(title, sections))
     return {"arch": best["arch"], "report": str(out / "report.md"),
             "verification_passed": all(r["verification"] == "pass" for r in acc_rows)}
+
+
+def _baseline_blocks(b: dict) -> list:
+    if not b.get("peers"):
+        return [("p", "Not run (set `baseline: {random_networks: 3}` in the pipeline file): random networks of the "
+                      "space at the found network's predicted latency, retrained with the same recipe.")]
+    verdict = "beats" if b["found_beats_median"] else "does NOT beat"
+    rows = [{"network": "found by search", "arch": b["found_arch"], "predicted (ms)": b["found_predicted_ms"],
+             "val accuracy": b["found_val_accuracy"]}]
+    rows += [{"network": f"random {i + 1}", "arch": p["arch"], "predicted (ms)": p["predicted_ms"],
+              "val accuracy": p["val_accuracy"]} for i, p in enumerate(b["peers"])]
+    return [("p", f"{len(b['peers'])} networks drawn uniformly from the space with a predicted latency on {b['device']} "
+                  f"within ±{b['tolerance']:.0%} of the found network's {b['found_predicted_ms']:.4g} ms, each retrained "
+                  f"with the found network's recipe (same epochs, supernet initialisation and distillation). The found "
+                  f"network {verdict} their median: {b['found_val_accuracy']:.4f} vs {b['median_val_accuracy']:.4f} "
+                  f"({b['found_minus_median_pts']:+.2f} points; rank {b['found_rank']} of {len(b['peers']) + 1}). "
+                  "A handful of networks is a coarse check, not a distribution."),
+            ("table", rows)]
 
 
 def _md_table(rows):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import shutil
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -379,6 +380,68 @@ class RetrainStage(Stage):
         return {k: v for k, v in res.items() if k != "history"}
 
 
+class BaselineStage(Stage):
+    """Random networks at the found network's predicted latency, retrained with its recipe."""
+
+    name = "baseline"
+    deps = ("retrain", "tables")
+
+    def settings(self, ctx):
+        return to_mapping(ctx.cfg.baseline)
+
+    def outputs(self, ctx):
+        return ["baseline/baseline.json"]
+
+    def _table_and_target(self, ctx):
+        order = ctx.ordered_devices()[0]  # the first budgeted device: the latency the search was held to
+        table = ctx.tables[ctx.cfg.devices.index(order)]
+        return ctx.device_name(order), table, table.predict(ctx.space, ctx.space.parse_arch(ctx.arch))["predicted_ms"]
+
+    def peers(self, ctx) -> list:
+        from dna_deploy.select.search import latency_peers
+
+        b = ctx.cfg.baseline
+        if b.random_networks == 0:
+            return []
+        _, table, target = self._table_and_target(ctx)
+        return latency_peers(ctx.space, table, target, b.random_networks, tolerance=b.tolerance, seed=ctx.cfg.seed,
+                             exclude=(ctx.arch,))
+
+    def commands(self, ctx):
+        cmds = RetrainStage().commands(ctx)[0]
+        at = cmds.index("-a")
+        return [cmds[:at + 1] + [str(arch), "-o", ctx.out / "baseline" / f"random{i}"] + cmds[at + 4:]
+                for i, arch in enumerate(self.peers(ctx))]
+
+    def run(self, ctx):
+        from dna_deploy.distill.retrain import retrain
+        from dna_deploy.io import load_checkpoint, write_json
+
+        b, r = ctx.cfg.baseline, ctx.cfg.retrain
+        found = load_checkpoint(ctx.out / "retrain" / "model.pt", what="retrained model")["metrics"]["val_accuracy"]
+        result = {"random_networks": b.random_networks, "tolerance": b.tolerance, "found_arch": ctx.arch,
+                  "found_val_accuracy": found, "peers": []}
+        if b.random_networks:
+            device, table, target = self._table_and_target(ctx)
+            result.update(device=device, found_predicted_ms=target)
+            teacher = ctx.load_teacher() if RetrainStage()._uses_teacher(ctx) else None
+            for i, arch in enumerate(self.peers(ctx)):
+                ctx.log(f"[baseline] random network {i + 1}/{b.random_networks}: {arch}")
+                res = retrain(ctx.space, arch, ctx.data, ctx.out / "baseline" / f"random{i}",
+                              config=r.classifier(ctx.cfg.seed, with_teacher=teacher is not None), teacher=teacher,
+                              supernet_dir=ctx.out / "supernet" if r.init_supernet else None,
+                              show_progress=ctx.show_progress, data_spec=ctx.cfg.data, compute=ctx.compute)
+                result["peers"].append({"arch": str(arch), "predicted_ms": table.predict(ctx.space, arch)["predicted_ms"],
+                                        "val_accuracy": res["val_accuracy"]})
+            accs = sorted(p["val_accuracy"] for p in result["peers"])
+            median = float(statistics.median(accs))
+            result.update(median_val_accuracy=median, found_minus_median_pts=100 * (found - median),
+                          found_beats_median=found > median,
+                          found_rank=1 + sum(a > found for a in accs))  # 1 = better than every random network
+        write_json(ctx.out / "baseline" / "baseline.json", result)
+        return result
+
+
 class ExportStage(Stage):
     name = "export"
     deps = ("retrain",)
@@ -430,7 +493,7 @@ class VerifyStage(Stage):
 
 class ReportStage(Stage):
     name = "report"
-    deps = ("verify",)
+    deps = ("verify", "baseline")
 
     def outputs(self, ctx):
         return ["report.md", "report.html"]
@@ -447,4 +510,4 @@ class ReportStage(Stage):
 
 
 STAGES: tuple[Stage, ...] = (TeacherStage(), TablesStage(), TrainStage(), RateStage(), SearchStage(), RetrainStage(),
-                             ExportStage(), VerifyStage(), ReportStage())
+                             BaselineStage(), ExportStage(), VerifyStage(), ReportStage())

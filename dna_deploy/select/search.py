@@ -431,3 +431,30 @@ def synthetic_ratings(space: SearchSpace, seed: int = 0) -> dict:
         blocks.append({"block": b, "complete": True, "candidates": cands})
     return {"format": "dna-deploy-ratings/1", "space": space.name, "space_fingerprint": space.fingerprint,
             "metric": "synthetic", "blocks": blocks}
+
+
+def latency_peers(space: SearchSpace, table, target_ms: float, n: int, *, tolerance: float = 0.05, seed: int = 0,
+                  exclude: tuple[str, ...] = (), max_draws: int = 100_000) -> list[Arch]:
+    """Up to n distinct networks drawn uniformly from the space (a random op per layer, as
+    `space sample` draws) whose calibrated predicted latency on `table` lies within
+    ±tolerance of target_ms: the random baseline a searched network is compared with at equal
+    latency. Raises InfeasibleBudget when none is found in max_draws draws."""
+    import random
+
+    rng = random.Random(seed)
+    lo, hi = target_ms * (1 - tolerance), target_ms * (1 + tolerance)
+    seen, peers = set(exclude), []
+    for _ in range(max_draws):
+        arch = space.sample(rng)
+        key = str(arch)
+        if key in seen:
+            continue
+        seen.add(key)
+        if lo <= table.predict(space, arch)["predicted_ms"] <= hi:
+            peers.append(arch)
+            if len(peers) == n:
+                break
+    if not peers:
+        raise InfeasibleBudget(f"no random network of space {space.name!r} in {max_draws:,} draws is predicted within "
+                               f"±{tolerance:.0%} of {target_ms:.4g} ms; widen baseline.tolerance")
+    return peers
