@@ -14,6 +14,7 @@ import numpy as np
 
 from dna_deploy.errors import DataError
 from dna_deploy.io import sha256_file, write_json
+from dna_deploy.latency.table import STATISTIC
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,11 @@ def _matching_table(tables, art: dict, space):
 def precision_advice(artifacts: list[dict]) -> list[str]:
     """Plain words when a lower precision runs slower than fp32 on the same runtime here."""
     notes = []
-    fp32 = {a["runtime"]: a["stats"]["latency_ms"]["median_ms"] for a in artifacts if a["precision"] == "fp32"}
+    fp32 = {a["runtime"]: a["stats"]["latency_ms"][STATISTIC] for a in artifacts if a["precision"] == "fp32"}
     for a in artifacts:
         base = fp32.get(a["runtime"])
         if a["precision"] != "fp32" and base:
-            ratio = a["stats"]["latency_ms"]["median_ms"] / base
+            ratio = a["stats"]["latency_ms"][STATISTIC] / base
             if ratio > 1:
                 kernels = f" with {a['op_resolver']} kernels" if a.get("op_resolver") else ""
                 notes.append(f"{a['runtime']} {a['precision']} is {ratio:.1f}x slower than fp32 here{kernels}; ship fp32"
@@ -184,14 +185,18 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
                 timing = TimingStats.from_samples(runner.time(x_np[:batch], warmup=20, runs=100))
             stats["latency_ms"] = timing.to_dict()
             stats["predicted_ms"] = stats["latency_error_pct"] = None
+            # the measured figure is the statistic the table was profiled and calibrated with
+            statistic = table.statistic if table is not None else STATISTIC
+            measured = getattr(timing, statistic)
+            stats.update(measured_ms=measured, measured_statistic=statistic)
             if table is not None:
                 pred = table.predict(space, arch)
                 p = pred["predicted_ms"]
                 stats.update(predicted_ms=p, latency_table=str(table.path),
-                             latency_error_pct=100 * (p - timing.median_ms) / timing.median_ms)
+                             latency_error_pct=100 * (p - measured) / measured)
                 if "interval90_ms" in pred:  # the measured latency against the table's own error bars
                     lo, hi = pred["interval90_ms"]
-                    stats.update(predicted_interval90_ms=[lo, hi], within_interval90=bool(lo <= timing.median_ms <= hi))
+                    stats.update(predicted_interval90_ms=[lo, hi], within_interval90=bool(lo <= measured <= hi))
                 foreign = table.foreign_reasons()
                 if foreign:
                     report["notes"].append(f"{art['path']}: table {table.path} was measured on another host or runtime "

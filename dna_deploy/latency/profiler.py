@@ -18,8 +18,9 @@ from dna_deploy import __version__
 from dna_deploy.errors import DataError
 from dna_deploy.host import host_description, runtime_versions
 from dna_deploy.io import exclusive_lock, fingerprint, read_json, write_json
+from dna_deploy.latency.artifacts import build_artifacts, layer_job
 from dna_deploy.latency.devices import DeviceSpec
-from dna_deploy.latency.table import LatencyTable, refuse_shipped
+from dna_deploy.latency.table import STATISTIC, LatencyTable, refuse_shipped
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime, runner_class
 from dna_deploy.runtimes.base import WARMUP_S, TimingStats
@@ -56,9 +57,8 @@ def shipped_table_for_host(device: DeviceSpec, space: SearchSpace) -> tuple[Path
 
 # ---------------------------------------------------------------- bundle (host side, needs torch)
 def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *, show_progress: bool = True) -> Path:
-    """One op model per distinct layer, plus a manifest. Resumable: existing op models are kept."""
-    import torch
-
+    """One op model per distinct layer, plus a manifest. Resumable: existing op models are kept.
+    Slow conversions (LiteRT) run in parallel worker processes."""
     # Only the converters are needed here (they say which extra is missing); TensorRT engines and
     # GPU sessions are built on the target from the bundle's ONNX models.
     cls = runner_class(device.runtime)
@@ -75,25 +75,26 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
             manifest["entries"] = {k: v for k, v in old.get("entries", {}).items()
                                    if v.get("file") is None or (out_dir / v["file"]).is_file()}
     specs = space.all_layer_specs()
-    torch.manual_seed(0)
+    shapes = {spec.key: [device.batch, spec.in_ch, spec.in_hw, spec.in_hw] for spec in specs}
     with progress_bar(show_progress) as bar:
         task = bar.task(f"op models ({device.runtime})", len(specs))
-        for i, spec in enumerate(specs):
-            if spec.key in manifest["entries"]:
-                bar.advance(task)
-                continue
-            shape = [device.batch, spec.in_ch, spec.in_hw, spec.in_hw]
-            name = f"op{i:04d}"
-            file = None
-            if cls.artifact_suffix:  # torch rebuilds modules from the spec on the target
-                from dna_deploy.nn.modules import build_layer
 
-                module = build_layer(spec).eval()
-                artifact = cls.prepare_artifact(module, torch.randn(*shape), out_dir, name=name, precision=device.precision)
-                file = Path(artifact).name
-            manifest["entries"][spec.key] = {"file": file, "input_shape": shape, "spec": asdict(spec)}
+        def record(key: str, artifact: str | None) -> None:
+            spec = next(sp for sp in specs if sp.key == key)
+            manifest["entries"][key] = {"file": Path(artifact).name if artifact else None, "input_shape": shapes[key],
+                                        "spec": asdict(spec)}
             write_json(manifest_path, manifest)
             bar.advance(task, info=spec.kind)
+
+        todo = [(i, spec) for i, spec in enumerate(specs) if spec.key not in manifest["entries"]]
+        bar.advance(task, len(specs) - len(todo))
+        if not cls.artifact_suffix:  # torch rebuilds modules from the spec on the target
+            for _, spec in todo:
+                record(spec.key, None)
+        else:
+            jobs = [(spec.key, layer_job(asdict(spec), shapes[spec.key], runtime=device.runtime, precision=device.precision,
+                                         work_dir=out_dir, name=f"op{i:04d}")) for i, spec in todo]
+            build_artifacts(jobs, parallel=cls.slow_to_prepare, on_done=record)
     write_json(manifest_path, manifest)
     return out_dir
 
@@ -182,7 +183,8 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
               "space_definition": manifest.get("space_definition"),
               "device": device.to_dict(), "runtime": device.runtime, "versions": runtime_versions(device.runtime),
               "host": host_description(device.device), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "tool_version": __version__, "timing": {**settings, "resumed_at_round": resumed_at}, "units": "milliseconds per inference of one batch"},
+              "tool_version": __version__, "timing": {**settings, "resumed_at_round": resumed_at},
+              "statistic": STATISTIC, "units": "milliseconds per inference of one batch"},
         entries={k: {**stats[k].to_dict(), "cv": round(stats[k].cv, 4), "input_shape": entries[k]["input_shape"]}
                  for k in keys})
     table.save(out_path)

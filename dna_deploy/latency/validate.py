@@ -17,7 +17,7 @@ import numpy as np
 from dna_deploy.errors import DataError, TableError
 from dna_deploy.io import fingerprint, read_json, write_json
 from dna_deploy.latency.devices import DeviceSpec
-from dna_deploy.latency.table import LatencyTable, is_shipped
+from dna_deploy.latency.table import STATISTIC, LatencyTable, is_shipped
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime
 from dna_deploy.runtimes.base import WARMUP_S, TimingStats
@@ -72,10 +72,14 @@ def sample_networks(space: SearchSpace, n: int, seed: int) -> list:
 
 def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_dir: Path, *, rounds: int = 3,
                      runs_per_round: int = 15, warmup: int = 10, show_progress: bool = True, warmup_s: float = WARMUP_S,
-                     cache_path: Path | None = None) -> dict[str, float]:
-    """End-to-end median latency of each network, interleaved across networks; cached for resume."""
+                     cache_path: Path | None = None, statistic: str = STATISTIC) -> dict[str, float]:
+    """End-to-end latency of each network (`statistic` of all its timed runs, interleaved across
+    networks in rounds); the raw timings are cached for resume.
+    Network models are built in parallel processes where the runtime's conversion is slow, and a
+    resumed run reuses the ones already built (recorded in work_dir/artifacts.json)."""
     import torch
 
+    from dna_deploy.latency.artifacts import build_artifacts, network_job
     from dna_deploy.nn.builder import build_network
 
     cls = require_runtime(device.runtime, device.device)
@@ -87,21 +91,39 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
         if c.get("run_id") == run_id:
             cache = c["samples"]
     todo = [a for a in archs if len(cache.get(str(a), [])) < rounds * runs_per_round]
+    built_path = work_dir / "artifacts.json"
+    built = read_json(built_path, what="artifact list") if built_path.is_file() else {}
+    built = {k: v for k, v in built.items() if k.startswith(run_id + ":") and (cls.artifact_suffix == "" or Path(v).exists())}
     runners = {}
     try:
         with progress_bar(show_progress) as bar:
             task = bar.task(f"networks end to end ({device.runtime})", len(todo) * (rounds + 1))
+            x = torch.randn(device.batch, space.in_channels, space.input_size, space.input_size)
+            if cls.artifact_suffix:  # files: built here or in workers, recorded for a resume
+                def done(key, path):
+                    built[f"{run_id}:{key}"] = path
+                    write_json(built_path, built)
+                    bar.advance(task)
+
+                jobs = [(str(a), network_job(space.to_dict(), str(a), device.batch, runtime=device.runtime,
+                                             precision=device.precision, work_dir=work_dir,
+                                             name=f"net-{fingerprint(str(a))[:12]}"))
+                        for a in todo if f"{run_id}:{a}" not in built]
+                bar.advance(task, len(todo) - len(jobs))
+                build_artifacts(jobs, parallel=cls.slow_to_prepare, on_done=done)
             torch.manual_seed(0)
-            for i, a in enumerate(todo):
-                net = build_network(space, a).eval()
-                x = torch.randn(device.batch, space.in_channels, space.input_size, space.input_size)
-                art = cls.prepare_artifact(net, x, work_dir, name=f"net{i:03d}", precision=device.precision)
+            for a in todo:
+                if cls.artifact_suffix:
+                    art = built[f"{run_id}:{a}"]
+                else:  # torch: the module itself
+                    art = cls.prepare_artifact(build_network(space, a).eval(), x, work_dir, name="net",
+                                               precision=device.precision)
+                    bar.advance(task)
                 runners[str(a)] = (cls(art, threads=device.threads, device=device.device, precision=device.precision,
                                        input_shape=tuple(x.shape), op_resolver=device.op_resolver).activate(),
                                    x.numpy())
                 runners[str(a)][0].time(x.numpy(), warmup=warmup, runs=1)
                 cache[str(a)] = []
-                bar.advance(task)
             rng = random.Random(0)
             for _ in range(rounds):
                 order = list(runners)
@@ -115,7 +137,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
     finally:
         for r, _ in runners.values():
             r.close()
-    return {str(a): TimingStats.from_samples(cache[str(a)]).median_ms for a in archs}
+    return {str(a): getattr(TimingStats.from_samples(cache[str(a)]), statistic) for a in archs}
 
 
 def calibrated_table_path(table_path: str | Path, *, output: str | Path | None = None, force: bool = False) -> Path:
@@ -168,7 +190,8 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
         (work / "measurements.json").unlink(missing_ok=True)
     archs = sample_networks(space, samples, seed)
     measured = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round, warmup_s=warmup_s,
-                                show_progress=show_progress, cache_path=work / "measurements.json")
+                                show_progress=show_progress, cache_path=work / "measurements.json",
+                                statistic=table.statistic)
     raw = {str(a): table.raw_ms(space, a) for a in archs}
     macs = {str(a): network_costs(space, a)["macs"] for a in archs}
     names = [str(a) for a in archs]
@@ -190,13 +213,14 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
         "calibrated": fidelity_metrics([a * raw[k] + b for k in held], m_held),
         "macs_linear": fidelity_metrics([c * macs[k] + d for k in held], m_held),
         "calibration": {"a": a, "b": b},
-        "measured_range_ms": [min(measured.values()), max(measured.values())],
+        "measured_range_ms": [min(measured.values()), max(measured.values())], "statistic": table.statistic,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     # the calibration names the host and runtime versions whose whole-network timings it was fitted on
     table.calibration = {"a": a, "b": b, "model": "measured_ms = a * raw_sum_ms + b", "fit_networks": len(fit),
                          "host": host_description(device.device), "versions": runtime_versions(device.runtime)}
-    table.fidelity = {k: report[k] for k in ("networks", "held_out_networks", "raw_sum", "calibrated", "macs_linear", "date")}
+    table.fidelity = {k: report[k] for k in ("networks", "held_out_networks", "raw_sum", "calibrated", "macs_linear",
+                                             "statistic", "date")}
     table.save(dest)
     report["table"] = str(dest)
     write_json(work / "networks.json", [{"arch": k, "measured_ms": measured[k], "raw_sum_ms": raw[k], "macs": macs[k],

@@ -51,6 +51,8 @@ class Runner(ABC):
     name: ClassVar[str]
     extra: ClassVar[str | None] = None  # pip extra that installs the runtime
     artifact_suffix: ClassVar[str] = ".onnx"  # what the host prepares for this runtime
+    # Preparing takes seconds (a converter beyond the ONNX export): hosts prepare in parallel processes.
+    slow_to_prepare: ClassVar[bool] = False
     # Kernel sets a runtime can run with (LiteRT: with or without XNNPACK); () = only its default.
     # Part of the device like threads: latency can differ by 5x (int8 on x86), so profiling and
     # deploying must use the same one.

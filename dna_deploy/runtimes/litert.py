@@ -17,6 +17,7 @@ class LiteRTRunner(Runner):
     # builtin kernels alone; reference: the reference kernels (slow, for debugging).
     op_resolvers = ("xnnpack", "builtin", "reference")
     artifact_suffix = ".tflite"
+    slow_to_prepare = True  # onnx2tf + TensorFlow: seconds per model
 
     def __init__(self, model, *, threads: int = 1, device: str = "cpu", precision: str = "fp32",
                  input_shape=None, layout: str = "nhwc", op_resolver: str | None = None):

@@ -156,7 +156,7 @@ def test_precision_advice_says_when_int8_is_slower():
     from dna_deploy.deploy.verify import precision_advice
 
     def art(p, ms, resolver=None):
-        return {"runtime": "litert", "precision": p, "op_resolver": resolver, "stats": {"latency_ms": {"median_ms": ms}}}
+        return {"runtime": "litert", "precision": p, "op_resolver": resolver, "stats": {"latency_ms": {"p10_ms": ms}}}
 
     notes = precision_advice([art("fp32", 1.0), art("int8", 5.4)])
     assert notes == ["litert int8 is 5.4x slower than fp32 here; ship fp32 (or try the builtin kernels: --op-resolver builtin)"]

@@ -46,8 +46,13 @@ def test_table_format_and_coverage(ort_table, tiny):
 def test_prediction_is_sum_of_layers(ort_table, tiny):
     table = LatencyTable.load(ort_table)
     arch = tiny.largest_arch()
-    expected = sum(table.entries[s.key]["median_ms"] for s in tiny.layer_specs(arch) if s.key)
+    assert table.statistic == "p10_ms" and table.meta["statistic"] == "p10_ms"  # new tables sum 10th percentiles
+    expected = sum(table.entries[s.key]["p10_ms"] for s in tiny.layer_specs(arch) if s.key)
     assert table.predict(tiny, arch)["raw_ms"] == pytest.approx(expected)
+    legacy = LatencyTable(meta={k: v for k, v in table.meta.items() if k != "statistic"}, entries=table.entries)
+    assert legacy.statistic == "median_ms"  # tables from before meta.statistic keep the medians they were fitted to
+    assert legacy.raw_ms(tiny, arch) == pytest.approx(sum(table.entries[s.key]["median_ms"]
+                                                           for s in tiny.layer_specs(arch) if s.key))
     small = table.predict(tiny, tiny.smallest_arch())["raw_ms"]
     assert small < expected
 

@@ -1,0 +1,77 @@
+"""Building the models that profiling and validation time: one-layer models and whole networks,
+exported and converted as `export` does, in parallel worker processes where conversion is slow.
+
+A LiteRT conversion (onnx2tf + TensorFlow) takes seconds and one core; a 2-core host validating
+200 networks spends most of its time there. Jobs are plain dicts, so they pickle into spawned
+workers (never forked: TensorFlow and torch threads do not survive a fork), and each worker imports
+torch and the converter once for all the jobs it gets.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Callable, Iterable
+
+
+def layer_job(spec: dict, input_shape: list[int], *, runtime: str, precision: str, work_dir: Path, name: str) -> dict:
+    return {"kind": "layer", "spec": spec, "input_shape": list(input_shape), "runtime": runtime, "precision": precision,
+            "work_dir": str(work_dir), "name": name}
+
+
+def network_job(space: dict, arch: str, batch: int, *, runtime: str, precision: str, work_dir: Path, name: str) -> dict:
+    return {"kind": "network", "space": space, "arch": arch, "batch": batch, "runtime": runtime, "precision": precision,
+            "work_dir": str(work_dir), "name": name}
+
+
+def build_artifact(job: dict) -> str:
+    """One job -> the path of the runtime's artifact (weights seeded, so a rebuild is identical)."""
+    import torch
+
+    from dna_deploy.runtimes import runner_class
+
+    torch.manual_seed(0)
+    if job["kind"] == "layer":
+        from dna_deploy.nn.modules import build_layer
+        from dna_deploy.space import LayerSpec
+
+        module, shape = build_layer(LayerSpec(**job["spec"])), job["input_shape"]
+    else:
+        from dna_deploy.nn.builder import build_network
+        from dna_deploy.space import SearchSpace
+
+        space = SearchSpace.from_dict(job["space"])
+        module = build_network(space, job["arch"])
+        shape = [job["batch"], space.in_channels, space.input_size, space.input_size]
+    artifact = runner_class(job["runtime"]).prepare_artifact(module.eval(), torch.randn(*shape), Path(job["work_dir"]),
+                                                             name=job["name"], precision=job["precision"])
+    return str(artifact)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one worker per core
+
+
+def default_workers(jobs: int) -> int:
+    return max(1, min(os.cpu_count() or 1, 8, jobs))
+
+
+def build_artifacts(jobs: Iterable[tuple[str, dict]], *, parallel: bool, on_done: Callable[[str, str], None],
+                    workers: int | None = None) -> None:
+    """Build every (key, job); on_done(key, path) is called in this process as each finishes (so
+    the caller can record it for a resume). parallel=False builds here, one after another."""
+    jobs = list(jobs)
+    workers = workers or default_workers(len(jobs))
+    if not parallel or workers < 2 or len(jobs) < 2:
+        for key, job in jobs:
+            on_done(key, build_artifact(job))
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+        futures = {pool.submit(build_artifact, job): key for key, job in jobs}
+        for f in as_completed(futures):
+            on_done(futures[f], f.result())
