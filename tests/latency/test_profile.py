@@ -244,3 +244,34 @@ def test_wilson_interval_is_honest_at_small_samples_and_perfect_rates():
     m = fidelity_metrics([1.0, 1.09, 0.8, 1.02], [1.0, 1.0, 1.0, 1.0])
     assert m["within_10pct"] == 0.75 and m["within_10pct_ci95"][0] < 0.75 < m["within_10pct_ci95"][1]
     assert m["rel_error_quantiles"]["q05"] == pytest.approx(-0.17) and m["rel_error_quantiles"]["q50"] == pytest.approx(0.01)
+
+
+@pytest.mark.slow
+def test_litert_models_are_built_in_parallel_workers_and_reused_on_resume(tmp_path):
+    """LiteRT conversions (seconds each) run in spawned worker processes, for op models and for
+    validation networks; a rerun reuses the networks already converted instead of converting again."""
+    from dna_deploy.runtimes import runner_class
+    from dna_deploy.space import SearchSpace
+
+    reason = runner_class("litert").unavailable_reason("cpu")
+    if reason:
+        pytest.skip(f"litert: {reason}")
+    space = SearchSpace.from_dict({"name": "one-block", "input_size": 16, "num_classes": 10, "stem_channels": 8,
+                                   "stem_stride": 1, "first_channels": 8, "head_channels": 32,
+                                   "blocks": [{"out_channels": 8, "stride": 2, "layers": 2, "choices": ["k3e3", "k5e3"]}]})
+    table_path = tmp_path / "litert.json"
+    profile(space, load_device("x86-cpu-litert"), table_path, rounds=1, runs_per_round=5, max_extra_rounds=0,
+            show_progress=False, warmup_s=0.0)
+    table = LatencyTable.load(table_path)
+    assert set(table.entries) == {s.key for s in space.all_layer_specs()} and table.statistic == "p10_ms"
+    work = tmp_path / "val"
+    validate_table(table_path, space, samples=6, show_progress=False, rounds=1, runs_per_round=5, work_dir=work,
+                   warmup_s=0.0)
+    built = json.loads((work / "artifacts.json").read_text())
+    assert len(built) == 6 and all(Path(p).is_file() for p in built.values())
+    stamps = {p: Path(p).stat().st_mtime_ns for p in built.values()}
+    (work / "measurements.json").unlink()  # timings gone: the networks are timed again, not converted again
+    report = validate_table(table_path, space, samples=6, show_progress=False, rounds=1, runs_per_round=5,
+                            work_dir=work, warmup_s=0.0)
+    assert {p: Path(p).stat().st_mtime_ns for p in built.values()} == stamps
+    assert report["statistic"] == "p10_ms" and report["networks"] == 6
