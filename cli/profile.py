@@ -151,6 +151,7 @@ def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .z
                output: Path = typer.Option(None, "--output", "-o", help="Table path [<device>__<space>.json]."),
                threads: int = typer.Option(None, help="Override the device spec's thread count."),
                rounds: int = typer.Option(5, min=1), runs: int = typer.Option(20, min=1),
+               warmup_s: float = typer.Option(P.warmup_s, min=0.0, help="Seconds each timed batch warms up."),
                resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Time a bundle's op models on this machine (no torch needed for ONNX Runtime / LiteRT bundles).
 
@@ -172,5 +173,5 @@ def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .z
     m = read_json(folder / MANIFEST, what="bundle manifest")
     out = output or Path(f"{m['device']['name']}__{m['space']}.json")
     table = measure_bundle(folder, out, threads=threads, rounds=rounds, runs_per_round=runs, resume=resume,
-                           show_progress=fmt == "table")
+                           show_progress=fmt == "table", warmup_s=warmup_s)
     _summary(table, out, fmt)

@@ -60,13 +60,18 @@ def default_workers(jobs: int) -> int:
     return max(1, min(os.cpu_count() or 1, 8, jobs))
 
 
+# A spawned worker pays ~10 s to import torch and TensorFlow, which this process has usually paid
+# already: fewer jobs than this per worker are converted here, one after another.
+MIN_JOBS_PER_WORKER = 4
+
+
 def build_artifacts(jobs: Iterable[tuple[str, dict]], *, parallel: bool, on_done: Callable[[str, str], None],
                     workers: int | None = None) -> None:
     """Build every (key, job); on_done(key, path) is called in this process as each finishes (so
     the caller can record it for a resume). parallel=False builds here, one after another."""
     jobs = list(jobs)
     workers = workers or default_workers(len(jobs))
-    if not parallel or workers < 2 or len(jobs) < 2:
+    if not parallel or workers < 2 or len(jobs) < MIN_JOBS_PER_WORKER * workers:
         for key, job in jobs:
             on_done(key, build_artifact(job))
         return

@@ -27,7 +27,9 @@ def smoke_run(tmp_path_factory):
 def test_reduced_pipeline_end_to_end(smoke_run, tiny):
     out, summary = smoke_run
     state = json.loads((out / "pipeline_state.json").read_text())
-    assert set(state["stages"]) == {"teacher", "tables", "train", "rate", "search", "retrain", "export", "verify", "report"}
+    assert set(state["stages"]) == {"teacher", "tables", "train", "rate", "search", "retrain", "baseline", "export", "verify",
+                                    "report"}
+    assert state["stages"]["baseline"]["result"]["peers"] == []  # not asked for: nothing retrained
     search = json.loads((out / "search.json").read_text())
     best = search["results"][0]
     budget = search["budgets_ms"]["x86-cpu-onnxruntime"]
@@ -71,7 +73,7 @@ def test_rerun_skips_finished_stages_and_reruns_changed_ones(smoke_run, tmp_path
     logs = []
     run_pipeline(SMOKE, out=out, show_progress=False, log=logs.append)
     skipped = [m for m in logs if "up to date" in m]
-    assert len(skipped) == 8 and "[report] running" in logs  # everything but the report is reused
+    assert len(skipped) == 9 and "[report] running" in logs  # everything but the report is reused
     logs.clear()  # the same folder spelled another way: the report's relative image paths still resolve
     run_pipeline(SMOKE, out=out.parent / ".." / out.parent.name / out.name, show_progress=False, log=logs.append)
     assert "[report] running" in logs and "](tables/x86-cpu-onnxruntime__tiny.fidelity.png)" in (out / "report.md").read_text()
@@ -82,7 +84,7 @@ def test_rerun_skips_finished_stages_and_reruns_changed_ones(smoke_run, tmp_path
     logs.clear()
     run_pipeline(changed, out=out, show_progress=False, log=logs.append)
     ran = {m.split("]")[0][1:] for m in logs if "running" in m}
-    assert {"search", "retrain", "export", "verify"} <= ran and not ({"teacher", "tables", "train", "rate"} & ran)
+    assert {"search", "retrain", "baseline", "export", "verify"} <= ran and not ({"teacher", "tables", "train", "rate"} & ran)
 
 
 def test_bad_pipeline_files(tmp_path):
