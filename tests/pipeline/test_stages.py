@@ -41,3 +41,14 @@ def test_the_imagenet_example_parses_and_covers_the_scale_settings():
     assert cfg.compute.device == "auto" and cfg.compute.workers == 8 and cfg.compute.checkpoint_every == 500
     assert cfg.train.feature_cache == "none" and cfg.rate.rate_images == 10000 and cfg.retrain.val_images == 10000
     assert cfg.teacher.torchvision == "efficientnet_b0"
+
+
+def test_the_vit_tiny_example_parses():
+    """examples/vit-tiny.yaml, the transformer main job: a LiteRT budget, the random baseline, int8 export."""
+    from pathlib import Path
+
+    from dna_deploy.pipeline.config import load_pipeline
+
+    cfg = load_pipeline(Path(__file__).resolve().parents[2] / "examples" / "vit-tiny.yaml")
+    assert cfg.space == "vit-tiny" and cfg.devices[0].device == "x86-cpu-litert" and cfg.devices[0].budget_fraction
+    assert cfg.baseline.random_networks == 3 and cfg.export[0].precisions == ("fp32", "int8")
