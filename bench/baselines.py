@@ -46,7 +46,7 @@ class Encoder:
         return [rng.integers(0, r, size=(n, len(r))) for r in self.radix]
 
     def smallest_genes(self, n: int) -> list[np.ndarray]:
-        """The smallest network (first choice everywhere, skip wherever a layer may skip)."""
+        """The smallest network (skip wherever a layer may skip, else the smallest op by size)."""
         out = []
         for blk in self.choices:
             g = [c.index("skip") if "skip" in c else min(range(len(c)), key=lambda j, c=c: self._size(c[j]))

@@ -49,7 +49,7 @@ def profile_cmd(ctx: typer.Context,
 
 
 def _summary(table, out, fmt):
-    med = sorted(e["median_ms"] for e in table.entries.values())
+    med = sorted(e[table.statistic] for e in table.entries.values())
     cvs = sorted(e["cv"] for e in table.entries.values())
     render({"table": str(out), "device": table.name, "space": table.meta["space"], "entries": len(table.entries),
             "fastest op (ms)": med[0], "slowest op (ms)": med[-1], "median robust CV": cvs[len(cvs) // 2],

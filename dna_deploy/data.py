@@ -136,8 +136,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (the MNIST family's format; gzipped or not): two zero bytes, a type byte (0x08:
     unsigned bytes), the number of dimensions, each dimension as a big-endian int32, then the data."""
     path = Path(path)
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # unreadable, or a damaged / truncated gzip
+        raise DataError(f"cannot read {path}: {e}") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08 or len(raw) < 4 + 4 * raw[3]:
         raise DataError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
@@ -172,8 +176,10 @@ def load_fashion_mnist(size: int, *, root: str | Path | None = None, rate_fracti
     train, rate, _ = _stratified_split(y_tr, (0.0, rate_fraction))
     if train_limit:
         train = sorted(np.random.default_rng(SPLIT_SEED).permutation(train)[:train_limit].tolist())
-    fp = fingerprint({"data": "fashion-mnist-idx", "n": [len(x_tr), len(x_te)], "size": size, "split": SPLIT_VERSION,
-                      "rate": rate_fraction, "train_limit": train_limit})
+    # the labels' hash tells Fashion-MNIST from another IDX set of the same size (plain MNIST, say)
+    labels = fingerprint({"train": y_tr.tobytes().hex(), "test": y_te.tobytes().hex()})
+    fp = fingerprint({"data": "fashion-mnist-idx", "n": [len(x_tr), len(x_te)], "labels": labels, "size": size,
+                      "split": SPLIT_VERSION, "rate": rate_fraction, "train_limit": train_limit})
     return DataSplits("fashion-mnist", Subset(train_ds, train), Subset(train_ds, rate), val_ds, 10, *stats, fp,
                       train_ds.cached is not None)
 

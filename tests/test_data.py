@@ -49,3 +49,12 @@ def test_full_fashion_mnist():
     # normalised with the training set's statistics: mean ~0 and std ~1 over a sample
     xs = torch.stack([data.train[i][0][0] for i in range(0, 54_000, 54)])
     assert abs(float(xs.mean())) < 0.1 and 0.85 < float(xs.std()) < 1.15
+
+
+def test_damaged_idx_files_are_one_line_errors(tmp_path):
+    (tmp_path / "short").write_bytes(b"\0\0\x08\x03\0\0")  # a header that promises 3 dimensions and stops
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(tmp_path / "short")
+    (tmp_path / "broken.gz").write_bytes(gzip.compress(b"\0\0\x08\x01" + b"\0" * 40)[:20])  # truncated gzip
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(tmp_path / "broken.gz")

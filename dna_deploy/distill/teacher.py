@@ -114,14 +114,16 @@ def _check_resolutions(space: SearchSpace, taps: list[str], feats: list[torch.Te
     return [int(f.shape[1]) for f in feats]
 
 
-def _auto_taps(space: SearchSpace, stages: list[str], shapes: dict[str, torch.Size]) -> list[str]:
+def _auto_taps(space: SearchSpace, stages: list[str], shapes: dict[str, torch.Size], *,
+               isotropic: bool = False) -> list[str]:
     """For each block in order, a later stage at the block's resolution (exact channels preferred).
-    An isotropic teacher (one resolution throughout, as a ViT) is tapped at evenly spaced stages,
-    ending at the last: block b of B takes stage round((b + 1) * S / B) - 1."""
+    An isotropic teacher (a ViT: one resolution and width throughout) is tapped at evenly spaced
+    stages ending at the last: block b of B takes stage floor((b + 1) * S / B + 1/2) - 1 (vit_b_16
+    for 4 blocks: 2, 5, 8, 11)."""
     n_blocks, n_stages = len(space.blocks), len(stages)
     resolutions = {shapes[st][-1] for st in stages} | {space.resolution_at(b + 1) for b in range(n_blocks)}
-    if len(resolutions) == 1 and n_stages >= n_blocks:
-        return [stages[round((b + 1) * n_stages / n_blocks) - 1] for b in range(n_blocks)]
+    if isotropic and len(resolutions) == 1 and n_stages >= n_blocks:
+        return [stages[((b + 1) * n_stages + n_blocks // 2) // n_blocks - 1] for b in range(n_blocks)]
     taps, last = [], -1
     for b, blk in enumerate(space.blocks):
         want = space.resolution_at(b + 1)
@@ -189,7 +191,7 @@ def torchvision_teacher(name: str, space: SearchSpace, *, weights: str | Path | 
         probe = GridTaps(create_feature_extractor(model, return_nodes=stages))
         with torch.no_grad():
             shapes = {k: v.shape for k, v in probe(x).items()}
-        taps = _auto_taps(space, stages, shapes)
+        taps = _auto_taps(space, stages, shapes, isotropic=fam == "vit")
     extractor = GridTaps(create_feature_extractor(model, return_nodes=taps)).eval()
     with torch.no_grad():
         feats = [extractor(x)[t] for t in taps]

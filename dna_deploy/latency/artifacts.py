@@ -51,13 +51,10 @@ def build_artifact(job: dict) -> str:
 
 
 def _worker_init() -> None:
+    os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = "1"  # one worker per core
     import torch
 
-    torch.set_num_threads(1)  # one worker per core
-
-
-def default_workers(jobs: int) -> int:
-    return max(1, min(os.cpu_count() or 1, 8, jobs))
+    torch.set_num_threads(1)
 
 
 # A spawned worker pays ~10 s to import torch and TensorFlow, which this process has usually paid
@@ -65,18 +62,34 @@ def default_workers(jobs: int) -> int:
 MIN_JOBS_PER_WORKER = 4
 
 
+def default_workers(jobs: int) -> int:
+    """One worker per usable core (at most 8), and only as many as get MIN_JOBS_PER_WORKER jobs each."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 8, jobs // MIN_JOBS_PER_WORKER))
+
+
 def build_artifacts(jobs: Iterable[tuple[str, dict]], *, parallel: bool, on_done: Callable[[str, str], None],
                     workers: int | None = None) -> None:
     """Build every (key, job); on_done(key, path) is called in this process as each finishes (so
     the caller can record it for a resume). parallel=False builds here, one after another."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from dna_deploy.errors import DataError
+
     jobs = list(jobs)
     workers = workers or default_workers(len(jobs))
-    if not parallel or workers < 2 or len(jobs) < MIN_JOBS_PER_WORKER * workers:
+    if not parallel or workers < 2:
         for key, job in jobs:
             on_done(key, build_artifact(job))
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+    try:
         futures = {pool.submit(build_artifact, job): key for key, job in jobs}
         for f in as_completed(futures):
-            on_done(futures[f], f.result())
+            on_done(futures[f], f.result())  # finished models are recorded as they come: a rerun keeps them
+    except BrokenProcessPool:
+        raise DataError(f"a model-building worker died (out of memory?) with {workers} workers; rerun to resume with "
+                        "the models already built, after freeing memory") from None
+    finally:  # on a failure, drop the queued jobs instead of converting them for nothing
+        pool.shutdown(wait=True, cancel_futures=True)

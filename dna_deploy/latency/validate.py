@@ -91,30 +91,37 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
         if c.get("run_id") == run_id:
             cache = c["samples"]
     todo = [a for a in archs if len(cache.get(str(a), [])) < rounds * runs_per_round]
+    # models are reused only when what shapes them is unchanged (not the timing settings)
+    from dna_deploy import __version__
+    from dna_deploy.host import runtime_versions
+
+    model_id = fingerprint({"runtime": device.runtime, "precision": device.precision, "batch": device.batch,
+                            "space": space.fingerprint, "tool": __version__, "versions": runtime_versions(device.runtime)})
     built_path = work_dir / "artifacts.json"
     built = read_json(built_path, what="artifact list") if built_path.is_file() else {}
-    built = {k: v for k, v in built.items() if k.startswith(run_id + ":") and (cls.artifact_suffix == "" or Path(v).exists())}
+    built = {k: v for k, v in built.items() if k.startswith(model_id + ":") and Path(v).exists()}
     runners = {}
     try:
         with progress_bar(show_progress) as bar:
             task = bar.task(f"networks end to end ({device.runtime})", len(todo) * (rounds + 1))
-            x = torch.randn(device.batch, space.in_channels, space.input_size, space.input_size)
+            x = torch.randn(device.batch, space.in_channels, space.input_size, space.input_size,
+                            generator=torch.Generator().manual_seed(0))
             if cls.artifact_suffix:  # files: built here or in workers, recorded for a resume
                 def done(key, path):
-                    built[f"{run_id}:{key}"] = path
+                    built[f"{model_id}:{key}"] = str(Path(path).resolve())
                     write_json(built_path, built)
                     bar.advance(task)
 
                 jobs = [(str(a), network_job(space.to_dict(), str(a), device.batch, runtime=device.runtime,
                                              precision=device.precision, work_dir=work_dir,
                                              name=f"net-{fingerprint(str(a))[:12]}"))
-                        for a in todo if f"{run_id}:{a}" not in built]
+                        for a in todo if f"{model_id}:{a}" not in built]
                 bar.advance(task, len(todo) - len(jobs))
                 build_artifacts(jobs, parallel=cls.slow_to_prepare, on_done=done)
             torch.manual_seed(0)
             for a in todo:
                 if cls.artifact_suffix:
-                    art = built[f"{run_id}:{a}"]
+                    art = built[f"{model_id}:{a}"]
                 else:  # torch: the module itself
                     art = cls.prepare_artifact(build_network(space, a).eval(), x, work_dir, name="net",
                                                precision=device.precision)
@@ -188,6 +195,7 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     work.mkdir(parents=True, exist_ok=True)
     if not resume:
         (work / "measurements.json").unlink(missing_ok=True)
+        (work / "artifacts.json").unlink(missing_ok=True)
     archs = sample_networks(space, samples, seed)
     measured = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round, warmup_s=warmup_s,
                                 show_progress=show_progress, cache_path=work / "measurements.json",

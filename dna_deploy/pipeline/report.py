@@ -145,6 +145,8 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
 
 
 def _baseline_blocks(b: dict) -> list:
+    if b.get("no_peers"):
+        return [("p", f"Not run: {b['no_peers']}.")]
     if not b.get("peers"):
         return [("p", "Not run (set `baseline: {random_networks: 3}` in the pipeline file): random networks of the "
                       "space at the found network's predicted latency, retrained with the same recipe.")]

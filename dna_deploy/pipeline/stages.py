@@ -408,10 +408,22 @@ class BaselineStage(Stage):
                              exclude=(ctx.arch,))
 
     def commands(self, ctx):
+        recorded = ctx.out / "baseline" / "baseline.json"
+        archs = ([p["arch"] for p in read_json(recorded, what="baseline result")["peers"]] if recorded.is_file()
+                 else [str(a) for a in self._peers_or_none(ctx)[0]])
         cmds = RetrainStage().commands(ctx)[0]
         at = cmds.index("-a")
-        return [cmds[:at + 1] + [str(arch), "-o", ctx.out / "baseline" / f"random{i}"] + cmds[at + 4:]
-                for i, arch in enumerate(self.peers(ctx))]
+        return [cmds[:at + 1] + [arch, "-o", ctx.out / "baseline" / f"random{i}"] + cmds[at + 4:]
+                for i, arch in enumerate(archs)]
+
+    def _peers_or_none(self, ctx) -> tuple[list, str | None]:
+        """(peers, why none): a found network at the edge of the space may have no random peers."""
+        from dna_deploy.errors import InfeasibleBudget
+
+        try:
+            return self.peers(ctx), None
+        except InfeasibleBudget as e:
+            return [], str(e)
 
     def run(self, ctx):
         from dna_deploy.distill.retrain import retrain
@@ -425,7 +437,11 @@ class BaselineStage(Stage):
             device, table, target = self._table_and_target(ctx)
             result.update(device=device, found_predicted_ms=target)
             teacher = ctx.load_teacher() if RetrainStage()._uses_teacher(ctx) else None
-            for i, arch in enumerate(self.peers(ctx)):
+            peers, why_none = self._peers_or_none(ctx)
+            if why_none:
+                result["no_peers"] = why_none
+                ctx.log(f"[baseline] {why_none}")
+            for i, arch in enumerate(peers):
                 ctx.log(f"[baseline] random network {i + 1}/{b.random_networks}: {arch}")
                 res = retrain(ctx.space, arch, ctx.data, ctx.out / "baseline" / f"random{i}",
                               config=r.classifier(ctx.cfg.seed, with_teacher=teacher is not None), teacher=teacher,
@@ -434,10 +450,13 @@ class BaselineStage(Stage):
                 result["peers"].append({"arch": str(arch), "predicted_ms": table.predict(ctx.space, arch)["predicted_ms"],
                                         "val_accuracy": res["val_accuracy"]})
             accs = sorted(p["val_accuracy"] for p in result["peers"])
-            median = float(statistics.median(accs))
-            result.update(median_val_accuracy=median, found_minus_median_pts=100 * (found - median),
-                          found_beats_median=found > median,
-                          found_rank=1 + sum(a > found for a in accs))  # 1 = better than every random network
+            median = float(statistics.median(accs)) if accs else float("nan")
+            if accs:
+                result.update(median_val_accuracy=median, found_minus_median_pts=100 * (found - median),
+                              found_beats_median=found > median,
+                              found_rank=1 + sum(a > found for a in accs))  # 1 = better than every random network
+            if len(result["peers"]) < b.random_networks:
+                result["fewer_peers_than_asked"] = True
         write_json(ctx.out / "baseline" / "baseline.json", result)
         return result
 

@@ -68,6 +68,8 @@ class SearchSpace:
         if not isinstance(blocks_raw, list) or not blocks_raw:
             raise SpaceError(f"{source}: 'blocks' must be a non-empty list of blocks")
         family = d.get("family", "mbconv")
+        if not isinstance(family, str):
+            raise SpaceError(f"{source}: family must be one of {', '.join(FAMILIES)}, got {family!r}")
         blocks = []
         for i, b in enumerate(blocks_raw):
             check_keys(b, known=BlockDef.__dataclass_fields__, required=("out_channels", "stride", "layers"),
@@ -93,7 +95,7 @@ class SearchSpace:
         for name in ("input_size", "num_classes", "in_channels", "stem_channels", "stem_stride",
                      "first_channels", "head_channels"):
             positive_int(name, getattr(self, name))
-        if self.family not in FAMILIES:
+        if not isinstance(self.family, str) or self.family not in FAMILIES:
             raise SpaceError(f"{source}: family {self.family!r}; valid: {', '.join(FAMILIES)}")
         vit = self.family == "vit"
         if vit and self.activation != VIT_ACTIVATION:
@@ -125,8 +127,8 @@ class SearchSpace:
                     raise SpaceError(f"{source}: block {i}: list 'skip' through allow_skip, not in choices")
                 if op.kind != FAMILIES[self.family]:
                     example = "r4h6" if vit else "k5e6"
-                    raise SpaceError(f"{source}: block {i}: choice {c!r} is not a {self.family} op (e.g. {example}); "
-                                     "set family: vit for transformer choices")
+                    hint = "" if vit else "; set family: vit for transformer choices"
+                    raise SpaceError(f"{source}: block {i}: choice {c!r} is not a {self.family} op (e.g. {example}){hint}")
                 if vit and b.out_channels % op.heads:
                     raise SpaceError(f"{source}: block {i}: {op.heads} heads do not divide width {b.out_channels}")
             if len(set(b.choices)) != len(b.choices):
@@ -138,17 +140,19 @@ class SearchSpace:
             raise SpaceError(f"{source}: input_size {self.input_size} is too small for the strides")
 
     def to_dict(self) -> dict:
+        """The definition; the default family (mbconv) is left out, so dna-deploy versions from
+        before transformer spaces still read MBConv spaces written by this one."""
         d = asdict(self)
         d["blocks"] = [{**asdict(b), "choices": list(b.choices)} for b in self.blocks]
+        if d["family"] == "mbconv":
+            d.pop("family")
         return d
 
     def _shape_dict(self) -> dict:
-        """to_dict without name and description; the default family is left out, so that MBConv
-        spaces keep the fingerprints they had before transformer spaces existed."""
+        """to_dict without name and description (to_dict leaves the default family out, so MBConv
+        spaces keep the fingerprints they had before transformer spaces existed)."""
         d = self.to_dict()
         d.pop("name"), d.pop("description")
-        if d["family"] == "mbconv":
-            d.pop("family")
         return d
 
     @property

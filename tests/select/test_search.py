@@ -170,3 +170,24 @@ def test_budget_margin_meets_the_budget_at_the_upper_end_of_the_interval(tmp_pat
     assert margin["rating"] >= plain["rating"]  # the margin costs rating, never gains it
     lo90, hi90 = plain[f"latency_ms_90:{name}"]
     assert lo90 == pytest.approx(plain[f"latency_ms:{name}"] / 1.05) and hi90 == pytest.approx(plain[f"latency_ms:{name}"] / 0.92)
+
+
+def test_latency_peers_are_distinct_random_networks_at_the_target_latency(tiny):
+    from pathlib import Path
+
+    from dna_deploy.errors import InfeasibleBudget
+    from dna_deploy.latency.table import LatencyTable
+    from dna_deploy.pipeline.report import _baseline_blocks
+    from dna_deploy.select.search import latency_peers
+
+    table = LatencyTable.load(Path(__file__).resolve().parents[2] / "latency_tables/x86-cpu-onnxruntime__tiny.json")
+    found = tiny.parse_arch("k3e6.skip|k5e3.k7e3.skip|k5e3.k5e6.k7e6|k7e3.k5e3")
+    target = table.predict(tiny, found)["predicted_ms"]
+    peers = latency_peers(tiny, table, target, 4, tolerance=0.05, seed=3, exclude=(str(found),))
+    assert len(peers) == len({str(p) for p in peers}) == 4 and str(found) not in {str(p) for p in peers}
+    assert all(abs(table.predict(tiny, p)["predicted_ms"] - target) <= 0.05 * target for p in peers)
+    assert peers == latency_peers(tiny, table, target, 4, tolerance=0.05, seed=3, exclude=(str(found),))  # seeded
+    with pytest.raises(InfeasibleBudget, match="widen baseline.tolerance"):
+        latency_peers(tiny, table, 1e-6, 1, max_draws=500)
+    # a run whose found network has no peers says so in its report instead of failing
+    assert "Not run: none found" in _baseline_blocks({"no_peers": "none found"})[0][1]

@@ -122,3 +122,9 @@ def test_vit_small_profiles_on_onnxruntime(tmp_path):
     pred = json.loads(r.output[r.output.index("["):]) if r.output.lstrip().startswith("[") else json.loads(r.output)
     text = json.dumps(pred)
     assert "raw_sum_ms" in text or "predicted_ms" in text
+
+
+def test_more_fingerprints_are_pinned():
+    assert load_space("dna-mbconv").fingerprint == "84d7ac1a9bc5f465"
+    assert load_space("tiny").body_fingerprint == "662007253d95dde1"
+    assert "family" not in load_space("tiny").to_dict() and load_space("vit-tiny").to_dict()["family"] == "vit"
