@@ -51,9 +51,14 @@ def main():
             idx = perm[(s * B) % (len(x_all) - B):][:B]
             yield idx
 
-    def paths():
-        rng = random.Random(0)  # the same sequence of sampled paths for every variant
-        return lambda: [sample_path(space, b, rng) for b in range(len(space.blocks))]
+    def seconds(step) -> float:
+        """`warm` untimed steps, then n timed ones; every variant draws the same sequence of paths."""
+        for timed, steps in ((False, warm), (True, n)):
+            rng = random.Random(0)
+            t0 = time.perf_counter()
+            for idx in batches(steps):
+                step(idx, [sample_path(space, b, rng) for b in range(len(space.blocks))])
+        return time.perf_counter() - t0
 
     # (1) supervised (single-path, SPOS-style): the whole supernet on the sampled path, cross-entropy
     sup_net = Supernet(space)
@@ -65,14 +70,7 @@ def main():
         loss.backward()
         opt.step()
 
-    draw = paths()
-    for idx in batches(warm):
-        supervised_step(idx, draw())
-    draw = paths()
-    t0 = time.perf_counter()
-    for idx in batches():
-        supervised_step(idx, draw())
-    sup = n * B / (time.perf_counter() - t0)
+    sup = n * B / seconds(supervised_step)
 
     # (2) block-wise, features cached (computed once, up front; that time is counted)
     t0 = time.perf_counter()
@@ -83,28 +81,8 @@ def main():
     students = [BlockStudent(space, b, teacher.channels) for b in range(4)]
     opts = [torch.optim.Adam(s.parameters(), 1e-3) for s in students]
 
-    def cached_step(idx, path):
-        for b, (st, o) in enumerate(zip(students, opts)):
-            inp = x_all[idx] if b == 0 else feats[b - 1][idx]
-            loss = feature_distance(st(inp, path[b]), feats[b][idx], "mse-channel", stds[b])
-            o.zero_grad()
-            loss.backward()
-            o.step()
-
-    draw = paths()
-    for idx in batches(warm):
-        cached_step(idx, draw())
-    draw = paths()
-    t0 = time.perf_counter()
-    for idx in batches():
-        cached_step(idx, draw())
-    t_cached = time.perf_counter() - t0
-    cached = n * B / t_cached
-    cached_incl = n * B / (t_cached + t_cache)
-
-    # (3) block-wise, teacher run every step
-    def live_step(idx, path):
-        f = teacher.features(x_all[idx])
+    def blockwise_step(idx, path, f):
+        """One step of every block on the batch, from teacher features f (one per block)."""
         for b, (st, o) in enumerate(zip(students, opts)):
             inp = x_all[idx] if b == 0 else f[b - 1]
             loss = feature_distance(st(inp, path[b]), f[b], "mse-channel", stds[b])
@@ -112,14 +90,12 @@ def main():
             loss.backward()
             o.step()
 
-    draw = paths()
-    for idx in batches(warm):
-        live_step(idx, draw())
-    draw = paths()
-    t0 = time.perf_counter()
-    for idx in batches():
-        live_step(idx, draw())
-    live = n * B / (time.perf_counter() - t0)
+    t_cached = seconds(lambda idx, path: blockwise_step(idx, path, [f[idx] for f in feats]))
+    cached = n * B / t_cached
+    cached_incl = n * B / (t_cached + t_cache)
+
+    # (3) block-wise, teacher run every step
+    live = n * B / seconds(lambda idx, path: blockwise_step(idx, path, teacher.features(x_all[idx])))
     res = {"supervised_img_s": sup, "blockwise_cached_img_s": cached, "blockwise_cached_incl_cache_build_img_s": cached_incl,
            "cache_build_s": t_cache, "blockwise_live_teacher_img_s": live, "steps": n, "batch": B, "threads": torch.get_num_threads()}
     print(f"supervised step (same sampled paths):  {sup:8.0f} img/s   1.00x")

@@ -368,15 +368,18 @@ class RetrainStage(Stage):
             args += ["--init-supernet", ctx.out / "supernet"]
         return [args]
 
-    def run(self, ctx):
+    def retrain(self, ctx, arch, out: Path, teacher) -> dict:
+        """The run's retraining recipe on any network of the space (the found one, or a baseline's)."""
         from dna_deploy.distill.retrain import retrain
 
         r = ctx.cfg.retrain
+        return retrain(ctx.space, arch, ctx.data, out, config=r.classifier(ctx.cfg.seed, with_teacher=teacher is not None),
+                       teacher=teacher, supernet_dir=ctx.out / "supernet" if r.init_supernet else None,
+                       show_progress=ctx.show_progress, data_spec=ctx.cfg.data, compute=ctx.compute)
+
+    def run(self, ctx):
         teacher = ctx.load_teacher() if self._uses_teacher(ctx) else None
-        res = retrain(ctx.space, ctx.space.parse_arch(ctx.arch), ctx.data, ctx.out / "retrain",
-                      config=r.classifier(ctx.cfg.seed, with_teacher=teacher is not None), teacher=teacher,
-                      supernet_dir=ctx.out / "supernet" if r.init_supernet else None, show_progress=ctx.show_progress,
-                      data_spec=ctx.cfg.data, compute=ctx.compute)
+        res = self.retrain(ctx, ctx.space.parse_arch(ctx.arch), ctx.out / "retrain", teacher)
         return {k: v for k, v in res.items() if k != "history"}
 
 
@@ -426,32 +429,28 @@ class BaselineStage(Stage):
             return [], str(e)
 
     def run(self, ctx):
-        from dna_deploy.distill.retrain import retrain
         from dna_deploy.io import load_checkpoint, write_json
 
-        b, r = ctx.cfg.baseline, ctx.cfg.retrain
+        b, recipe = ctx.cfg.baseline, RetrainStage()
         found = load_checkpoint(ctx.out / "retrain" / "model.pt", what="retrained model")["metrics"]["val_accuracy"]
         result = {"random_networks": b.random_networks, "tolerance": b.tolerance, "found_arch": ctx.arch,
                   "found_val_accuracy": found, "peers": []}
         if b.random_networks:
             device, table, target = self._table_and_target(ctx)
             result.update(device=device, found_predicted_ms=target)
-            teacher = ctx.load_teacher() if RetrainStage()._uses_teacher(ctx) else None
+            teacher = ctx.load_teacher() if recipe._uses_teacher(ctx) else None
             peers, why_none = self._peers_or_none(ctx)
             if why_none:
                 result["no_peers"] = why_none
                 ctx.log(f"[baseline] {why_none}")
             for i, arch in enumerate(peers):
                 ctx.log(f"[baseline] random network {i + 1}/{b.random_networks}: {arch}")
-                res = retrain(ctx.space, arch, ctx.data, ctx.out / "baseline" / f"random{i}",
-                              config=r.classifier(ctx.cfg.seed, with_teacher=teacher is not None), teacher=teacher,
-                              supernet_dir=ctx.out / "supernet" if r.init_supernet else None,
-                              show_progress=ctx.show_progress, data_spec=ctx.cfg.data, compute=ctx.compute)
+                res = recipe.retrain(ctx, arch, ctx.out / "baseline" / f"random{i}", teacher)
                 result["peers"].append({"arch": str(arch), "predicted_ms": table.predict(ctx.space, arch)["predicted_ms"],
                                         "val_accuracy": res["val_accuracy"]})
             accs = sorted(p["val_accuracy"] for p in result["peers"])
-            median = float(statistics.median(accs)) if accs else float("nan")
             if accs:
+                median = float(statistics.median(accs))
                 result.update(median_val_accuracy=median, found_minus_median_pts=100 * (found - median),
                               found_beats_median=found > median,
                               found_rank=1 + sum(a > found for a in accs))  # 1 = better than every random network

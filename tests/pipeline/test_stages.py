@@ -2,6 +2,8 @@
 
 import shutil
 
+import pytest
+
 from dna_deploy.io import shipped_dir
 from dna_deploy.pipeline.config import parse_pipeline
 from dna_deploy.pipeline.stages import RunContext, SearchStage, TablesStage
@@ -52,3 +54,19 @@ def test_the_vit_tiny_example_parses():
     cfg = load_pipeline(Path(__file__).resolve().parents[2] / "examples" / "vit-tiny.yaml")
     assert cfg.space == "vit-tiny" and cfg.devices[0].device == "x86-cpu-litert" and cfg.devices[0].budget_fraction
     assert cfg.baseline.random_networks == 3 and cfg.export[0].precisions == ("fp32", "int8")
+
+
+def test_named_datasets_and_baseline_settings_are_checked(tmp_path):
+    from dna_deploy.errors import DataError
+    from dna_deploy.pipeline.config import load_pipeline
+
+    p = tmp_path / "p.yaml"
+    p.write_text("space: tiny\ndata: fashion-mnist\ndevices: [{device: x86-cpu-onnxruntime}]\nbaseline: {random_networks: 2}\n")
+    cfg = load_pipeline(p)
+    assert cfg.data == "fashion-mnist" and cfg.baseline.random_networks == 2 and cfg.baseline.tolerance == 0.05
+    p.write_text("space: tiny\ndata: fashion\ndevices: [{device: x86-cpu-onnxruntime}]\n")
+    with pytest.raises(DataError, match="neither one of mnist, fashion-mnist nor a folder"):
+        load_pipeline(p)
+    p.write_text("space: tiny\ndevices: [{device: x86-cpu-onnxruntime}]\nbaseline: {random_networks: -1}\n")
+    with pytest.raises(DataError, match="random_networks must be an integer >= 0"):
+        load_pipeline(p)
