@@ -47,7 +47,7 @@ def _bn_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def _recalibrate(module: nn.Module, cal: list[torch.Tensor]) -> list[torch.Tensor]:
+def recalibrate_batchnorm(module: nn.Module, cal: list[torch.Tensor]) -> list[torch.Tensor]:
     """Reset the module's BN statistics, re-estimate them on the calibration batches (cumulative
     average), and return the train-mode outputs (what the next layer is calibrated on)."""
     bns = _bn_layers(module)
@@ -78,12 +78,12 @@ class _Context:
         self.rate = _eval(student.adapt_in, rate_in)
         stem = student.supernet.stem
         if stem is not None:  # block 0: the stem precedes every path; re-estimated like the path
-            self.cal = _recalibrate(stem, self.cal)
+            self.cal = recalibrate_batchnorm(stem, self.cal)
             self.rate = _eval(stem, self.rate)
 
     @torch.no_grad()
     def score(self, cal: list[torch.Tensor], rate: torch.Tensor) -> dict:
-        _recalibrate(self.student.adapt_out, cal)
+        recalibrate_batchnorm(self.student.adapt_out, cal)
         out = _eval(self.student.adapt_out, rate)
         return {m: float(feature_distance(out, self.target, m, self.std, target_std=self.target_std)) for m in self.metrics}
 
@@ -102,7 +102,7 @@ def rate_block_tree(space: SearchSpace, block: int, ctx: _Context, *, first: str
             if depth == 0 and first is not None and str(op) != first:
                 continue
             module = layers[depth].ops[str(op)]
-            cal2 = _recalibrate(module, cal)
+            cal2 = recalibrate_batchnorm(module, cal)
             rate2 = _eval(module, rate)
             path = prefix + (op,)
             if depth + 1 == b.layers or b.allow_skip:
@@ -125,9 +125,9 @@ def rate_block_naive(space: SearchSpace, block: int, student: BlockStudent, cal_
             cal = [_eval(student.adapt_in, x) for x in cal_in]
             rate = _eval(student.adapt_in, rate_in)
             for m in mods:
-                cal = _recalibrate(m, cal)
+                cal = recalibrate_batchnorm(m, cal)
                 rate = _eval(m, rate)
-            _recalibrate(student.adapt_out, cal)
+            recalibrate_batchnorm(student.adapt_out, cal)
             out = _eval(student.adapt_out, rate)
         results[".".join(map(str, ops))] = {m: float(feature_distance(out, target, m, channel_std)) for m in METRICS}
     return results
