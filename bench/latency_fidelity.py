@@ -1,7 +1,13 @@
-"""Latency-table fidelity per runtime: hit-rates (+-5 %, +-10 %) of the raw sum, the calibrated
-prediction and a MACs-proportional predictor on the same held-out networks, and the wall time of
-a full profile. Target: >= 99 % within +-10 % after calibration; each table in under 5 minutes.
-Run: python bench/latency_fidelity.py [--space tiny] [--samples 40] [--runtimes onnxruntime,litert]
+"""Latency-table fidelity per runtime and precision, profiled and validated on this machine in one run.
+
+For each device spec (default: ONNX Runtime fp32, LiteRT fp32, LiteRT full-integer int8): profile
+the space's layer table, then `profile validate` it on --samples random networks (half fit the
+calibration, half are held out). On the held-out networks, side by side: the raw layer sum, the
+calibrated sum (a * raw + b) and a MACs-linear predictor fitted on the same networks; for each the
++-5 % and +-10 % hit-rates with Wilson 95 % intervals and the RMSPE; and the wall time of profiling
+and of validating. The goal (issue 13): >= 99 % of >= 100 held-out networks within +-10 %.
+Nothing shipped is read: every table is measured here, into a temporary folder.
+Run: python bench/latency_fidelity.py [--space tiny] [--samples 200] [--devices x86-cpu-onnxruntime,...]
 """
 
 from __future__ import annotations
@@ -17,38 +23,40 @@ from dna_deploy.latency.profiler import profile
 from dna_deploy.latency.validate import validate_table
 from dna_deploy.space import load_space
 
+PREDICTORS = ("raw_sum", "calibrated", "macs_linear")
+
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--space", default="tiny")
-    ap.add_argument("--samples", type=int, default=40)
-    ap.add_argument("--runtimes", default="onnxruntime,litert")
+    ap.add_argument("--samples", type=int, default=200, help="networks measured; half are held out")
+    ap.add_argument("--devices", default="x86-cpu-onnxruntime,x86-cpu-litert,x86-cpu-litert-int8")
     args = ap.parse_args()
     space = load_space(args.space)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for rt in args.runtimes.split(","):
-            dev = load_device(f"x86-cpu-{rt}")
-            out = Path(tmp) / f"{rt}.json"
+        for name in args.devices.split(","):
+            dev = load_device(name)
+            out = Path(tmp) / f"{name}.json"
             t0 = time.perf_counter()
             profile(space, dev, out, show_progress=False)
             t_profile = time.perf_counter() - t0
             t0 = time.perf_counter()
             rep = validate_table(out, space, samples=args.samples, show_progress=False)
             t_val = time.perf_counter() - t0
-            row = {"runtime": rt, "space": space.name, "profile_s": t_profile, "validate_s": t_val,
-                   "held_out": rep["held_out_networks"]}
-            for k in ("raw_sum", "calibrated", "macs_linear"):
-                row[k] = {m: rep[k][m] for m in ("within_5pct", "within_10pct", "rmspe_pct")}
+            row = {"device": name, "space": space.name, "profile_s": t_profile, "validate_s": t_val,
+                   "held_out": rep["held_out_networks"], "statistic": rep["statistic"], "calibration": rep["calibration"]}
+            row.update({k: rep[k] for k in PREDICTORS})
             rows.append(row)
-    print(f"{'runtime':12} {'predictor':12} {'+-5%':>6} {'+-10%':>6} {'RMSPE%':>7}   profile time")
+            print(f"{name}: profiled in {t_profile:.0f} s, {rep['networks']} networks validated in {t_val:.0f} s", flush=True)
+    print(f"\n{'device':22} {'predictor':12} {'+-5 % [95% CI]':>18} {'+-10 % [95% CI]':>19} {'RMSPE %':>8}")
     for r in rows:
-        for k in ("raw_sum", "calibrated", "macs_linear"):
+        for k in PREDICTORS:
             v = r[k]
-            print(f"{r['runtime']:12} {k:12} {v['within_5pct']:6.0%} {v['within_10pct']:6.0%} {v['rmspe_pct']:7.2f}   "
-                  + (f"{r['profile_s']:.1f} s ({r['held_out']} held-out networks)" if k == "raw_sum" else ""))
-        cal, mac = r["calibrated"]["rmspe_pct"], r["macs_linear"]["rmspe_pct"]
-        print(f"{'':12} RMSPE ratio MACs-linear / calibrated table: {mac / cal:.1f}x")
+            c5, c10 = v["within_5pct_ci95"], v["within_10pct_ci95"]
+            print(f"{r['device']:22} {k:12} {v['within_5pct']:5.0%} [{c5[0]:.0%}, {c5[1]:.0%}] "
+                  f"{v['within_10pct']:6.0%} [{c10[0]:.0%}, {c10[1]:.0%}] {v['rmspe_pct']:8.2f}")
+        print(f"{'':22} {r['held_out']} held out; profile {r['profile_s']:.0f} s, validate {r['validate_s']:.0f} s")
     write_json(Path(__file__).parent / "results" / f"latency_fidelity_{space.name}.json", rows)
 
 

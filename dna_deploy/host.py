@@ -16,6 +16,9 @@ from pathlib import Path
 # The packages whose versions change a runtime's timings (recorded per table).
 RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "litert": ("ai-edge-litert", "onnx2tf", "tensorflow"),
                     "torch": ("torch",), "tensorrt": ("tensorrt", "torch")}
+# How dna-deploy shapes a runtime's graphs, recorded beside the package versions: a table measured
+# on graphs built another way does not predict this version's exports (nn/rewrite.py).
+GRAPH_RECIPES = {"litert": {"dna-deploy litert graph": "2: depthwise convolutions over 5x5 split (nn/rewrite.py)"}}
 # Fields of host_identity that must agree for a table measured elsewhere to be used here.
 IDENTITY_FIELDS = ("cpu", "cpu_flags_sha256", "cores", "machine")
 
@@ -34,7 +37,7 @@ def package_versions(*packages: str) -> dict:
 
 
 def runtime_versions(runtime: str) -> dict:
-    return package_versions(*RUNTIME_PACKAGES[runtime], "numpy")
+    return {**package_versions(*RUNTIME_PACKAGES[runtime], "numpy"), **GRAPH_RECIPES.get(runtime, {})}
 
 
 def _cpuinfo() -> tuple[str, str]:

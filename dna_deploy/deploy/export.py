@@ -122,9 +122,17 @@ def _export_into(weights, out_dir: Path, settings: ExportSettings, model) -> dic
         calib = calibration_images(calibration, ckpt)
     if to == "tflite":
         from dna_deploy.convert.litert import onnx_to_litert
+        from dna_deploy.nn.rewrite import split_large_depthwise
 
-        produced = onnx_to_litert(onnx_path, out_dir, precisions=tuple(precisions), calibration=calib,
-                                  keep_nchw=keep_nchw, name="model")
+        litert_net = split_large_depthwise(net)  # the graph LiteRT's tables are measured on (nn/rewrite.py)
+        litert_onnx = onnx_path if litert_net is net else torch_to_onnx(
+            litert_net, example, out_dir / "model.litert.onnx", opset=opset, dynamic_batch=dynamic_batch)
+        try:
+            produced = onnx_to_litert(litert_onnx, out_dir, precisions=tuple(precisions), calibration=calib,
+                                      keep_nchw=keep_nchw, name="model")
+        finally:
+            if litert_onnx != onnx_path:
+                litert_onnx.unlink(missing_ok=True)
         for p, path in produced.items():
             artifacts.append({"path": path.name, "format": "tflite", "runtime": "litert", "precision": p,
                               "layout": "NCHW" if keep_nchw else "NHWC", "input_dtype": "int8" if p == "int8" else "float32",

@@ -16,7 +16,7 @@ import numpy as np
 
 from dna_deploy import __version__
 from dna_deploy.errors import DataError
-from dna_deploy.host import host_description, runtime_versions
+from dna_deploy.host import GRAPH_RECIPES, host_description, runtime_versions
 from dna_deploy.io import exclusive_lock, fingerprint, read_json, write_json
 from dna_deploy.latency.artifacts import build_artifacts, layer_job
 from dna_deploy.latency.devices import DeviceSpec
@@ -68,10 +68,11 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
     manifest = {"format": BUNDLE_FORMAT, "space": space.name, "space_fingerprint": space.fingerprint,
                 "body_fingerprint": space.body_fingerprint,
                 "space_definition": space.to_dict(), "device": device.to_dict(), "tool_version": __version__,
-                "entries": {}}
+                "graph_recipe": GRAPH_RECIPES.get(device.runtime), "entries": {}}
     if manifest_path.is_file():
         old = read_json(manifest_path, what="bundle manifest")
-        if old.get("space_fingerprint") == space.fingerprint and old.get("device") == device.to_dict():
+        if old.get("space_fingerprint") == space.fingerprint and old.get("device") == device.to_dict() \
+                and old.get("graph_recipe") == manifest["graph_recipe"]:  # op models built another way are rebuilt
             manifest["entries"] = {k: v for k, v in old.get("entries", {}).items()
                                    if v.get("file") is None or (out_dir / v["file"]).is_file()}
     specs = space.all_layer_specs()

@@ -39,9 +39,10 @@ class LiteRTRunner(Runner):
     def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32", calibration=None):
         from dna_deploy.convert.litert import onnx_to_litert
         from dna_deploy.convert.onnx import torch_to_onnx
+        from dna_deploy.nn.rewrite import split_large_depthwise
 
         workdir = Path(workdir)
-        onnx_path = torch_to_onnx(module, example, workdir / f"{name}.onnx")
+        onnx_path = torch_to_onnx(split_large_depthwise(module), example, workdir / f"{name}.onnx")
         if precision == "int8" and calibration is None:  # latency does not depend on the values
             calibration = np.random.default_rng(0).standard_normal((8, *example.shape[1:])).astype(np.float32)
         out = onnx_to_litert(onnx_path, workdir, precisions=(precision,), calibration=calibration, name=name)
