@@ -13,6 +13,7 @@ Run: python bench/latency_fidelity.py [--space tiny] [--samples 200] [--devices 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ def main():
     ap.add_argument("--space", default="tiny")
     ap.add_argument("--samples", type=int, default=200, help="networks measured; half are held out")
     ap.add_argument("--devices", default="x86-cpu-onnxruntime,x86-cpu-litert,x86-cpu-litert-int8")
+    ap.add_argument("--keep", type=Path, help="also copy the validated tables (and fidelity plots) into this folder")
     args = ap.parse_args()
     space = load_space(args.space)
     rows = []
@@ -42,12 +44,17 @@ def main():
             profile(space, dev, out, show_progress=False)
             t_profile = time.perf_counter() - t0
             t0 = time.perf_counter()
-            rep = validate_table(out, space, samples=args.samples, show_progress=False)
+            rep = validate_table(out, space, samples=args.samples, show_progress=False,
+                                 plot_path=out.with_suffix(".fidelity.png"))
             t_val = time.perf_counter() - t0
             row = {"device": name, "space": space.name, "profile_s": t_profile, "validate_s": t_val,
                    "held_out": rep["held_out_networks"], "statistic": rep["statistic"], "calibration": rep["calibration"]}
             row.update({k: rep[k] for k in PREDICTORS})
             rows.append(row)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                for f in (out, out.with_suffix(".fidelity.png")):
+                    shutil.copyfile(f, args.keep / f"{name}__{space.name}{''.join(f.suffixes)}")
             print(f"{name}: profiled in {t_profile:.0f} s, {rep['networks']} networks validated in {t_val:.0f} s", flush=True)
     print(f"\n{'device':22} {'predictor':12} {'+-5 % [95% CI]':>18} {'+-10 % [95% CI]':>19} {'RMSPE %':>8}")
     for r in rows:
