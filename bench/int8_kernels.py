@@ -30,7 +30,6 @@ from dna_deploy.space import load_space
 ROOT = Path(__file__).resolve().parent.parent
 NETWORKS = {"tiny (32 px)": ("tiny", "k7e6.skip|k5e3.k7e3.skip|k5e3.k5e6.k7e6|k7e3.k7e6"),
             "dna-mbconv (224 px)": ("dna-mbconv", None)}
-COLUMNS = [(g, p, k) for g in ("as written", "split") for p in ("fp32", "int8") for k in ("xnnpack", "builtin")]
 
 
 def main():
