@@ -103,7 +103,10 @@ def test_quickstart_file_is_valid():
     from dna_deploy.pipeline.runner import quickstart_config
 
     cfg = load_pipeline(quickstart_config())
-    assert cfg.space == "tiny" and {d.device for d in cfg.devices} == {"x86-cpu-onnxruntime", "x86-cpu-litert"}
+    assert cfg.space == "tiny"
+    assert {d.device for d in cfg.devices} == {"x86-cpu-onnxruntime", "x86-cpu-litert", "x86-cpu-litert-int8"}
+    int8 = next(d for d in cfg.devices if d.device == "x86-cpu-litert-int8")
+    assert int8.budget_ms is None and int8.budget_fraction is None  # predicted for verify, not a search limit
 
 
 def test_progressive_rounds_distil_from_the_previous_winner(smoke_run):
