@@ -137,6 +137,8 @@ def _export_into(weights, out_dir: Path, settings: ExportSettings, model) -> dic
             artifacts.append({"path": path.name, "format": "tflite", "runtime": "litert", "precision": p,
                               "layout": "NCHW" if keep_nchw else "NHWC", "input_dtype": "int8" if p == "int8" else "float32",
                               "sha256": sha256_file(path),
+                              "graph": "depthwise convolutions over 5x5 split (nn/rewrite.py)" if litert_net is not net
+                              else "as trained",
                               "quantization": "full integer (int8 weights, activations, input and output), calibrated on "
                                               f"{len(calib)} training images" if p == "int8" else None})
     elif to == "tensorrt":

@@ -112,6 +112,13 @@ def _open_runner(cls, bundle: Path, entry: dict, device: DeviceSpec):
                op_resolver=device.op_resolver).activate()
 
 
+def bundle_versions(manifest: dict, runtime: str) -> dict:
+    """The runtime's package versions here, with the graph recipe the bundle's op models were
+    built with (not this code's): a table says which graphs it timed."""
+    versions = {k: v for k, v in runtime_versions(runtime).items() if k not in GRAPH_RECIPES.get(runtime, {})}
+    return {**versions, **(manifest.get("graph_recipe") or {})}
+
+
 def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int | None = None,
                    warmup: int = 10, rounds: int = 5, runs_per_round: int = 20, cv_threshold: float = 0.05,
                    max_extra_rounds: int = 4, resume: bool = True, show_progress: bool = True,
@@ -139,7 +146,9 @@ def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int
 
 def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, *, warmup, rounds, runs_per_round,
                     cv_threshold, max_extra_rounds, resume, show_progress, seed) -> LatencyTable:
-    run_id = fingerprint({"entries": sorted(entries), "device": device.to_dict(), "settings": settings})
+    # the graph recipe too: a partial profile of op models built another way is not resumed
+    run_id = fingerprint({"entries": sorted(entries), "device": device.to_dict(), "settings": settings,
+                          "graph_recipe": manifest.get("graph_recipe")})
     partial_path = out_path.with_name(out_path.name + ".partial")
     samples: dict[str, list[float]] = {k: [] for k in entries}
     rounds_done = resumed_at = 0
@@ -182,7 +191,7 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
         meta={"space": manifest["space"], "space_fingerprint": manifest["space_fingerprint"],
               "body_fingerprint": manifest.get("body_fingerprint"),
               "space_definition": manifest.get("space_definition"),
-              "device": device.to_dict(), "runtime": device.runtime, "versions": runtime_versions(device.runtime),
+              "device": device.to_dict(), "runtime": device.runtime, "versions": bundle_versions(manifest, device.runtime),
               "host": host_description(device.device), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "tool_version": __version__, "timing": {**settings, "resumed_at_round": resumed_at},
               "statistic": STATISTIC, "units": "milliseconds per inference of one batch"},

@@ -2,16 +2,18 @@
 
 Why: LiteRT's XNNPACK kernels run a depthwise convolution with more than 25 taps (7x7) several
 times slower than the taps alone explain, in fp32 and int8 alike. On a 2-core AMD EPYC at 28x28
-with 240 channels (bench/int8_ops.py): 5x5 fp32 0.39 ms, int8 0.27 ms; 7x7 fp32 3.8 ms, int8
-5.8 ms; LiteRT's own builtin kernels 1.4 ms for both. Split into an inner 5x5 plus one 1x7
-convolution per outer row and one 5x1 per outer column, the same 7x7 ran in 0.88 ms (fp32) and
+with 240 channels (bench/int8_ops.py): 5x5 fp32 0.36 ms, int8 0.24 ms; 7x7 fp32 3.6 ms, int8
+5.6 ms; LiteRT's own builtin kernels 1.4 ms for both. Split into an inner 5x5 plus one 1x7
+convolution per outer row and one 5x1 per outer column, the same 7x7 ran in 0.86 ms (fp32) and
 0.75 ms (int8). That pathology was most of why full-integer int8 ran slower than fp32 here (issue
 13): MBConv layers with 7x7 kernels were 2.1-2.7x slower in int8, 3x3 and 5x5 ones 1.0-1.6x.
 
-The split is exact arithmetic (the same products, summed in another order; BatchNorm folded in
-first), so PyTorch, ONNX Runtime and the LiteRT export agree as before. The LiteRT path applies
-it to every model it converts: op models for latency tables, validation networks and exports, so
-a table measures the graph that ships (`LITERT_GRAPH` in host.py names this recipe in each table).
+In float the split is exact (the same products, summed in another order; BatchNorm folded in
+first), so PyTorch, ONNX Runtime and the LiteRT fp32/fp16 export agree as before. In full-integer
+int8 each partial sum is requantised, which adds rounding; verify judges int8 exports by top-1
+agreement and accuracy as before. The LiteRT path applies it to every model it converts: op
+models for latency tables, validation networks and exports, so a table measures the graph that
+ships (`GRAPH_RECIPES` in host.py names this recipe among each LiteRT table's versions).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ import torch.nn.functional as F
 
 MAX_DEPTHWISE_TAPS = 25  # the largest depthwise kernel XNNPACK runs at full speed here (5x5)
 INNER = 5
+
+
+def foldable(bn: nn.Module) -> bool:
+    """A BatchNorm2d that normalises with stored statistics in eval mode (one with
+    track_running_stats=False uses each batch's own, and cannot be folded into weights)."""
+    return isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_var is not None
 
 
 def is_large_depthwise(m: nn.Module) -> bool:
@@ -42,20 +50,26 @@ class SplitDepthwise(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None):
         super().__init__()
+        if not is_large_depthwise(conv):
+            raise ValueError(f"SplitDepthwise takes a depthwise convolution over 5x5 taps with same padding, not {conv}")
+        if bn is not None and not foldable(bn):
+            raise ValueError("SplitDepthwise folds only a BatchNorm with running statistics (eval-mode behaviour)")
         c, k = conv.in_channels, conv.kernel_size[0]
         stride = conv.stride
         with torch.no_grad():
             w = conv.weight.detach().clone()
-            b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(c)
+            b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(c, dtype=w.dtype, device=w.device)
             if bn is not None:
-                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                scale = torch.rsqrt(bn.running_var + bn.eps)
+                if bn.weight is not None:
+                    scale = scale * bn.weight
                 w = w * scale[:, None, None, None]
-                b = (b - bn.running_mean) * scale + bn.bias
+                b = (b - bn.running_mean) * scale + (bn.bias if bn.bias is not None else 0)
         self.r = r = k // 2
         lo, hi = r - INNER // 2, r + INNER // 2 + 1  # the inner 5x5 window within the kernel
 
         def part(kernel, weight, bias=None):
-            m = nn.Conv2d(c, c, kernel, stride, groups=c, bias=bias is not None)
+            m = nn.Conv2d(c, c, kernel, stride, groups=c, bias=bias is not None, device=w.device, dtype=w.dtype)
             m.weight.data.copy_(weight)
             if bias is not None:
                 m.bias.data.copy_(bias)
@@ -99,8 +113,9 @@ def split_large_depthwise(model: nn.Module) -> nn.Module:
             if not is_large_depthwise(child):
                 continue
             bn = None
-            if isinstance(parent, nn.Sequential) and i + 1 < len(names) \
-                    and isinstance(parent._modules[names[i + 1]], nn.BatchNorm2d):
+            # only a plain Sequential is known to feed the conv's output straight into the next module
+            if type(parent).forward is nn.Sequential.forward and isinstance(parent, nn.Sequential) \
+                    and i + 1 < len(names) and foldable(parent._modules[names[i + 1]]):
                 bn = parent._modules[names[i + 1]]
                 parent._modules[names[i + 1]] = nn.Identity()
             parent._modules[name] = SplitDepthwise(child, bn)
