@@ -85,3 +85,25 @@ def test_litert_op_models_have_no_depthwise_kernel_over_5x5_and_match_pytorch(tm
         y = runner.infer(x.numpy())
     y = y.transpose(0, 3, 1, 2) if y.shape != ref.shape else y
     assert np.abs(y - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("bn", [nn.BatchNorm2d(12, affine=False), nn.BatchNorm2d(12, track_running_stats=False)])
+def test_batchnorm_without_weights_is_folded_and_one_without_running_statistics_is_kept(bn):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(12, 12, 7, 2, 3, groups=12), bn).eval()
+    if bn.track_running_stats:
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    split = split_large_depthwise(model)
+    x = torch.randn(2, 12, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(split(x), model(x), atol=1e-5)
+    kept = [m for m in split.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(kept) == (0 if bn.track_running_stats else 1)  # batch statistics cannot become weights
+
+
+def test_split_depthwise_refuses_what_it_cannot_compute():
+    with pytest.raises(ValueError):
+        SplitDepthwise(nn.Conv2d(12, 12, 7, padding=1, groups=12))  # not 'same' padding
+    with pytest.raises(ValueError):
+        SplitDepthwise(nn.Conv2d(12, 24, 7, padding=3))  # not depthwise
