@@ -162,3 +162,27 @@ def test_precision_advice_says_when_int8_is_slower():
     assert notes == ["litert int8 is 5.4x slower than fp32 here; ship fp32 (or try the builtin kernels: --op-resolver builtin)"]
     assert precision_advice([art("fp32", 1.0), art("int8", 0.7)]) == []
     assert "with builtin kernels; ship fp32" in precision_advice([art("fp32", 1.0), art("int8", 1.3, "builtin")])[0]
+
+
+def test_a_network_with_7x7_kernels_exports_split_for_litert_and_still_verifies(mnist32, tmp_path):
+    """The tflite export is converted from the split graph (nn/rewrite.py), the ONNX one from the
+    network as trained; fp32 still matches PyTorch and int8 keeps its top-1s."""
+    if importlib.util.find_spec("onnx2tf") is None:
+        pytest.skip("LiteRT export needs onnx2tf (pip install 'dna-deploy[litert]')")
+    from dna_deploy.distill.retrain import retrain
+    from dna_deploy.settings import ClassifierConfig
+    from dna_deploy.space import load_space
+
+    space = load_space("tiny")
+    arch = space.parse_arch("k7e3.skip|k7e3.skip.skip|k7e3.k3e3.skip|k7e3.skip")
+    retrain(space, arch, mnist32, tmp_path / "m", config=ClassifierConfig(epochs=1), show_progress=False)
+    out = tmp_path / "export"
+    export_model(tmp_path / "m" / "model.pt", out, ExportSettings(to="tflite", precisions=("fp32", "int8")))
+    sidecar = json.loads((out / "model.json").read_text())
+    graphs = {a["path"]: a.get("graph") for a in sidecar["artifacts"]}
+    assert graphs["model_fp32.tflite"].startswith("depthwise convolutions over 5x5 split")
+    assert graphs["model.onnx"] is None and not (out / "model.litert.onnx").exists()  # the temporary graph is gone
+    report = verify_export(out, max_images=200, show_progress=False)
+    by = {a["path"]: a for a in report["artifacts"]}
+    assert by["model_fp32.tflite"]["stats"]["max_abs_error"] < 1e-3
+    assert by["model_int8.tflite"]["stats"]["top1_agreement"] >= 0.95
