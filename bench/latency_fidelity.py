@@ -54,7 +54,9 @@ def main():
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 for f in (out, out.with_suffix(".fidelity.png")):
-                    shutil.copyfile(f, args.keep / f"{name}__{space.name}{''.join(f.suffixes)}")
+                    dst = args.keep / f"{name}__{space.name}{''.join(f.suffixes)}"
+                    shutil.copyfile(f, dst.with_name(dst.name + ".tmp"))
+                    dst.with_name(dst.name + ".tmp").replace(dst)  # atomic: never a half-written table
             print(f"{name}: profiled in {t_profile:.0f} s, {rep['networks']} networks validated in {t_val:.0f} s", flush=True)
     print(f"\n{'device':22} {'predictor':12} {'+-5 % [95% CI]':>18} {'+-10 % [95% CI]':>19} {'RMSPE %':>8}")
     for r in rows:
