@@ -91,3 +91,49 @@ def test_training_after_a_litert_conversion_does_not_crash():
             "torch.optim.Adam(torch.nn.Linear(2, 2).parameters()); print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-1500:]
+
+
+def _tflite_graph(path):
+    """What makes a .tflite the graph it is: its ops, its tensors (shape, type, quantisation) and
+    its output on a fixed input. Not the tensor names, which Keras numbers anew on every conversion."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    ops = sorted(o["op_name"] for o in it._get_ops_details())
+    tensors = sorted((tuple(int(v) for v in t["shape"]), str(t["dtype"]), tuple(float(q) for q in t["quantization"]))
+                     for t in it.get_tensor_details())
+    inp = it.get_input_details()[0]
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(inp["shape"]) if inp["dtype"] == np.float32 else rng.integers(-60, 60, inp["shape"]))
+    it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    it.invoke()
+    return ops, tensors, it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def test_litert_conversion_skips_only_the_variants_not_asked_for(tiny, tmp_path):
+    """onnx2tf runs seven TFLite conversions for an int8 request; we keep one. Skipping the rest
+    must leave the kept graphs as onnx2tf makes them when it runs all seven."""
+    import contextlib
+
+    from dna_deploy.convert import litert
+    from dna_deploy.convert.onnx import torch_to_onnx
+
+    _skip_if_unavailable("litert", "cpu")
+    module, x, _ = _strided_mbconv(tiny)
+    onnx_path = torch_to_onnx(module, x, tmp_path / "op.onnx")
+    calibration = np.random.default_rng(0).standard_normal((8, *x.shape[1:])).astype(np.float32)
+    precisions = ("fp32", "fp16", "int8")
+    skipped = litert.onnx_to_litert(onnx_path, tmp_path / "skip", precisions=precisions, calibration=calibration)
+    only_variants, litert._only_variants = litert._only_variants, lambda precisions: contextlib.nullcontext()
+    try:
+        everything = litert.onnx_to_litert(onnx_path, tmp_path / "all", precisions=precisions, calibration=calibration)
+    finally:
+        litert._only_variants = only_variants
+    for p in precisions:
+        (ops_a, tensors_a, y_a), (ops_b, tensors_b, y_b) = _tflite_graph(skipped[p]), _tflite_graph(everything[p])
+        assert ops_a == ops_b and tensors_a == tensors_b, p
+        assert np.array_equal(y_a, y_b), p
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert Interpreter(model_path=str(skipped["int8"])).get_input_details()[0]["dtype"] == np.int8  # full integer
