@@ -14,6 +14,17 @@ P = ProfileSettings()  # the defaults, shared with the pipeline
 app = typer.Typer(help="Per-device latency lookup tables measured on real runtimes.", invoke_without_command=True)
 
 TableOpt = typer.Option(..., "--table", "-t", help="Latency table JSON (from `dna-deploy profile`).")
+GranularityOpt = typer.Option(P.granularity, "--granularity",
+                              help="layer: one entry per distinct layer; block: one per candidate of each block.")
+
+
+def _granularity(value: str) -> str:
+    from dna_deploy.errors import DataError
+    from dna_deploy.latency.table import GRANULARITIES
+
+    if value not in GRANULARITIES:
+        raise DataError(f"--granularity {value!r} is not one of {', '.join(GRANULARITIES)}")
+    return value
 
 
 @app.callback()
@@ -27,8 +38,13 @@ def profile_cmd(ctx: typer.Context,
                 warmup_s: float = typer.Option(P.warmup_s, min=0.0, help="Seconds each timed batch warms up (idle models run slow at first)."),
                 resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run."),
                 force: bool = typer.Option(False, "--force", help="Allow replacing a table shipped with dna-deploy."),
+                granularity: str = GranularityOpt,
                 fmt: OutputFormat = FormatOpt) -> None:
     """Time every candidate op at every layer position of a space and write a latency table.
+
+    With --granularity block, every candidate of every block is timed as one model instead (600 on
+    tiny against 51 layers): slower to profile, and it measures what the runtime does across a
+    block's layers instead of assuming their sum.
 
     Example: dna-deploy profile --device x86-cpu-onnxruntime --space tiny
     """
@@ -40,11 +56,11 @@ def profile_cmd(ctx: typer.Context,
     from dna_deploy.latency.devices import load_device
     from dna_deploy.latency.profiler import default_table_path, profile
 
-    dev, sp = load_device(device), resolve_space(space)
-    out = output or default_table_path(dev, sp)
+    dev, sp, granularity = load_device(device), resolve_space(space), _granularity(granularity)
+    out = output or default_table_path(dev, sp, granularity=granularity)
     check_writable(out)
     table = profile(sp, dev, out, rounds=rounds, runs_per_round=runs, cv_threshold=cv_threshold, resume=resume,
-                    show_progress=fmt == "table", force=force, warmup_s=warmup_s)
+                    show_progress=fmt == "table", force=force, warmup_s=warmup_s, granularity=granularity)
     _summary(table, out, fmt)
 
 
@@ -123,7 +139,7 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
 @app.command("bundle")
 def bundle(device: str = typer.Option(..., "--device", "-d"), space: str = SpaceOpt,
            output: Path = typer.Option(..., "--output", "-o", help="Folder (or .zip) to write."),
-           fmt: OutputFormat = FormatOpt) -> None:
+           granularity: str = GranularityOpt, fmt: OutputFormat = FormatOpt) -> None:
     """Write the op models and a manifest, to profile a target that has only the runtime installed.
 
     Example: dna-deploy profile bundle --device rpi5-cpu-litert --space tiny -o rpi5-bundle.zip
@@ -138,10 +154,10 @@ def bundle(device: str = typer.Option(..., "--device", "-d"), space: str = Space
     check_writable(output, folder=output.suffix != ".zip")
     if output.suffix == ".zip":
         with tempfile.TemporaryDirectory() as tmp:
-            build_bundle(sp, dev, tmp, show_progress=fmt == "table")
+            build_bundle(sp, dev, tmp, show_progress=fmt == "table", granularity=_granularity(granularity))
             shutil.make_archive(str(output.with_suffix("")), "zip", tmp)
     else:
-        build_bundle(sp, dev, output, show_progress=fmt == "table")
+        build_bundle(sp, dev, output, show_progress=fmt == "table", granularity=_granularity(granularity))
     render({"bundle": str(output), "device": dev.name, "space": sp.name,
             "next": f"on the target: dna-deploy profile run-bundle {output.name}"}, fmt=fmt)
 

@@ -178,8 +178,11 @@ class ProfileSettings:
     validate_samples: int = 30
     validate_rounds: int = 3
     warmup_s: float = 0.25  # seconds every timed batch warms up (runtimes/base.py: idle models run slow at first)
+    granularity: str = "layer"  # layer: one entry per distinct layer; block: one per block candidate (latency/table.py)
 
     def __post_init__(self):
+        if self.granularity not in ("layer", "block"):
+            raise DataError(f"granularity must be layer or block, got {self.granularity!r}")
         if not 0 <= self.warmup_s <= 10:
             raise DataError(f"warmup_s must lie in [0, 10] seconds, got {self.warmup_s}")
         _check(self, positive=("rounds", "runs", "cv_threshold", "validate_rounds"),

@@ -21,6 +21,12 @@ def layer_job(spec: dict, input_shape: list[int], *, runtime: str, precision: st
             "work_dir": str(work_dir), "name": name}
 
 
+def block_job(specs: list[dict], input_shape: list[int], *, runtime: str, precision: str, work_dir: Path, name: str) -> dict:
+    """One block candidate as one model: its layers in sequence (a block-level table entry)."""
+    return {"kind": "block", "specs": specs, "input_shape": list(input_shape), "runtime": runtime,
+            "precision": precision, "work_dir": str(work_dir), "name": name}
+
+
 def network_job(space: dict, arch: str, batch: int, *, runtime: str, precision: str, work_dir: Path, name: str) -> dict:
     return {"kind": "network", "space": space, "arch": arch, "batch": batch, "runtime": runtime, "precision": precision,
             "work_dir": str(work_dir), "name": name}
@@ -32,12 +38,17 @@ def build_artifact(job: dict) -> str:
 
     from dna_deploy.runtimes import runner_class
 
+    from dna_deploy.space import LayerSpec
+
     torch.manual_seed(0)
     if job["kind"] == "layer":
         from dna_deploy.nn.modules import build_layer
-        from dna_deploy.space import LayerSpec
 
         module, shape = build_layer(LayerSpec(**job["spec"])), job["input_shape"]
+    elif job["kind"] == "block":
+        from dna_deploy.nn.modules import build_block
+
+        module, shape = build_block([LayerSpec(**s) for s in job["specs"]]), job["input_shape"]
     else:
         from dna_deploy.nn.builder import build_network
         from dna_deploy.space import SearchSpace

@@ -1,4 +1,5 @@
-"""Profiling: op models for every distinct layer of a space, timed on one runtime.
+"""Profiling: op models for every distinct layer of a space (or, at block granularity, every
+candidate of every block as one model), timed on one runtime.
 
 Two halves, so a target without torch can be profiled: `build_bundle` (host: builds one-layer
 models with the export path and a manifest) and `measure_bundle` (target: only the runtime needed;
@@ -18,9 +19,9 @@ from dna_deploy import __version__
 from dna_deploy.errors import DataError
 from dna_deploy.host import GRAPH_RECIPES, host_description, runtime_versions
 from dna_deploy.io import exclusive_lock, fingerprint, read_json, write_json
-from dna_deploy.latency.artifacts import build_artifacts, layer_job
+from dna_deploy.latency.artifacts import block_job, build_artifacts, layer_job
 from dna_deploy.latency.devices import DeviceSpec
-from dna_deploy.latency.table import STATISTIC, LatencyTable, refuse_shipped
+from dna_deploy.latency.table import GRANULARITIES, STATISTIC, LatencyTable, block_entry_key, refuse_shipped
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime, runner_class
 from dna_deploy.runtimes.base import WARMUP_S, TimingStats
@@ -30,19 +31,39 @@ BUNDLE_FORMAT = "dna-deploy-bundle/1"
 MANIFEST = "manifest.json"
 
 
-def default_table_path(device: DeviceSpec, space: SearchSpace, root: str | Path = "latency_tables") -> Path:
-    return Path(root) / f"{device.name}__{space.name}.json"
+def default_table_path(device: DeviceSpec, space: SearchSpace, root: str | Path = "latency_tables", *,
+                       granularity: str = "layer") -> Path:
+    suffix = "" if granularity == "layer" else f"__{granularity}s"
+    return Path(root) / f"{device.name}__{space.name}{suffix}.json"
 
 
-def shipped_table_for_host(device: DeviceSpec, space: SearchSpace) -> tuple[Path | None, str | None]:
+def _op_models(space: SearchSpace, granularity: str) -> dict[str, list[LayerSpec]]:
+    """What a table of this granularity times, by entry key: the layers of each op model."""
+    if granularity not in GRANULARITIES:
+        raise DataError(f"granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}")
+    fixed = {s.key: [s] for s in space.stem_specs() + [space.head_spec()]}
+    if granularity == "layer":
+        return {**fixed, **{s.key: [s] for s in space.all_layer_specs()}}
+    blocks = {}
+    for b in range(len(space.blocks)):
+        for ops in space.block_candidates(b):
+            specs = [s for s in space.block_specs(b, ops) if s.key]
+            blocks.setdefault(block_entry_key(specs), specs)
+    return {**fixed, **blocks}
+
+
+def shipped_table_for_host(device: DeviceSpec, space: SearchSpace, *,
+                           granularity: str = "layer") -> tuple[Path | None, str | None]:
     """The shipped table for this device and space when it was measured on this very host with
     these runtime versions and is calibrated: (path, None); otherwise (None, why not)."""
     from dna_deploy.io import shipped_dir
 
-    path = default_table_path(device, space, shipped_dir("latency_tables"))
+    path = default_table_path(device, space, shipped_dir("latency_tables"), granularity=granularity)
     if not path.is_file():
-        return None, "none shipped for this device and space"
+        return None, f"none shipped for this device and space at {granularity} granularity"
     t = LatencyTable.load(path)
+    if t.granularity != granularity:
+        return None, f"shipped at {t.granularity} granularity, not {granularity}"
     if t.meta.get("space_fingerprint") != space.fingerprint:
         return None, "shipped for another definition of the space"
     if t.meta.get("device") != device.to_dict():
@@ -56,9 +77,10 @@ def shipped_table_for_host(device: DeviceSpec, space: SearchSpace) -> tuple[Path
 
 
 # ---------------------------------------------------------------- bundle (host side, needs torch)
-def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *, show_progress: bool = True) -> Path:
-    """One op model per distinct layer, plus a manifest. Resumable: existing op models are kept.
-    Slow conversions (LiteRT) run in parallel worker processes."""
+def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *, show_progress: bool = True,
+                 granularity: str = "layer") -> Path:
+    """One op model per distinct layer (or per block candidate), plus a manifest. Resumable:
+    existing op models are kept. Slow conversions (LiteRT) run in parallel worker processes."""
     # Only the converters are needed here (they say which extra is missing); TensorRT engines and
     # GPU sessions are built on the target from the bundle's ONNX models.
     cls = runner_class(device.runtime)
@@ -68,34 +90,41 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
     manifest = {"format": BUNDLE_FORMAT, "space": space.name, "space_fingerprint": space.fingerprint,
                 "body_fingerprint": space.body_fingerprint,
                 "space_definition": space.to_dict(), "device": device.to_dict(), "tool_version": __version__,
-                "graph_recipe": GRAPH_RECIPES.get(device.runtime), "entries": {}}
+                "graph_recipe": GRAPH_RECIPES.get(device.runtime), "granularity": granularity, "entries": {}}
     if manifest_path.is_file():
         old = read_json(manifest_path, what="bundle manifest")
         if old.get("space_fingerprint") == space.fingerprint and old.get("device") == device.to_dict() \
-                and old.get("graph_recipe") == manifest["graph_recipe"]:  # op models built another way are rebuilt
+                and old.get("graph_recipe") == manifest["graph_recipe"] \
+                and old.get("granularity", "layer") == granularity:  # op models built another way are rebuilt
             manifest["entries"] = {k: v for k, v in old.get("entries", {}).items()
                                    if v.get("file") is None or (out_dir / v["file"]).is_file()}
-    specs = space.all_layer_specs()
-    shapes = {spec.key: [device.batch, spec.in_ch, spec.in_hw, spec.in_hw] for spec in specs}
+    models = _op_models(space, granularity)
+    shapes = {key: [device.batch, specs[0].in_ch, specs[0].in_hw, specs[0].in_hw] for key, specs in models.items()}
     with progress_bar(show_progress) as bar:
-        task = bar.task(f"op models ({device.runtime})", len(specs))
+        task = bar.task(f"op models ({device.runtime}, {granularity}s)", len(models))
 
         def record(key: str, artifact: str | None) -> None:
-            spec = next(sp for sp in specs if sp.key == key)
+            specs = models[key]
+            layers = {"spec": asdict(specs[0])} if key == specs[0].key else {"specs": [asdict(s) for s in specs]}
             manifest["entries"][key] = {"file": Path(artifact).name if artifact else None, "input_shape": shapes[key],
-                                        "spec": asdict(spec)}
+                                        **layers}
             write_json(manifest_path, manifest)
-            bar.advance(task, info=spec.kind)
+            bar.advance(task, info=specs[0].kind)
 
-        todo = [(i, spec) for i, spec in enumerate(specs) if spec.key not in manifest["entries"]]
-        bar.advance(task, len(specs) - len(todo))
+        todo = [(i, key) for i, key in enumerate(models) if key not in manifest["entries"]]
+        bar.advance(task, len(models) - len(todo))
         if not cls.artifact_suffix:  # torch rebuilds modules from the spec on the target
-            for _, spec in todo:
-                record(spec.key, None)
+            for _, key in todo:
+                record(key, None)
         else:
-            jobs = [(spec.key, layer_job(asdict(spec), shapes[spec.key], runtime=device.runtime, precision=device.precision,
-                                         work_dir=out_dir, name=f"op{i:04d}")) for i, spec in todo]
-            build_artifacts(jobs, parallel=cls.slow_to_prepare, on_done=record)
+            def job(i: int, key: str) -> dict:
+                specs, where = models[key], dict(runtime=device.runtime, precision=device.precision, work_dir=out_dir,
+                                                 name=f"op{i:04d}")
+                if key == specs[0].key:  # one layer
+                    return layer_job(asdict(specs[0]), shapes[key], **where)
+                return block_job([asdict(s) for s in specs], shapes[key], **where)
+
+            build_artifacts([(key, job(i, key)) for i, key in todo], parallel=cls.slow_to_prepare, on_done=record)
     write_json(manifest_path, manifest)
     return out_dir
 
@@ -103,9 +132,10 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
 # ---------------------------------------------------------------- measure (target side, no torch needed)
 def _open_runner(cls, bundle: Path, entry: dict, device: DeviceSpec):
     if entry["file"] is None:  # torch runtime: build the module here
-        from dna_deploy.nn.modules import build_layer
+        from dna_deploy.nn.modules import build_block, build_layer
 
-        module = build_layer(LayerSpec(**entry["spec"])).eval()
+        module = (build_layer(LayerSpec(**entry["spec"])) if "spec" in entry else
+                  build_block([LayerSpec(**s) for s in entry["specs"]])).eval()
         return cls(module, threads=device.threads, device=device.device, precision=device.precision,
                    input_shape=entry["input_shape"], op_resolver=device.op_resolver).activate()
     return cls(bundle / entry["file"], threads=device.threads, device=device.device, precision=device.precision,
@@ -194,6 +224,7 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
               "device": device.to_dict(), "runtime": device.runtime, "versions": bundle_versions(manifest, device.runtime),
               "host": host_description(device.device), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "tool_version": __version__, "timing": {**settings, "resumed_at_round": resumed_at},
+              "granularity": manifest.get("granularity", "layer"),
               "statistic": STATISTIC, "units": "milliseconds per inference of one batch"},
         entries={k: {**stats[k].to_dict(), "cv": round(stats[k].cv, 4), "input_shape": entries[k]["input_shape"]}
                  for k in keys})
@@ -203,10 +234,10 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
 
 
 def profile(space: SearchSpace, device: DeviceSpec, out_path: str | Path, *, work_dir: str | Path | None = None,
-            show_progress: bool = True, force: bool = False, **timing) -> LatencyTable:
+            show_progress: bool = True, force: bool = False, granularity: str = "layer", **timing) -> LatencyTable:
     """Bundle + measure on this machine. The bundle folder is kept for resume (and reuse)."""
     out_path = Path(out_path)
     refuse_shipped(out_path, force=force)
     work = Path(work_dir) if work_dir else out_path.with_name(out_path.stem + ".bundle")
-    build_bundle(space, device, work, show_progress=show_progress)
+    build_bundle(space, device, work, show_progress=show_progress, granularity=granularity)
     return measure_bundle(work, out_path, show_progress=show_progress, **timing)

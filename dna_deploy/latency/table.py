@@ -1,8 +1,15 @@
 """The latency lookup table: versioned JSON with units in field names, never a pickle.
 
-A network's latency is predicted as the sum of its layers' entries (the raw sum) and, once
+A network's latency is predicted as the sum of its entries (the raw sum) and, once
 `profile validate` has fitted it, calibrated as a * raw_sum + b: runtimes fuse across layers and
 pay a per-inference overhead, which a plain sum misses.
+
+Two granularities (meta.granularity). "layer" (the default): one entry per distinct layer, summed
+within each block; few models to time (51 on tiny). "block": one entry per candidate of each block,
+timed as one model (600 on tiny), so what a runtime does across the layers of a block (fusion,
+cache reuse, layout changes) is measured instead of assumed away. Both stay additive over blocks,
+the unit DNA's search chooses, so search remains exact with either. Stem and head are layer
+entries in both.
 
 Which statistic of an entry's timings is summed is the table's `meta.statistic`: "p10_ms" for
 tables profiled since it was recorded, "median_ms" for older ones (whose calibration was fitted to
@@ -32,6 +39,15 @@ FORMAT = "dna-deploy-lut/1"
 STATISTIC = "p10_ms"  # what new tables sum and what networks are measured with (see above)
 LEGACY_STATISTIC = "median_ms"  # tables without meta.statistic
 STATISTICS = (STATISTIC, LEGACY_STATISTIC)
+
+
+GRANULARITIES = ("layer", "block")
+
+
+def block_entry_key(specs: list[LayerSpec]) -> str:
+    """The entry of one block candidate: its layers' keys in order (skips build nothing). Equal
+    keys are equal models, whichever block and skip placement they come from."""
+    return "block:" + "+".join(s.key for s in specs if s.key)
 
 
 def is_shipped(path: str | Path) -> bool:
@@ -78,6 +94,9 @@ class LatencyTable:
         if not isinstance(entries, dict) or not isinstance(d.get("meta"), dict):
             raise TableError(f"latency table {path} lacks 'meta' or 'entries'; regenerate it")
         statistic = d["meta"].get("statistic", LEGACY_STATISTIC)
+        if d["meta"].get("granularity", "layer") not in GRANULARITIES:
+            raise TableError(f"latency table {path}: meta.granularity {d['meta']['granularity']!r} is not one of "
+                             f"{', '.join(GRANULARITIES)}")
         if statistic not in STATISTICS:
             raise TableError(f"latency table {path}: meta.statistic {statistic!r} is not one of {', '.join(STATISTICS)}")
         for k, v in entries.items():
@@ -143,6 +162,29 @@ class LatencyTable:
         return sorted({s.key for s in specs if s.key and s.key not in self.entries})
 
     @property
+    def granularity(self) -> str:
+        return self.meta.get("granularity", "layer")
+
+    def required_keys(self, space: SearchSpace) -> list[str]:
+        """Every entry this table needs to predict each network of the space."""
+        fixed = [s.key for s in space.stem_specs() + [space.head_spec()]]
+        if self.granularity == "layer":
+            return list(dict.fromkeys(fixed + [s.key for s in space.all_layer_specs()]))
+        return list(dict.fromkeys(fixed + [block_entry_key(space.block_specs(b, ops)) for b in range(len(space.blocks))
+                                           for ops in space.block_candidates(b)]))
+
+    def missing_entries(self, space: SearchSpace) -> list[str]:
+        return sorted(k for k in self.required_keys(space) if k not in self.entries)
+
+    def block_keys(self, space: SearchSpace, block: int, ops: tuple[Op, ...]) -> list[str]:
+        """The entries whose sum is one block candidate's latency: one for a block table, its
+        layers' for a layer table."""
+        specs = space.block_specs(block, ops)
+        if self.granularity == "block":
+            return [block_entry_key(specs)]
+        return [s.key for s in specs if s.key]
+
+    @property
     def statistic(self) -> str:
         """The TimingStats field this table's entries, calibration and fidelity are in."""
         return self.meta.get("statistic", LEGACY_STATISTIC)
@@ -169,10 +211,10 @@ class LatencyTable:
         return self.layers_ms(space.stem_specs() + [space.head_spec()])
 
     def block_ms(self, space: SearchSpace, block: int, ops: tuple[Op, ...]) -> float:
-        return self.layers_ms(space.block_specs(block, ops))
+        return sum(self._lookup(k) for k in self.block_keys(space, block, ops))
 
     def raw_ms(self, space: SearchSpace, arch: Arch) -> float:
-        return self.layers_ms(space.layer_specs(arch))
+        return self.fixed_ms(space) + sum(self.block_ms(space, b, ops) for b, ops in enumerate(arch.blocks))
 
     def calibrate(self, raw_ms: float) -> float:
         if not self.calibration:

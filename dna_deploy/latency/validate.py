@@ -187,7 +187,7 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     table = LatencyTable.load(table_path)
     table.check_space(space)
     dest = calibrated_table_path(table_path, output=output, force=force)
-    missing = table.missing([s for s in space.all_layer_specs()])
+    missing = table.missing_entries(space)
     if missing:
         raise DataError(f"latency table lacks {len(missing)} entries ({', '.join(missing[:3])} ...); re-profile it")
     device = DeviceSpec.from_dict(table.meta["device"])

@@ -160,3 +160,9 @@ def build_layer(spec: LayerSpec) -> nn.Module:
         return LAYER_MODULES[spec.kind](spec)
     except KeyError:
         raise ValueError(f"no module for layer kind {spec.kind!r}; register one in LAYER_MODULES") from None
+
+
+def build_block(specs: list[LayerSpec]) -> nn.Module:
+    """A block candidate as one module: its layers in order, skips left out (they build nothing).
+    What a block-level latency entry times."""
+    return nn.Sequential(*(build_layer(s) for s in specs if s.key))

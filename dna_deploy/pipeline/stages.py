@@ -222,7 +222,8 @@ class TablesStage(Stage):
         for d in ctx.cfg.devices:
             table = ctx.table_path(ctx.device_name(d))
             cmds.append(["profile", "--device", d.device, "--space", ctx.cfg.space, "-o", table, "--rounds", p.rounds,
-                         "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}", "--warmup-s", repr(p.warmup_s)])
+                         "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}", "--warmup-s", repr(p.warmup_s),
+                         "--granularity", p.granularity])
             cmds.append(["profile", "validate", "--table", table, "--space", ctx.cfg.space, "-n", p.validate_samples,
                          "--rounds", p.validate_rounds, "--warmup-s", repr(p.warmup_s)])
         return cmds
@@ -238,7 +239,7 @@ class TablesStage(Stage):
         for d in ctx.cfg.devices:
             dev = load_device(d.device)
             dst = ctx.table_path(dev.name)
-            shipped, why = shipped_table_for_host(dev, ctx.space) if p.use_shipped in ("auto", True) else (None, None)
+            shipped, why = shipped_table_for_host(dev, ctx.space, granularity=p.granularity) if p.use_shipped in ("auto", True) else (None, None)
             if shipped is None and p.use_shipped is True:
                 from dna_deploy.errors import TableError
 
@@ -255,7 +256,7 @@ class TablesStage(Stage):
                 continue
             ctx.log(f"[tables] profiling {dev.name} on this machine" + (f" (shipped table: {why})" if why else ""))
             profile(ctx.space, dev, dst, rounds=p.rounds, runs_per_round=p.runs, cv_threshold=p.cv_threshold,
-                    show_progress=ctx.show_progress, warmup_s=p.warmup_s)
+                    show_progress=ctx.show_progress, warmup_s=p.warmup_s, granularity=p.granularity)
             rep = validate_table(dst, ctx.space, samples=p.validate_samples, plot_path=dst.with_suffix(".fidelity.png"),
                                  show_progress=ctx.show_progress, rounds=p.validate_rounds, warmup_s=p.warmup_s)
             res[dev.name] = {"table": str(dst), "source": "measured on this machine",

@@ -269,7 +269,7 @@ def brute_force(problem: Problem, *, top_k: int = 1) -> list[tuple[float, tuple[
 # ---------------------------------------------------------------- from ratings + latency tables
 def build_problem(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list[float | None], *,
                   max_mmacs: float | None = None, max_params: float | None = None) -> Problem:
-    """Costs per block candidate: raw LUT latency per table (budgets are converted through each
+    """Costs per block candidate: raw LUT latency per table (layer or block entries; budgets are converted through each
     table's calibration: a * raw + b <= budget), MACs and params."""
     if len(budgets_ms) != len(tables):
         raise DataError(f"{len(tables)} latency table(s) but {len(budgets_ms)} --budget-ms value(s): give one budget per table")
@@ -279,7 +279,7 @@ def build_problem(space: SearchSpace, ratings: dict, tables: list, budgets_ms: l
             raise DataError(f"{what} is {v}; a limit must be a positive finite number (leave it out for no limit)")
     for t in tables:
         t.check_space(space)
-        missing = t.missing(space.all_layer_specs())
+        missing = t.missing_entries(space)
         if missing:
             raise DataError(f"latency table {t.path} lacks {len(missing)} entries, e.g. {missing[0]}; re-profile")
     names = [f"latency_ms:{t.name}" for t in tables] + ["macs", "params"]
@@ -297,11 +297,12 @@ def build_problem(space: SearchSpace, ratings: dict, tables: list, budgets_ms: l
         missing = [n for n in order if n not in cands]
         if missing:
             raise DataError(f"rating table lacks candidate {missing[0]!r} of block {b}; re-run `dna-deploy rate`")
-        # each layer's entry looked up once per table, then summed per candidate (6,264 on dna-mbconv)
-        keys = [[spec.key for spec in space.block_specs(b, ops) if spec.key] for ops in candidates]
-        ms = [{k: t.entry_ms(k) for k in {k for ks in keys for k in ks}} for t in tables]
-        costs = np.array([[sum(m[k] for k in ks) for m in ms] + [cands[n]["macs"], cands[n]["params"]]
-                          for ks, n in zip(keys, order)], float)
+        # each entry looked up once per table (a layer's, or the candidate's own in a block-level
+        # table), then summed per candidate (6,264 on dna-mbconv)
+        keys = [[t.block_keys(space, b, ops) for ops in candidates] for t in tables]
+        ms = [{k: t.entry_ms(k) for ks in keys_t for k in ks} for t, keys_t in zip(tables, keys)]
+        costs = np.array([[sum(m[k] for k in keys_t[j]) for m, keys_t in zip(ms, keys)]
+                          + [cands[n]["macs"], cands[n]["params"]] for j, n in enumerate(order)], float)
         blocks.append(BlockChoices(order, np.array([cands[n]["loss"] for n in order], float), costs))
     return Problem(blocks, names, fixed, limits, display)
 
