@@ -32,10 +32,10 @@ def profile_cmd(ctx: typer.Context,
                 device: str = typer.Option(None, "--device", "-d", help="Device spec name (see `devices list`) or .yaml."),
                 space: str = SpaceOpt,
                 output: Path = typer.Option(None, "--output", "-o", help="Table path [latency_tables/<device>__<space>.json]."),
-                rounds: int = typer.Option(P.rounds, min=1, help="Interleaved timing rounds over all ops."),
+                rounds: int = typer.Option(None, min=1, help="Interleaved timing rounds over all ops [5; 3 for block tables]."),
                 runs: int = typer.Option(P.runs, min=1, help="Timed runs per op per round."),
                 cv_threshold: float = typer.Option(P.cv_threshold, help="Re-measure ops whose robust CV exceeds this."),
-                warmup_s: float = typer.Option(P.warmup_s, min=0.0, help="Seconds each timed batch warms up (idle models run slow at first)."),
+                warmup_s: float = typer.Option(None, min=0.0, help="Seconds each timed batch warms up (idle models run slow at first) [0.25; 0.1 for block tables]."),
                 resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run."),
                 force: bool = typer.Option(False, "--force", help="Allow replacing a table shipped with dna-deploy."),
                 granularity: str = GranularityOpt,
@@ -166,8 +166,9 @@ def bundle(device: str = typer.Option(..., "--device", "-d"), space: str = Space
 def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .zip."),
                output: Path = typer.Option(None, "--output", "-o", help="Table path [<device>__<space>.json]."),
                threads: int = typer.Option(None, help="Override the device spec's thread count."),
-               rounds: int = typer.Option(5, min=1), runs: int = typer.Option(20, min=1),
-               warmup_s: float = typer.Option(P.warmup_s, min=0.0, help="Seconds each timed batch warms up."),
+               rounds: int = typer.Option(None, min=1, help="Timing rounds [5; 3 for a block bundle]."),
+               runs: int = typer.Option(20, min=1),
+               warmup_s: float = typer.Option(None, min=0.0, help="Seconds each timed batch warms up [0.25; 0.1 for a block bundle]."),
                resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Time a bundle's op models on this machine (no torch needed for ONNX Runtime / LiteRT bundles).
 
@@ -187,7 +188,8 @@ def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .z
         with zipfile.ZipFile(bundle_path) as z:
             z.extractall(folder)
     m = read_json(folder / MANIFEST, what="bundle manifest")
-    out = output or Path(f"{m['device']['name']}__{m['space']}.json")
+    blocks = "" if m.get("granularity", "layer") == "layer" else f"__{m['granularity']}s"
+    out = output or Path(f"{m['device']['name']}__{m['space']}{blocks}.json")
     table = measure_bundle(folder, out, threads=threads, rounds=rounds, runs_per_round=runs, resume=resume,
                            show_progress=fmt == "table", warmup_s=warmup_s)
     _summary(table, out, fmt)

@@ -172,12 +172,13 @@ class ProfileSettings:
     """Latency tables: reuse a shipped one (same host and runtime versions only) or measure here."""
 
     use_shipped: bool | str = "auto"  # auto | true | false
-    rounds: int = 5
+    rounds: int | None = None  # timing rounds; None: the granularity's (5 for layer tables, 3 for block tables)
     runs: int = 20
     cv_threshold: float = 0.05
     validate_samples: int = 30
     validate_rounds: int = 3
-    warmup_s: float = 0.25  # seconds every timed batch warms up (runtimes/base.py: idle models run slow at first)
+    warmup_s: float = 0.25  # seconds every timed batch warms up (runtimes/base.py: idle models run slow at first);
+    # block tables warm up 0.1 s per batch (latency/profiler.py: TIMING_DEFAULTS), validation always warmup_s
     granularity: str = "layer"  # layer: one entry per distinct layer; block: one per block candidate (latency/table.py)
 
     def __post_init__(self):
@@ -185,7 +186,9 @@ class ProfileSettings:
             raise DataError(f"granularity must be layer or block, got {self.granularity!r}")
         if not 0 <= self.warmup_s <= 10:
             raise DataError(f"warmup_s must lie in [0, 10] seconds, got {self.warmup_s}")
-        _check(self, positive=("rounds", "runs", "cv_threshold", "validate_rounds"),
+        if self.rounds is not None and not (isinstance(self.rounds, int) and self.rounds > 0):
+            raise DataError(f"rounds must be a positive integer (or left out), got {self.rounds!r}")
+        _check(self, positive=("runs", "cv_threshold", "validate_rounds"),
                choices={"use_shipped": ("auto", True, False)})
         if self.validate_samples < 6:
             raise DataError("validate_samples must be at least 6 (some to fit the correction, some held out)")

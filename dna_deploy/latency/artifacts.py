@@ -37,7 +37,6 @@ def build_artifact(job: dict) -> str:
     import torch
 
     from dna_deploy.runtimes import runner_class
-
     from dna_deploy.space import LayerSpec
 
     torch.manual_seed(0)

@@ -221,9 +221,10 @@ class TablesStage(Stage):
         cmds = []
         for d in ctx.cfg.devices:
             table = ctx.table_path(ctx.device_name(d))
-            cmds.append(["profile", "--device", d.device, "--space", ctx.cfg.space, "-o", table, "--rounds", p.rounds,
-                         "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}", "--warmup-s", repr(p.warmup_s),
-                         "--granularity", p.granularity])
+            timing = (["--rounds", p.rounds] if p.rounds is not None else []) + \
+                (["--warmup-s", repr(p.warmup_s)] if p.granularity == "layer" else [])
+            cmds.append(["profile", "--device", d.device, "--space", ctx.cfg.space, "-o", table, *timing,
+                         "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}", "--granularity", p.granularity])
             cmds.append(["profile", "validate", "--table", table, "--space", ctx.cfg.space, "-n", p.validate_samples,
                          "--rounds", p.validate_rounds, "--warmup-s", repr(p.warmup_s)])
         return cmds
@@ -256,7 +257,8 @@ class TablesStage(Stage):
                 continue
             ctx.log(f"[tables] profiling {dev.name} on this machine" + (f" (shipped table: {why})" if why else ""))
             profile(ctx.space, dev, dst, rounds=p.rounds, runs_per_round=p.runs, cv_threshold=p.cv_threshold,
-                    show_progress=ctx.show_progress, warmup_s=p.warmup_s, granularity=p.granularity)
+                    show_progress=ctx.show_progress, granularity=p.granularity,
+                    warmup_s=p.warmup_s if p.granularity == "layer" else None)
             rep = validate_table(dst, ctx.space, samples=p.validate_samples, plot_path=dst.with_suffix(".fidelity.png"),
                                  show_progress=ctx.show_progress, rounds=p.validate_rounds, warmup_s=p.warmup_s)
             res[dev.name] = {"table": str(dst), "source": "measured on this machine",
