@@ -129,7 +129,8 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                 runners[str(a)] = (cls(art, threads=device.threads, device=device.device, precision=device.precision,
                                        input_shape=tuple(x.shape), op_resolver=device.op_resolver).activate(),
                                    x.numpy())
-                runners[str(a)][0].time(x.numpy(), warmup=warmup, runs=1)
+                # first runs only (lazy initialisation): every timed batch below warms up for warmup_s
+                runners[str(a)][0].time(x.numpy(), warmup=warmup, runs=1, warmup_s=0.0)
                 cache[str(a)] = []
             rng = random.Random(0)
             for _ in range(rounds):
