@@ -66,7 +66,7 @@ from dna_deploy.space import load_space
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "latency_tables/x86-cpu-onnxruntime__tiny.json"
 PROFILES = {  # what --quick and the full run train; the full run spends its time on the ground truth
-    "quick": {"networks": 4, "seeds": 3, "train_images": 3000, "epochs": 2, "dna_epochs": 1, "teacher_epochs": 2,
+    "quick": {"networks": 4, "seeds": 3, "train_images": 2000, "epochs": 2, "dna_epochs": 1, "teacher_epochs": 2,
               "peers": 2, "rate_images": 1000, "calib_images": 256, "val_images": 2000},
     "full": {"networks": 12, "seeds": 3, "train_images": 10000, "epochs": 2, "dna_epochs": 3, "teacher_epochs": 3,
              "peers": 5, "rate_images": 2000, "calib_images": 512, "val_images": 10000},

@@ -194,7 +194,7 @@ def onnx_to_litert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         produced = {}
         for p in precisions:
             src = tmp / "saved_model" / f"{name}{PRECISION_SUFFIX[p]}"
-            if not src.is_file():
+            if not src.is_file() or src.stat().st_size == 0:  # empty: a converter run skipped by mistake
                 raise DataError(f"onnx2tf produced no {p} model for {onnx_path}: {sink.getvalue()[-500:]}")
             dst = out_dir / f"{name}_{p}.tflite"
             shutil.copyfile(src, dst.with_suffix(".tmp"))

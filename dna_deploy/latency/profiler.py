@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import random
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,9 +29,13 @@ from dna_deploy.runtimes.base import WARMUP_S, TimingStats
 from dna_deploy.space import LayerSpec, SearchSpace
 
 BUNDLE_FORMAT = "dna-deploy-bundle/1"
+# Block bundles carry entries an older dna-deploy cannot read (a list of layers per model): they
+# are format 2, which older versions refuse in one line instead of misreading.
+BLOCK_BUNDLE_FORMAT = "dna-deploy-bundle/2"
+BUNDLE_FORMATS = {"layer": BUNDLE_FORMAT, "block": BLOCK_BUNDLE_FORMAT}
 # Timing protocol by granularity, where the caller gives none. A block table times 12x the models
 # of a layer table (600 on tiny), so it takes 3 rounds and a 0.1 s warm-up per timed batch: on ONNX
-# Runtime that is ~4.5 min on 2 cores instead of ~15 with the layer table's 5 rounds x 0.25 s.
+# Runtime that took 305 s on 2 cores, where the layer table's 5 rounds x 0.25 s would take ~15 min.
 TIMING_DEFAULTS = {"layer": {"rounds": 5, "warmup_s": WARMUP_S}, "block": {"rounds": 3, "warmup_s": 0.1}}
 MANIFEST = "manifest.json"
 
@@ -91,7 +96,8 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
-    manifest = {"format": BUNDLE_FORMAT, "space": space.name, "space_fingerprint": space.fingerprint,
+    models = _op_models(space, granularity)  # checks the granularity
+    manifest = {"format": BUNDLE_FORMATS[granularity], "space": space.name, "space_fingerprint": space.fingerprint,
                 "body_fingerprint": space.body_fingerprint,
                 "space_definition": space.to_dict(), "device": device.to_dict(), "tool_version": __version__,
                 "graph_recipe": GRAPH_RECIPES.get(device.runtime), "granularity": granularity, "entries": {}}
@@ -102,17 +108,22 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
                 and old.get("granularity", "layer") == granularity:  # op models built another way are rebuilt
             manifest["entries"] = {k: v for k, v in old.get("entries", {}).items()
                                    if v.get("file") is None or (out_dir / v["file"]).is_file()}
-    models = _op_models(space, granularity)
     shapes = {key: [device.batch, specs[0].in_ch, specs[0].in_hw, specs[0].in_hw] for key, specs in models.items()}
     with progress_bar(show_progress) as bar:
         task = bar.task(f"op models ({device.runtime}, {granularity}s)", len(models))
+
+        last_write = [0.0]
 
         def record(key: str, artifact: str | None) -> None:
             specs = models[key]
             layers = {"spec": asdict(specs[0])} if key == specs[0].key else {"specs": [asdict(s) for s in specs]}
             manifest["entries"][key] = {"file": Path(artifact).name if artifact else None, "input_shape": shapes[key],
                                         **layers}
-            write_json(manifest_path, manifest)
+            # saved for a resume at most once a second: rewriting it after each of thousands of block
+            # models would write its size squared; a kill loses at most a second of models
+            if time.monotonic() - last_write[0] >= 1.0:
+                write_json(manifest_path, manifest)
+                last_write[0] = time.monotonic()
             bar.advance(task, info=specs[0].kind)
 
         todo = [(i, key) for i, key in enumerate(models) if key not in manifest["entries"]]
@@ -163,9 +174,13 @@ def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int
     rounds and warmup_s default to TIMING_DEFAULTS for the bundle's granularity."""
     bundle = Path(bundle_dir)
     manifest = read_json(bundle / MANIFEST, what="bundle manifest")
-    if manifest.get("format") != BUNDLE_FORMAT:
+    if manifest.get("format") not in BUNDLE_FORMATS.values():
         raise DataError(f"{bundle} is not a dna-deploy profiling bundle (make one with `dna-deploy profile bundle`)")
-    defaults = TIMING_DEFAULTS[manifest.get("granularity", "layer")]
+    granularity = manifest.get("granularity", "layer")
+    if granularity not in TIMING_DEFAULTS or manifest["format"] != BUNDLE_FORMATS[granularity]:
+        raise DataError(f"{bundle}: bundle format {manifest['format']!r} with granularity {granularity!r} is not one "
+                        "this version makes; rebuild it with `dna-deploy profile bundle`")
+    defaults = TIMING_DEFAULTS[granularity]
     rounds = defaults["rounds"] if rounds is None else rounds
     warmup_s = defaults["warmup_s"] if warmup_s is None else warmup_s
     device = DeviceSpec.from_dict(manifest["device"])

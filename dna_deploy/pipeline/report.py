@@ -120,7 +120,7 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
                 row[f"{k} within ±10 %"] = f[k]["within_10pct"]
                 row[f"{k} RMSPE %"] = f[k]["rmspe_pct"]
         fid.append(row)
-    blocks = [("p", "Held-out networks measured end to end vs the table's prediction (raw sum of layer entries, the "
+    blocks = [("p", "Held-out networks measured end to end vs the table's prediction (raw sum of its layer or block entries, the "
                     "calibrated a*sum+b, and a MACs-proportional predictor for comparison)."), ("table", fid)]
     for name, t in R["tables"].items():
         png = Path(t["table"]).with_suffix(".fidelity.png")

@@ -210,7 +210,16 @@ class TablesStage(Stage):
 
         devices = [load_device(d.device) for d in ctx.cfg.devices]
         # tables belong to this host and these runtime versions: a moved run folder or an upgrade re-profiles
-        return {"devices": [d.to_dict() for d in devices], **to_mapping(ctx.cfg.profile), "host": host_description(),
+        from dna_deploy.latency.profiler import TIMING_DEFAULTS
+
+        # written as before block tables existed, so that a layer-table run keeps its fingerprint
+        profile = to_mapping(ctx.cfg.profile)
+        granularity = profile.pop("granularity")
+        if profile["rounds"] is None:
+            profile["rounds"] = TIMING_DEFAULTS[granularity]["rounds"]
+        if granularity != "layer":
+            profile["granularity"] = granularity
+        return {"devices": [d.to_dict() for d in devices], **profile, "host": host_description(),
                 "versions": {d.runtime: runtime_versions(d.runtime) for d in devices}}
 
     def outputs(self, ctx):

@@ -297,10 +297,10 @@ def build_problem(space: SearchSpace, ratings: dict, tables: list, budgets_ms: l
         missing = [n for n in order if n not in cands]
         if missing:
             raise DataError(f"rating table lacks candidate {missing[0]!r} of block {b}; re-run `dna-deploy rate`")
-        # each entry looked up once per table (a layer's, or the candidate's own in a block-level
-        # table), then summed per candidate (6,264 on dna-mbconv)
+        # each candidate's entries per table (its layers', or its own in a block-level table), each
+        # distinct entry read once into a dict, then summed per candidate (6,264 on dna-mbconv)
         keys = [[t.block_keys(space, b, ops) for ops in candidates] for t in tables]
-        ms = [{k: t.entry_ms(k) for ks in keys_t for k in ks} for t, keys_t in zip(tables, keys)]
+        ms = [{k: t.entry_ms(k) for k in {k for ks in keys_t for k in ks}} for t, keys_t in zip(tables, keys)]
         costs = np.array([[sum(m[k] for k in keys_t[j]) for m, keys_t in zip(ms, keys)]
                           + [cands[n]["macs"], cands[n]["params"]] for j, n in enumerate(order)], float)
         blocks.append(BlockChoices(order, np.array([cands[n]["loss"] for n in order], float), costs))

@@ -98,3 +98,19 @@ def test_unknown_granularity_is_one_clear_error(space, tmp_path):
                                  str(tmp_path / "t.json"), "--granularity", "ops"])
     assert r.exit_code != 0 and "--granularity 'ops' is not one of layer, block" in r.output
     assert "Traceback" not in r.output
+
+
+def test_block_bundles_are_format_2_and_a_bad_manifest_is_one_clear_error(space, tmp_path):
+    """An older dna-deploy refuses a block bundle (format 2) instead of misreading its entries."""
+    import json
+
+    from dna_deploy.errors import DataError
+    from dna_deploy.latency.profiler import build_bundle, measure_bundle
+
+    bundle = build_bundle(space, load_device("x86-cpu-torch"), tmp_path / "b", show_progress=False, granularity="block")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["format"] == "dna-deploy-bundle/2" and manifest["granularity"] == "block"
+    manifest["granularity"] = "ops"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="granularity 'ops' is not one this version makes"):
+        measure_bundle(bundle, tmp_path / "t.json", show_progress=False)

@@ -65,7 +65,6 @@ def test_bn_recalibration_changes_ratings(tiny_supernet, tiny_teacher, mnist32, 
 
     teacher = load_teacher(str(tiny_teacher[0]), tiny)
     x_cal, f_cal, x_rate, f_rate = block_inputs(teacher, mnist32, calib_images=64)
-    cb = 32
     student, state = load_block(tiny, tiny_supernet[0], 1)
     ops = tiny.smallest_arch().blocks[1]
     with torch.no_grad():
