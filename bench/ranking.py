@@ -28,7 +28,7 @@ Latency here is the shipped ONNX Runtime tiny table's prediction: it only spread
 defines "the same latency"; nothing is timed.
 
 Every stand-alone training and supernet is kept in --work-dir, so a killed run resumes.
-Run: python bench/ranking.py [--quick] [--device auto]   (full: about 75 minutes on 2 cores; --quick: under 10)
+Run: python bench/ranking.py [--quick] [--device auto]   (full: about 90 minutes on 2 cores; --quick: about 10)
 """
 
 from __future__ import annotations
