@@ -86,6 +86,8 @@ def main():
             print(f"{r['device']:22} {label:12} {v['within_5pct']:5.0%} [{c5[0]:.0%}, {c5[1]:.0%}] "
                   f"{v['within_10pct']:6.0%} [{c10[0]:.0%}, {c10[1]:.0%}] {v['rmspe_pct']:8.2f}")
         walls = ", ".join(f"{g} table {r[f'{g}_profile_s']:.0f} s ({r[f'{g}_entries']} entries)" for g in granularities)
+        if len(granularities) == 2:
+            walls += f" ({r[f'{granularities[1]}_profile_s'] / r[f'{granularities[0]}_profile_s']:.1f}x)"
         print(f"{'':22} {r['held_out']} held out of {r['networks']}; profile: {walls}; validate {r['validate_s']:.0f} s")
     write_json(Path(__file__).parent / "results" / f"latency_fidelity_{space.name}.json", rows)
 

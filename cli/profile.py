@@ -19,12 +19,9 @@ GranularityOpt = typer.Option(P.granularity, "--granularity",
 
 
 def _granularity(value: str) -> str:
-    from dna_deploy.errors import DataError
-    from dna_deploy.latency.table import GRANULARITIES
+    from dna_deploy.latency.table import check_granularity
 
-    if value not in GRANULARITIES:
-        raise DataError(f"--granularity {value!r} is not one of {', '.join(GRANULARITIES)}")
-    return value
+    return check_granularity(value)
 
 
 @app.callback()
@@ -188,8 +185,9 @@ def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .z
         with zipfile.ZipFile(bundle_path) as z:
             z.extractall(folder)
     m = read_json(folder / MANIFEST, what="bundle manifest")
-    blocks = "" if m.get("granularity", "layer") == "layer" else f"__{m['granularity']}s"
-    out = output or Path(f"{m['device']['name']}__{m['space']}{blocks}.json")
+    from dna_deploy.latency.table import table_file_name
+
+    out = output or Path(table_file_name(m["device"]["name"], m["space"], m.get("granularity", "layer")))
     table = measure_bundle(folder, out, threads=threads, rounds=rounds, runs_per_round=runs, resume=resume,
                            show_progress=fmt == "table", warmup_s=warmup_s)
     _summary(table, out, fmt)

@@ -22,7 +22,7 @@ from dna_deploy.host import GRAPH_RECIPES, host_description, runtime_versions
 from dna_deploy.io import exclusive_lock, fingerprint, read_json, write_json
 from dna_deploy.latency.artifacts import block_job, build_artifacts, layer_job
 from dna_deploy.latency.devices import DeviceSpec
-from dna_deploy.latency.table import GRANULARITIES, STATISTIC, LatencyTable, block_entry_key, refuse_shipped
+from dna_deploy.latency.table import STATISTIC, LatencyTable, refuse_shipped, table_entries, table_file_name
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime, runner_class
 from dna_deploy.runtimes.base import WARMUP_S, TimingStats
@@ -42,23 +42,7 @@ MANIFEST = "manifest.json"
 
 def default_table_path(device: DeviceSpec, space: SearchSpace, root: str | Path = "latency_tables", *,
                        granularity: str = "layer") -> Path:
-    suffix = "" if granularity == "layer" else f"__{granularity}s"
-    return Path(root) / f"{device.name}__{space.name}{suffix}.json"
-
-
-def _op_models(space: SearchSpace, granularity: str) -> dict[str, list[LayerSpec]]:
-    """What a table of this granularity times, by entry key: the layers of each op model."""
-    if granularity not in GRANULARITIES:
-        raise DataError(f"granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}")
-    fixed = {s.key: [s] for s in space.stem_specs() + [space.head_spec()]}
-    if granularity == "layer":
-        return {**fixed, **{s.key: [s] for s in space.all_layer_specs()}}
-    blocks = {}
-    for b in range(len(space.blocks)):
-        for ops in space.block_candidates(b):
-            specs = [s for s in space.block_specs(b, ops) if s.key]
-            blocks.setdefault(block_entry_key(specs), specs)
-    return {**fixed, **blocks}
+    return Path(root) / table_file_name(device.name, space.name, granularity)
 
 
 def shipped_table_for_host(device: DeviceSpec, space: SearchSpace, *,
@@ -96,7 +80,7 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
-    models = _op_models(space, granularity)  # checks the granularity
+    models = table_entries(space, granularity)  # checks the granularity
     manifest = {"format": BUNDLE_FORMATS[granularity], "space": space.name, "space_fingerprint": space.fingerprint,
                 "body_fingerprint": space.body_fingerprint,
                 "space_definition": space.to_dict(), "device": device.to_dict(), "tool_version": __version__,

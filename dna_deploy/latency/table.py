@@ -50,6 +50,31 @@ def block_entry_key(specs: list[LayerSpec]) -> str:
     return "block:" + "+".join(s.key for s in specs if s.key)
 
 
+def check_granularity(granularity: str) -> str:
+    if granularity not in GRANULARITIES:
+        raise DataError(f"granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}")
+    return granularity
+
+
+def table_file_name(device_name: str, space_name: str, granularity: str = "layer") -> str:
+    """`<device>__<space>.json`, with `__blocks` before the suffix for a block table."""
+    suffix = "" if check_granularity(granularity) == "layer" else f"__{granularity}s"
+    return f"{device_name}__{space_name}{suffix}.json"
+
+
+def table_entries(space: SearchSpace, granularity: str) -> dict[str, list[LayerSpec]]:
+    """Every entry a table of this granularity needs, by key, with the layers its op model runs:
+    stem and head, then each distinct layer or each block candidate."""
+    entries = {s.key: [s] for s in space.stem_specs() + [space.head_spec()]}
+    if check_granularity(granularity) == "layer":
+        return {**entries, **{s.key: [s] for s in space.all_layer_specs()}}
+    for b in range(len(space.blocks)):
+        for ops in space.block_candidates(b):
+            specs = [s for s in space.block_specs(b, ops) if s.key]
+            entries.setdefault(block_entry_key(specs), specs)
+    return entries
+
+
 def is_shipped(path: str | Path) -> bool:
     """True for a table that ships with dna-deploy (the package's latency_tables folder)."""
     from dna_deploy.io import shipped_dir
@@ -165,16 +190,9 @@ class LatencyTable:
     def granularity(self) -> str:
         return self.meta.get("granularity", "layer")
 
-    def required_keys(self, space: SearchSpace) -> list[str]:
-        """Every entry this table needs to predict each network of the space."""
-        fixed = [s.key for s in space.stem_specs() + [space.head_spec()]]
-        if self.granularity == "layer":
-            return list(dict.fromkeys(fixed + [s.key for s in space.all_layer_specs()]))
-        return list(dict.fromkeys(fixed + [block_entry_key(space.block_specs(b, ops)) for b in range(len(space.blocks))
-                                           for ops in space.block_candidates(b)]))
-
     def missing_entries(self, space: SearchSpace) -> list[str]:
-        return sorted(k for k in self.required_keys(space) if k not in self.entries)
+        """The entries this table lacks to predict every network of the space."""
+        return sorted(k for k in table_entries(space, self.granularity) if k not in self.entries)
 
     def block_keys(self, space: SearchSpace, block: int, ops: tuple[Op, ...]) -> list[str]:
         """The entries whose sum is one block candidate's latency: one for a block table, its

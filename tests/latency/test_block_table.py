@@ -96,7 +96,7 @@ def test_unknown_granularity_is_one_clear_error(space, tmp_path):
 
     r = CliRunner().invoke(app, ["profile", "--device", "x86-cpu-onnxruntime", "--space", str(SPACE), "-o",
                                  str(tmp_path / "t.json"), "--granularity", "ops"])
-    assert r.exit_code != 0 and "--granularity 'ops' is not one of layer, block" in r.output
+    assert r.exit_code != 0 and "granularity 'ops' is not one of layer, block" in r.output
     assert "Traceback" not in r.output
 
 
