@@ -16,6 +16,9 @@ app = typer.Typer(help="Per-device latency lookup tables measured on real runtim
 TableOpt = typer.Option(..., "--table", "-t", help="Latency table JSON (from `dna-deploy profile`).")
 GranularityOpt = typer.Option(P.granularity, "--granularity",
                               help="layer: one entry per distinct layer; block: one per candidate of each block.")
+MaxOpenOpt = typer.Option(None, "--max-open", min=1,
+                          help="Op models open at once while timing; more are timed in slices [as many as half "
+                               "the available memory holds].")
 
 
 def _granularity(value: str) -> str:
@@ -35,7 +38,7 @@ def profile_cmd(ctx: typer.Context,
                 warmup_s: float = typer.Option(None, min=0.0, help="Seconds each timed batch warms up (idle models run slow at first) [0.25; 0.1 for block tables]."),
                 resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run."),
                 force: bool = typer.Option(False, "--force", help="Allow replacing a table shipped with dna-deploy."),
-                granularity: str = GranularityOpt,
+                granularity: str = GranularityOpt, max_open: int = MaxOpenOpt,
                 fmt: OutputFormat = FormatOpt) -> None:
     """Time every candidate op at every layer position of a space and write a latency table.
 
@@ -57,7 +60,8 @@ def profile_cmd(ctx: typer.Context,
     out = output or default_table_path(dev, sp, granularity=granularity)
     check_writable(out)
     table = profile(sp, dev, out, rounds=rounds, runs_per_round=runs, cv_threshold=cv_threshold, resume=resume,
-                    show_progress=fmt == "table", force=force, warmup_s=warmup_s, granularity=granularity)
+                    show_progress=fmt == "table", force=force, warmup_s=warmup_s, granularity=granularity,
+                    max_open=max_open)
     _summary(table, out, fmt)
 
 
@@ -166,6 +170,7 @@ def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .z
                rounds: int = typer.Option(None, min=1, help="Timing rounds [5; 3 for a block bundle]."),
                runs: int = typer.Option(20, min=1),
                warmup_s: float = typer.Option(None, min=0.0, help="Seconds each timed batch warms up [0.25; 0.1 for a block bundle]."),
+               max_open: int = MaxOpenOpt,
                resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Time a bundle's op models on this machine (no torch needed for ONNX Runtime / LiteRT bundles).
 
@@ -189,5 +194,5 @@ def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .z
 
     out = output or Path(table_file_name(m["device"]["name"], m["space"], m.get("granularity", "layer")))
     table = measure_bundle(folder, out, threads=threads, rounds=rounds, runs_per_round=runs, resume=resume,
-                           show_progress=fmt == "table", warmup_s=warmup_s)
+                           show_progress=fmt == "table", warmup_s=warmup_s, max_open=max_open)
     _summary(table, out, fmt)

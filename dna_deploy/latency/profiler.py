@@ -38,6 +38,41 @@ BUNDLE_FORMATS = {"layer": BUNDLE_FORMAT, "block": BLOCK_BUNDLE_FORMAT}
 # Runtime that took 305 s on 2 cores, where the layer table's 5 rounds x 0.25 s would take ~15 min.
 TIMING_DEFAULTS = {"layer": {"rounds": 5, "warmup_s": WARMUP_S}, "block": {"rounds": 3, "warmup_s": 0.1}}
 MANIFEST = "manifest.json"
+# Op models open at once while timing. Interleaving all of them spreads drift best, but each open
+# model holds its session, packed weights and activations. Measured on dna-mbconv block models at
+# 224x224: 5.5 MB per open ONNX Runtime session and 2.5 MB per LiteRT interpreter, for 2.2 MB files;
+# its 6,264 block models would need 34 GB open at once on ONNX Runtime. So as many are opened at
+# once as half the available memory holds at OPEN_MODEL_BYTES_PER_FILE_BYTE x the mean file size,
+# and the rest are timed in slices: each slice opened, timed for all its rounds (interleaved within
+# it) and closed. tiny's 603 block models (~40 KB each) fit in one slice anywhere.
+OPEN_MODEL_BYTES_PER_FILE_BYTE = 3
+MAX_OPEN_WITHOUT_FILES = 1024  # torch bundles rebuild modules from specs: no file size to go by
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None  # not Linux: no estimate, so no slicing by memory
+
+
+def default_max_open(bundle: Path, entries: dict) -> int:
+    """How many of a bundle's op models to keep open at once while timing (see above)."""
+    files = [bundle / e["file"] for e in entries.values() if e.get("file")]
+    sizes = [f.stat().st_size for f in files if f.is_file()]
+    available = _available_memory_bytes()
+    if not files:
+        return min(len(entries), MAX_OPEN_WITHOUT_FILES)
+    if not sizes:  # every file missing: opening the first will say so
+        return len(entries)
+    if available is None:
+        return len(entries)
+    per_model = OPEN_MODEL_BYTES_PER_FILE_BYTE * sum(sizes) / len(sizes) + 2**20
+    return max(1, min(len(entries), int(0.5 * available / per_model)))
 
 
 def default_table_path(device: DeviceSpec, space: SearchSpace, root: str | Path = "latency_tables", *,
@@ -123,7 +158,7 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
                     return layer_job(asdict(specs[0]), shapes[key], **where)
                 return block_job([asdict(s) for s in specs], shapes[key], **where)
 
-            build_artifacts([(key, job(i, key)) for i, key in todo], parallel=cls.slow_to_prepare, on_done=record)
+            build_artifacts([(key, job(i, key)) for i, key in todo], slow=cls.slow_to_prepare, on_done=record)
     write_json(manifest_path, manifest)
     return out_dir
 
@@ -151,11 +186,13 @@ def bundle_versions(manifest: dict, runtime: str) -> dict:
 def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int | None = None,
                    warmup: int = 10, rounds: int | None = None, runs_per_round: int = 20, cv_threshold: float = 0.05,
                    max_extra_rounds: int = 4, resume: bool = True, show_progress: bool = True,
-                   seed: int = 0, warmup_s: float | None = None) -> LatencyTable:
+                   seed: int = 0, warmup_s: float | None = None, max_open: int | None = None) -> LatencyTable:
     """Time every op model of a bundle, interleaved round by round so drift spreads evenly; entries
     whose spread (robust CV) stays above cv_threshold get extra rounds. Saves progress every round.
     Each op model warms up for `warmup_s` seconds before each of its timed batches (Runner.time).
-    rounds and warmup_s default to TIMING_DEFAULTS for the bundle's granularity."""
+    rounds and warmup_s default to TIMING_DEFAULTS for the bundle's granularity. At most `max_open`
+    models are open at once (default: what half the available memory holds, default_max_open);
+    more are timed slice by slice."""
     bundle = Path(bundle_dir)
     manifest = read_json(bundle / MANIFEST, what="bundle manifest")
     if manifest.get("format") not in BUNDLE_FORMATS.values():
@@ -172,59 +209,54 @@ def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int
         device = DeviceSpec(**{**device.to_dict(), "threads": threads})
     cls = require_runtime(device.runtime, device.device)
     entries: dict = manifest["entries"]
+    max_open = default_max_open(bundle, entries) if max_open is None else max_open
+    if max_open < 1:
+        raise DataError(f"max_open must be at least 1 (got {max_open})")
     settings = {"warmup": warmup, "rounds": rounds, "runs_per_round": runs_per_round, "cv_threshold": cv_threshold,
                 "max_extra_rounds": max_extra_rounds, "warmup_s": warmup_s}
     out_path = Path(out_path)
     with exclusive_lock(out_path, what="profile run"):
         return _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, warmup=warmup, rounds=rounds,
                                runs_per_round=runs_per_round, cv_threshold=cv_threshold,
-                               max_extra_rounds=max_extra_rounds, resume=resume, show_progress=show_progress, seed=seed)
+                               max_extra_rounds=max_extra_rounds, resume=resume, show_progress=show_progress, seed=seed,
+                               max_open=max_open)
 
 
 def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, *, warmup, rounds, runs_per_round,
-                    cv_threshold, max_extra_rounds, resume, show_progress, seed) -> LatencyTable:
+                    cv_threshold, max_extra_rounds, resume, show_progress, seed, max_open) -> LatencyTable:
     # the graph recipe too: a partial profile of op models built another way is not resumed
     run_id = fingerprint({"entries": sorted(entries), "device": device.to_dict(), "settings": settings,
                           "graph_recipe": manifest.get("graph_recipe")})
     partial_path = out_path.with_name(out_path.name + ".partial")
+    keys = sorted(entries)
+    slices = [keys[i:i + max_open] for i in range(0, len(keys), max_open)]
     samples: dict[str, list[float]] = {k: [] for k in entries}
-    rounds_done = resumed_at = 0
+    slices_done = rounds_done = 0
+    resumed_at = None
     if resume and partial_path.is_file():
         part = read_json(partial_path, what="partial profile")
-        if part.get("run_id") == run_id:
+        # a partial run sliced another way is started over: its slices' rounds do not line up
+        if part.get("run_id") == run_id and part.get("slice_size", len(keys)) == len(slices[0]):
             samples.update({k: v for k, v in part["samples"].items() if k in samples})
-            rounds_done = resumed_at = part["rounds_done"]
-    rng = random.Random(seed + rounds_done)
-    keys = sorted(entries)
-    runners, inputs = {}, {}
-    try:
-        with progress_bar(show_progress) as bar:
-            task = bar.task(f"timing ({device.runtime}, {len(keys)} ops)", rounds * len(keys))
-            bar.advance(task, rounds_done * len(keys))
-            for k in keys:
-                runners[k] = _open_runner(cls, bundle, entries[k], device)
-                inputs[k] = np.random.default_rng(0).standard_normal(entries[k]["input_shape"]).astype(np.float32)
-                # first runs (lazy initialisation); each timed batch warms up for warmup_s itself, so this
-                # one need not: 600 block models x 0.25 s were 2.5 minutes of a block table's profile
-                runners[k].time(inputs[k], warmup=warmup, runs=1, warmup_s=0.0)
-            total_rounds = rounds + max_extra_rounds
-            for r in range(rounds_done, total_rounds):
-                if r < rounds:
-                    todo = keys
-                else:  # extra rounds only for noisy entries
-                    todo = [k for k in keys if TimingStats.from_samples(samples[k]).cv > cv_threshold]
-                    if not todo:
-                        break
-                    bar.update(task, total=(r + 1) * len(keys), completed=r * len(keys) + len(keys) - len(todo))
-                order = list(todo)
-                rng.shuffle(order)
-                for k in order:
-                    samples[k] += runners[k].time(inputs[k], warmup=3, runs=runs_per_round, warmup_s=settings["warmup_s"])
-                    bar.advance(task)
-                write_json(partial_path, {"run_id": run_id, "rounds_done": r + 1, "samples": samples})
-    finally:
-        for rn in runners.values():
-            rn.close()
+            slices_done, rounds_done = part.get("slices_done", 0), part["rounds_done"]
+            resumed_at = {"slice": slices_done, "round": rounds_done} if len(slices) > 1 else rounds_done
+
+    def save_partial(slices_finished: int, rounds_finished: int) -> None:
+        write_json(partial_path, {"run_id": run_id, "slice_size": len(slices[0]), "slices_done": slices_finished,
+                                  "rounds_done": rounds_finished, "samples": samples})
+
+    progress_total = [rounds * len(keys)]
+    with progress_bar(show_progress) as bar:
+        task = bar.task(f"timing ({device.runtime}, {len(keys)} ops"
+                        + (f", {len(slices)} slices of {len(slices[0])})" if len(slices) > 1 else ")"), rounds * len(keys))
+        bar.advance(task, rounds * sum(map(len, slices[:slices_done])) + rounds_done * len(slices[slices_done])
+                    if slices_done < len(slices) else rounds * len(keys))
+        for si in range(slices_done, len(slices)):
+            first_round = rounds_done if si == slices_done else 0
+            _time_slice(slices[si], first_round, samples, bundle, entries, device, cls, bar, task, settings,
+                        rng=random.Random(seed + si * 1000 + first_round), save=lambda r, si=si: save_partial(si, r),
+                        warmup=warmup, progress_total=progress_total)
+            save_partial(si + 1, 0)
     stats = {k: TimingStats.from_samples(v) for k, v in samples.items()}
     table = LatencyTable(
         meta={"space": manifest["space"], "space_fingerprint": manifest["space_fingerprint"],
@@ -232,7 +264,8 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
               "space_definition": manifest.get("space_definition"),
               "device": device.to_dict(), "runtime": device.runtime, "versions": bundle_versions(manifest, device.runtime),
               "host": host_description(device.device), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "tool_version": __version__, "timing": {**settings, "resumed_at_round": resumed_at},
+              "tool_version": __version__, "timing": {**settings, "resumed_at_round": resumed_at or 0,
+                                                     **({"slices": len(slices)} if len(slices) > 1 else {})},
               "granularity": manifest.get("granularity", "layer"),
               "statistic": STATISTIC, "units": "milliseconds per inference of one batch"},
         entries={k: {**stats[k].to_dict(), "cv": round(stats[k].cv, 4), "input_shape": entries[k]["input_shape"]}
@@ -240,6 +273,40 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
     table.save(out_path)
     partial_path.unlink(missing_ok=True)
     return table
+
+
+def _time_slice(keys, first_round, samples, bundle, entries, device, cls, bar, task, settings, *, rng, save,
+                warmup, progress_total: list[int]) -> None:
+    """Open a slice's op models, time them round by round in a shuffled order each round (then extra
+    rounds for the noisy ones), and close them. save(r) records the slice's progress after round r."""
+    rounds, runs_per_round = settings["rounds"], settings["runs_per_round"]
+    runners, inputs = {}, {}
+    try:
+        for k in keys:
+            runners[k] = _open_runner(cls, bundle, entries[k], device)
+            inputs[k] = np.random.default_rng(0).standard_normal(entries[k]["input_shape"]).astype(np.float32)
+            # first runs (lazy initialisation); each timed batch warms up for warmup_s itself, so this
+            # one need not: 600 block models x 0.25 s were 2.5 minutes of a block table's profile
+            runners[k].time(inputs[k], warmup=warmup, runs=1, warmup_s=0.0)
+        total_rounds = rounds + settings["max_extra_rounds"]
+        for r in range(first_round, total_rounds):
+            if r < rounds:
+                todo = keys
+            else:  # extra rounds only for noisy entries
+                todo = [k for k in keys if TimingStats.from_samples(samples[k]).cv > settings["cv_threshold"]]
+                if not todo:
+                    break
+                progress_total[0] += len(todo)
+                bar.update(task, total=progress_total[0])
+            order = list(todo)
+            rng.shuffle(order)
+            for k in order:
+                samples[k] += runners[k].time(inputs[k], warmup=3, runs=runs_per_round, warmup_s=settings["warmup_s"])
+                bar.advance(task)
+            save(r + 1)
+    finally:
+        for rn in runners.values():
+            rn.close()
 
 
 def profile(space: SearchSpace, device: DeviceSpec, out_path: str | Path, *, work_dir: str | Path | None = None,

@@ -117,7 +117,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                                              name=f"net-{fingerprint(str(a))[:12]}"))
                         for a in todo if f"{model_id}:{a}" not in built]
                 bar.advance(task, len(todo) - len(jobs))
-                build_artifacts(jobs, parallel=cls.slow_to_prepare, on_done=done)
+                build_artifacts(jobs, slow=cls.slow_to_prepare, on_done=done)
             torch.manual_seed(0)
             for a in todo:
                 if cls.artifact_suffix:

@@ -114,3 +114,53 @@ def test_block_bundles_are_format_2_and_a_bad_manifest_is_one_clear_error(space,
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="granularity 'ops' is not one this version makes"):
         measure_bundle(bundle, tmp_path / "t.json", show_progress=False)
+
+
+def test_many_op_models_are_timed_in_slices_and_a_broken_run_resumes_at_its_slice(space, block_table, tmp_path):
+    """With at most 10 models open (44 entries: 5 slices), every entry still gets every round; a run
+    that fails in its third slice keeps the first two slices' timings and resumes at the third."""
+    import json
+    import shutil
+
+    from dna_deploy.latency.profiler import measure_bundle
+
+    bundle = shutil.copytree(block_table.path.with_name(block_table.path.stem + ".bundle"), tmp_path / "bundle")
+    entries = json.loads((bundle / "manifest.json").read_text())["entries"]
+    keys = sorted(entries)
+    victim = bundle / entries[keys[25]]["file"]  # in the third slice (keys 20-29)
+    saved = victim.read_bytes()
+    victim.unlink()
+    out = tmp_path / "sliced.json"
+    timing = dict(rounds=2, runs_per_round=3, max_extra_rounds=0, warmup_s=0.0, show_progress=False, max_open=10)
+    with pytest.raises(Exception):
+        measure_bundle(bundle, out, **timing)
+    partial = json.loads(out.with_name(out.name + ".partial").read_text())
+    assert partial["slices_done"] == 2 and partial["slice_size"] == 10
+    assert all(len(partial["samples"][k]) == 6 for k in keys[:20]) and not any(partial["samples"][k] for k in keys[20:])
+    victim.write_bytes(saved)
+    table = measure_bundle(bundle, out, **timing)
+    assert table.meta["timing"]["slices"] == 5 and table.meta["timing"]["resumed_at_round"] == {"slice": 2, "round": 0}
+    assert set(table.entries) == set(keys) and table.missing_entries(space) == []
+    assert all(e["runs"] == 6 for e in table.entries.values())
+    import numpy as np
+
+    assert all(table.entries[k]["median_ms"] == pytest.approx(np.median(partial["samples"][k]), abs=1e-6)
+               for k in keys[:20])  # the first two slices were not timed again
+
+
+def test_models_open_at_once_follow_the_available_memory(block_table):
+    """tiny-sized op models all fit at once; a bundle of dna-mbconv-sized files is sliced to what
+    half the available memory holds."""
+    import json
+
+    from dna_deploy.latency import profiler
+
+    bundle = block_table.path.with_name(block_table.path.stem + ".bundle")
+    entries = json.loads((bundle / "manifest.json").read_text())["entries"]
+    assert profiler.default_max_open(bundle, entries) == len(entries)
+    available = profiler._available_memory_bytes()
+    if available is None:
+        pytest.skip("no /proc/meminfo here: no memory-based slicing")
+    many = {f"k{i}": next(iter(entries.values())) for i in range(10**5)}  # 100,000 op models of this size
+    per_model = profiler.OPEN_MODEL_BYTES_PER_FILE_BYTE * (bundle / many["k0"]["file"]).stat().st_size + 2**20
+    assert profiler.default_max_open(bundle, many) == pytest.approx(min(len(many), 0.5 * available / per_model), rel=0.05)
