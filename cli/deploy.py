@@ -76,6 +76,8 @@ def export(weights: Path = typer.Option(..., "--weights", "-w", help="model.pt f
            calibration_data: str = typer.Option(E.calibration_data, help="int8: dataset name/folder (train split) or .npy [the model's data]."),
            dynamic_batch: bool = typer.Option(E.dynamic_batch, help="ONNX with a dynamic batch axis."),
            keep_nchw: bool = typer.Option(E.keep_nchw, help="LiteRT: keep NCHW input instead of NHWC."),
+           op_resolver: str = typer.Option(E.op_resolver, help="LiteRT: the kernels to shape the graph for: xnnpack "
+                                                                "(default), builtin or reference."),
            opset: int = typer.Option(E.opset), output: Path = typer.Option(..., "--output", "-o", help="Folder."),
            verify: bool = typer.Option(False, "--verify", help="Run `verify` on the result (non-zero exit on failure)."),
            data: str = typer.Option(None, "--data", help="Labelled data for --verify [the model's data]."),
@@ -88,7 +90,7 @@ def export(weights: Path = typer.Option(..., "--weights", "-w", help="model.pt f
     from dna_deploy.deploy.export import export_model
 
     settings = ExportSettings(to=to, precisions=tuple(precision), calibration_data=calibration_data,
-                              dynamic_batch=dynamic_batch, keep_nchw=keep_nchw, opset=opset)
+                              dynamic_batch=dynamic_batch, keep_nchw=keep_nchw, opset=opset, op_resolver=op_resolver)
     check_writable(output, folder=True)
     side = export_model(weights, output, settings, arch=arch)
     rows = [{k: a.get(k) for k in ("path", "runtime", "precision", "layout", "input_dtype")} for a in side["artifacts"]]

@@ -17,8 +17,30 @@ from pathlib import Path
 RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "litert": ("ai-edge-litert", "onnx2tf", "tensorflow"),
                     "torch": ("torch",), "tensorrt": ("tensorrt", "torch")}
 # How dna-deploy shapes a runtime's graphs, recorded beside the package versions: a table measured
-# on graphs built another way does not predict this version's exports (nn/rewrite.py).
-GRAPH_RECIPES = {"litert": {"dna-deploy litert graph": "2: depthwise convolutions over 5x5 split (nn/rewrite.py)"}}
+# on graphs built another way does not predict this version's exports (nn/rewrite.py). LiteRT's
+# graph depends on the kernels that run it: XNNPACK (its default) runs a depthwise convolution over
+# 5x5 several times slower than its taps explain, so those are split; LiteRT's builtin kernels run
+# the 7x7 at full speed and the split 1.8-4.4x slower (bench/int8_kernels.py), so they get the
+# graph as trained.
+GRAPH_RECIPE_KEY = {"litert": "dna-deploy litert graph"}
+# LiteRT's kernel sets: xnnpack = builtin kernels + the XNNPACK delegate (its default); builtin = the
+# optimised builtin kernels alone; reference = the reference kernels (slow, for debugging).
+LITERT_OP_RESOLVERS = ("xnnpack", "builtin", "reference")
+LITERT_SPLIT_RESOLVERS = (None, "xnnpack")  # None: the runtime's default kernels (XNNPACK)
+
+
+def splits_large_depthwise(runtime: str, op_resolver: str | None = None) -> bool:
+    """Whether this runtime's graph for these kernels has its large depthwise convolutions split."""
+    return runtime == "litert" and op_resolver in LITERT_SPLIT_RESOLVERS
+
+
+def graph_recipe(runtime: str, op_resolver: str | None = None) -> dict:
+    """{recipe key: how the graph is shaped} for runtimes dna-deploy reshapes, else {}."""
+    if runtime not in GRAPH_RECIPE_KEY:
+        return {}
+    how = ("depthwise convolutions over 5x5 split" if splits_large_depthwise(runtime, op_resolver)
+           else "as trained, for the builtin kernels")
+    return {GRAPH_RECIPE_KEY[runtime]: f"2: {how} (nn/rewrite.py)"}
 # Fields of host_identity that must agree for a table measured elsewhere to be used here.
 IDENTITY_FIELDS = ("cpu", "cpu_flags_sha256", "cores", "machine")
 
@@ -36,8 +58,10 @@ def package_versions(*packages: str) -> dict:
     return out
 
 
-def runtime_versions(runtime: str) -> dict:
-    return {**package_versions(*RUNTIME_PACKAGES[runtime], "numpy"), **GRAPH_RECIPES.get(runtime, {})}
+def runtime_versions(runtime: str, op_resolver: str | None = None) -> dict:
+    """What a table or a measurement on this runtime depends on here: package versions and, for
+    runtimes whose graphs dna-deploy shapes, the graph recipe for these kernels."""
+    return {**package_versions(*RUNTIME_PACKAGES[runtime], "numpy"), **graph_recipe(runtime, op_resolver)}
 
 
 def _cpuinfo() -> tuple[str, str]:

@@ -266,10 +266,18 @@ class ExportSettings:
     dynamic_batch: bool = False
     keep_nchw: bool = False
     opset: int = 17
+    # LiteRT: the kernels the graph is shaped for (host.py): xnnpack (LiteRT's default), builtin or reference
+    op_resolver: str | None = None
 
     def __post_init__(self):
+        from dna_deploy.host import LITERT_OP_RESOLVERS
+
         if self.to not in EXPORT_TARGETS:
             raise DataError(f"export target {self.to!r}: {suggest(self.to, EXPORT_TARGETS)}")
+        if self.op_resolver is not None and self.to != "tflite":
+            raise DataError(f"op_resolver {self.op_resolver!r} is for LiteRT exports (--to tflite), not {self.to}")
+        if self.op_resolver is not None and self.op_resolver not in LITERT_OP_RESOLVERS:
+            raise DataError(f"LiteRT op resolver {self.op_resolver!r}: {suggest(self.op_resolver, LITERT_OP_RESOLVERS)}")
         bad = [p for p in self.precisions if p not in TARGET_PRECISIONS[self.to]]
         if bad:
             raise DataError(f"{self.to} cannot produce precision {bad[0]!r}; choose {', '.join(TARGET_PRECISIONS[self.to])}")

@@ -122,9 +122,10 @@ def _export_into(weights, out_dir: Path, settings: ExportSettings, model) -> dic
         calib = calibration_images(calibration, ckpt)
     if to == "tflite":
         from dna_deploy.convert.litert import onnx_to_litert
-        from dna_deploy.nn.rewrite import split_large_depthwise
+        from dna_deploy.nn.rewrite import litert_graph
 
-        litert_net = split_large_depthwise(net)  # the graph LiteRT's tables are measured on (nn/rewrite.py)
+        # the graph LiteRT's tables are measured on for these kernels (nn/rewrite.py)
+        litert_net = litert_graph(net, settings.op_resolver)
         litert_onnx = onnx_path if litert_net is net else torch_to_onnx(
             litert_net, example, out_dir / "model.litert.onnx", opset=opset, dynamic_batch=dynamic_batch)
         try:
@@ -139,6 +140,7 @@ def _export_into(weights, out_dir: Path, settings: ExportSettings, model) -> dic
                               "sha256": sha256_file(path),
                               "graph": "depthwise convolutions over 5x5 split (nn/rewrite.py)" if litert_net is not net
                               else "as trained",
+                              "op_resolver": settings.op_resolver or "xnnpack",  # the kernels the graph is shaped for
                               "quantization": "full integer (int8 weights, activations, input and output), calibrated on "
                                               f"{len(calib)} training images" if p == "int8" else None})
     elif to == "tensorrt":

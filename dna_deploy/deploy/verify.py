@@ -110,7 +110,8 @@ def precision_advice(artifacts: list[dict]) -> list[str]:
             if ratio > 1:
                 kernels = f" with {a['op_resolver']} kernels" if a.get("op_resolver") else ""
                 notes.append(f"{a['runtime']} {a['precision']} is {ratio:.1f}x slower than fp32 here{kernels}; ship fp32"
-                             + (" (or try the builtin kernels: --op-resolver builtin)" if a["runtime"] == "litert"
+                             + (" (or try LiteRT's builtin kernels: export and verify with --op-resolver builtin)"
+                                if a["runtime"] == "litert"
                                 and a.get("op_resolver") in (None, "xnnpack") else ""))
     return notes
 
@@ -121,8 +122,9 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
     """Run PyTorch and every exported artifact on the validation images; write verify.json.
 
     Latency is measured with the kernels the matching table was profiled with (its device spec's
-    op_resolver), else `op_resolver`, else the runtime's default. `notes` says in words when no
-    table matched, when a table comes from another host, and when int8/fp16 is slower than fp32."""
+    op_resolver), else `op_resolver`, else the ones the export shaped its graph for. `notes` says in
+    words when no table matched, when a table comes from another host, when the kernels are not
+    the ones the graph was shaped for, and when int8/fp16 is slower than fp32."""
     import torch
 
     from dna_deploy.data import load_data, stack
@@ -169,9 +171,16 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
                 tol = replace(tol, **{k: v for k, v in overrides.items() if v is not None
                                       and not (k in ("atol", "rtol") and tol.atol is None)})
             table = _matching_table(tables, art, space)
-            resolver = (table.meta["device"].get("op_resolver") if table else None) or op_resolver
+            # the kernels: the table's (its latency is what is compared), else asked for, else the
+            # ones the export shaped its graph for (artifacts from before that field: XNNPACK's)
+            resolver = (table.meta["device"].get("op_resolver") if table else None) or op_resolver \
+                or art.get("op_resolver")
             if art["runtime"] != "litert":
                 resolver = None
+            elif (resolver or "xnnpack") != art.get("op_resolver", "xnnpack"):
+                report["notes"].append(f"{art['path']}: its graph is shaped for LiteRT's {art.get('op_resolver', 'xnnpack')} "
+                                       f"kernels but runs here with the {resolver} kernels; export again with "
+                                       f"--op-resolver {resolver}")
             with _runner_for(art, folder, threads, resolver) as runner:
                 batch = runner.input_shape[0] if runner.input_shape else 1
                 outs = []

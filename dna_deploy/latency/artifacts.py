@@ -16,20 +16,23 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 
-def layer_job(spec: dict, input_shape: list[int], *, runtime: str, precision: str, work_dir: Path, name: str) -> dict:
+def layer_job(spec: dict, input_shape: list[int], *, runtime: str, precision: str, work_dir: Path, name: str,
+              op_resolver: str | None = None) -> dict:
     return {"kind": "layer", "spec": spec, "input_shape": list(input_shape), "runtime": runtime, "precision": precision,
-            "work_dir": str(work_dir), "name": name}
+            "work_dir": str(work_dir), "name": name, "op_resolver": op_resolver}
 
 
-def block_job(specs: list[dict], input_shape: list[int], *, runtime: str, precision: str, work_dir: Path, name: str) -> dict:
+def block_job(specs: list[dict], input_shape: list[int], *, runtime: str, precision: str, work_dir: Path, name: str,
+              op_resolver: str | None = None) -> dict:
     """One block candidate as one model: its layers in sequence (a block-level table entry)."""
     return {"kind": "block", "specs": specs, "input_shape": list(input_shape), "runtime": runtime,
-            "precision": precision, "work_dir": str(work_dir), "name": name}
+            "precision": precision, "work_dir": str(work_dir), "name": name, "op_resolver": op_resolver}
 
 
-def network_job(space: dict, arch: str, batch: int, *, runtime: str, precision: str, work_dir: Path, name: str) -> dict:
+def network_job(space: dict, arch: str, batch: int, *, runtime: str, precision: str, work_dir: Path, name: str,
+                op_resolver: str | None = None) -> dict:
     return {"kind": "network", "space": space, "arch": arch, "batch": batch, "runtime": runtime, "precision": precision,
-            "work_dir": str(work_dir), "name": name}
+            "work_dir": str(work_dir), "name": name, "op_resolver": op_resolver}
 
 
 def build_artifact(job: dict) -> str:
@@ -56,7 +59,8 @@ def build_artifact(job: dict) -> str:
         module = build_network(space, job["arch"])
         shape = [job["batch"], space.in_channels, space.input_size, space.input_size]
     artifact = runner_class(job["runtime"]).prepare_artifact(module.eval(), torch.randn(*shape), Path(job["work_dir"]),
-                                                             name=job["name"], precision=job["precision"])
+                                                             name=job["name"], precision=job["precision"],
+                                                             op_resolver=job.get("op_resolver"))
     return str(artifact)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from dna_deploy import __version__
 from dna_deploy.errors import DataError
-from dna_deploy.host import GRAPH_RECIPES, host_description, runtime_versions
+from dna_deploy.host import GRAPH_RECIPE_KEY, graph_recipe, host_description, runtime_versions
 from dna_deploy.io import exclusive_lock, fingerprint, read_json, write_json
 from dna_deploy.latency.artifacts import block_job, build_artifacts, layer_job
 from dna_deploy.latency.devices import DeviceSpec
@@ -119,7 +119,7 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
     manifest = {"format": BUNDLE_FORMATS[granularity], "space": space.name, "space_fingerprint": space.fingerprint,
                 "body_fingerprint": space.body_fingerprint,
                 "space_definition": space.to_dict(), "device": device.to_dict(), "tool_version": __version__,
-                "graph_recipe": GRAPH_RECIPES.get(device.runtime), "granularity": granularity, "entries": {}}
+                "graph_recipe": graph_recipe(device.runtime, device.op_resolver) or None, "granularity": granularity, "entries": {}}
     if manifest_path.is_file():
         old = read_json(manifest_path, what="bundle manifest")
         if old.get("space_fingerprint") == space.fingerprint and old.get("device") == device.to_dict() \
@@ -153,7 +153,7 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
         else:
             def job(i: int, key: str) -> dict:
                 specs, where = models[key], dict(runtime=device.runtime, precision=device.precision, work_dir=out_dir,
-                                                 name=f"op{i:04d}")
+                                                 name=f"op{i:04d}", op_resolver=device.op_resolver)
                 if key == specs[0].key:  # one layer
                     return layer_job(asdict(specs[0]), shapes[key], **where)
                 return block_job([asdict(s) for s in specs], shapes[key], **where)
@@ -179,7 +179,7 @@ def _open_runner(cls, bundle: Path, entry: dict, device: DeviceSpec):
 def bundle_versions(manifest: dict, runtime: str) -> dict:
     """The runtime's package versions here, with the graph recipe the bundle's op models were
     built with (not this code's): a table says which graphs it timed."""
-    versions = {k: v for k, v in runtime_versions(runtime).items() if k not in GRAPH_RECIPES.get(runtime, {})}
+    versions = {k: v for k, v in runtime_versions(runtime).items() if k != GRAPH_RECIPE_KEY.get(runtime)}
     return {**versions, **(manifest.get("graph_recipe") or {})}
 
 

@@ -150,11 +150,11 @@ class LatencyTable:
         model, flags, cores) or the runtime's package versions differ from the ones recorded."""
         from dna_deploy.host import host_description, host_differences, runtime_versions, version_differences
 
-        device = self.meta.get("device", {}).get("device", "cpu")
+        device = self.meta.get("device", {})
         runtime = self.meta.get("runtime")
-        reasons = host_differences(self.meta.get("host"), host_description(device))
+        reasons = host_differences(self.meta.get("host"), host_description(device.get("device", "cpu")))
         if runtime:
-            reasons += version_differences(self.meta.get("versions"), runtime_versions(runtime))
+            reasons += version_differences(self.meta.get("versions"), runtime_versions(runtime, device.get("op_resolver")))
         return reasons
 
     def fits_body(self, space: SearchSpace) -> bool:

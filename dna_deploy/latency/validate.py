@@ -96,7 +96,8 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
     from dna_deploy.host import runtime_versions
 
     model_id = fingerprint({"runtime": device.runtime, "precision": device.precision, "batch": device.batch,
-                            "space": space.fingerprint, "tool": __version__, "versions": runtime_versions(device.runtime)})
+                            "space": space.fingerprint, "tool": __version__,
+                            "versions": runtime_versions(device.runtime, device.op_resolver)})
     built_path = work_dir / "artifacts.json"
     built = read_json(built_path, what="artifact list") if built_path.is_file() else {}
     built = {k: v for k, v in built.items() if k.startswith(model_id + ":") and Path(v).exists()}
@@ -114,7 +115,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
 
                 jobs = [(str(a), network_job(space.to_dict(), str(a), device.batch, runtime=device.runtime,
                                              precision=device.precision, work_dir=work_dir,
-                                             name=f"net-{fingerprint(str(a))[:12]}"))
+                                             name=f"net-{fingerprint(str(a))[:12]}", op_resolver=device.op_resolver))
                         for a in todo if f"{model_id}:{a}" not in built]
                 bar.advance(task, len(todo) - len(jobs))
                 build_artifacts(jobs, slow=cls.slow_to_prepare, on_done=done)
@@ -227,7 +228,8 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     }
     # the calibration names the host and runtime versions whose whole-network timings it was fitted on
     table.calibration = {"a": a, "b": b, "model": "measured_ms = a * raw_sum_ms + b", "fit_networks": len(fit),
-                         "host": host_description(device.device), "versions": runtime_versions(device.runtime)}
+                         "host": host_description(device.device),
+                         "versions": runtime_versions(device.runtime, device.op_resolver)}
     table.fidelity = {k: report[k] for k in ("networks", "held_out_networks", "raw_sum", "calibrated", "macs_linear",
                                              "statistic", "date")}
     table.save(dest)

@@ -11,9 +11,12 @@ convolution per outer row and one 5x1 per outer column, the same 7x7 ran in 0.86
 In float the split is exact (the same products, summed in another order; BatchNorm folded in
 first), so PyTorch, ONNX Runtime and the LiteRT fp32/fp16 export agree as before. In full-integer
 int8 each partial sum is requantised, which adds rounding; verify judges int8 exports by top-1
-agreement and accuracy as before. The LiteRT path applies it to every model it converts: op
-models for latency tables, validation networks and exports, so a table measures the graph that
-ships (`GRAPH_RECIPES` in host.py names this recipe among each LiteRT table's versions).
+agreement and accuracy as before. The LiteRT path applies it to every model it converts for
+XNNPACK (LiteRT's default kernels): op models for latency tables, validation networks and exports,
+so a table measures the graph that ships (`graph_recipe` in host.py names the recipe among each
+LiteRT table's versions). LiteRT's builtin kernels run the 7x7 at full speed and the split pieces
+1.8-4.4x slower (bench/int8_kernels.py), so a device that runs them gets the graph as trained
+(`litert_graph`).
 """
 
 from __future__ import annotations
@@ -120,3 +123,11 @@ def split_large_depthwise(model: nn.Module) -> nn.Module:
                 parent._modules[names[i + 1]] = nn.Identity()
             parent._modules[name] = SplitDepthwise(child, bn)
     return model
+
+
+def litert_graph(module: nn.Module, op_resolver: str | None = None) -> nn.Module:
+    """The graph LiteRT runs with these kernels: split for XNNPACK (the default), as trained for
+    the builtin or reference kernels (host.splits_large_depthwise)."""
+    from dna_deploy.host import splits_large_depthwise
+
+    return split_large_depthwise(module) if splits_large_depthwise("litert", op_resolver) else module

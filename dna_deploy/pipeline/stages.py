@@ -220,7 +220,8 @@ class TablesStage(Stage):
         if granularity != "layer":
             profile["granularity"] = granularity
         return {"devices": [d.to_dict() for d in devices], **profile, "host": host_description(),
-                "versions": {d.runtime: runtime_versions(d.runtime) for d in devices}}
+                "versions": {d.runtime + (f":{d.op_resolver}" if d.op_resolver else ""): runtime_versions(d.runtime, d.op_resolver)
+                             for d in devices}}
 
     def outputs(self, ctx):
         return [f"tables/{ctx.device_name(d)}__{ctx.space.name}.json" for d in ctx.cfg.devices]
@@ -476,21 +477,38 @@ class ExportStage(Stage):
     name = "export"
     deps = ("retrain",)
 
+    @staticmethod
+    def targets(ctx) -> list:
+        """The export settings, with a LiteRT export's kernels taken from the run's LiteRT devices
+        when it names none, so its graph is the one their tables measure (nn/rewrite.py)."""
+        from dna_deploy.latency.devices import load_device
+
+        devices = [load_device(d.device) for d in ctx.cfg.devices]
+        resolvers = {d.op_resolver for d in devices if d.runtime == "litert"}
+        out = []
+        for e in ctx.cfg.export:
+            if e.to == "tflite" and e.op_resolver is None and len(resolvers) == 1:
+                e = dataclasses.replace(e, op_resolver=next(iter(resolvers)))
+            out.append(e)
+        return out
+
     def settings(self, ctx):
-        return {"targets": [to_mapping(e) for e in ctx.cfg.export]}
+        # an export for LiteRT's default kernels is fingerprinted as before the field existed
+        return {"targets": [{k: v for k, v in to_mapping(e).items() if not (k == "op_resolver" and v is None)}
+                            for e in self.targets(ctx)]}
 
     def outputs(self, ctx):
         return [f"export/{e.to}/model.json" for e in ctx.cfg.export]
 
     def commands(self, ctx):
         return [["export", "-w", ctx.out / "retrain/model.pt", "--to", e.to, "-o", ctx.out / "export" / e.to,
-                 *cli_args(e, skip=("to",))] for e in ctx.cfg.export]
+                 *cli_args(e, skip=("to",))] for e in self.targets(ctx)]
 
     def run(self, ctx):
         from dna_deploy.deploy.export import export_model
 
         res = {}
-        for e in ctx.cfg.export:
+        for e in self.targets(ctx):
             side = export_model(ctx.out / "retrain/model.pt", ctx.out / "export" / e.to, e)
             res[e.to] = [a["path"] for a in side["artifacts"]]
         return res

@@ -78,8 +78,9 @@ class Runner(ABC):
     @classmethod
     @abstractmethod
     def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32",
-                         calibration: np.ndarray | None = None) -> Any:
-        """Host side: a torch module -> what this runtime loads (a file path; for torch the module)."""
+                         calibration: np.ndarray | None = None, op_resolver: str | None = None) -> Any:
+        """Host side: a torch module -> what this runtime loads (a file path; for torch the module),
+        shaped for the kernels that will run it (op_resolver, for runtimes that have several)."""
 
     @abstractmethod
     def _prepare(self) -> None: ...

@@ -1,5 +1,6 @@
 """LiteRT (ai-edge-litert) interpreter with XNNPACK; op models come through the export path
-(ONNX -> onnx2tf), so fusion and layout match what is deployed."""
+(ONNX -> onnx2tf), so fusion and layout match what is deployed, with the graph shaped for the
+kernels that run it (nn/rewrite.litert_graph)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from dna_deploy.host import LITERT_OP_RESOLVERS
 from dna_deploy.runtimes.base import Runner
 
 
 class LiteRTRunner(Runner):
     name = "litert"
     extra = "tflite"
-    # xnnpack: builtin kernels + the XNNPACK delegate (LiteRT's default); builtin: the optimised
-    # builtin kernels alone; reference: the reference kernels (slow, for debugging).
-    op_resolvers = ("xnnpack", "builtin", "reference")
+    op_resolvers = LITERT_OP_RESOLVERS  # xnnpack (default), builtin, reference: see host.py
     artifact_suffix = ".tflite"
     slow_to_prepare = True  # onnx2tf + TensorFlow: seconds per model
 
@@ -36,13 +36,14 @@ class LiteRTRunner(Runner):
         return None
 
     @classmethod
-    def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32", calibration=None):
+    def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32", calibration=None,
+                         op_resolver=None):
         from dna_deploy.convert.litert import onnx_to_litert
         from dna_deploy.convert.onnx import torch_to_onnx
-        from dna_deploy.nn.rewrite import split_large_depthwise
+        from dna_deploy.nn.rewrite import litert_graph
 
         workdir = Path(workdir)
-        onnx_path = torch_to_onnx(split_large_depthwise(module), example, workdir / f"{name}.onnx")
+        onnx_path = torch_to_onnx(litert_graph(module, op_resolver), example, workdir / f"{name}.onnx")
         if precision == "int8" and calibration is None:  # latency does not depend on the values
             calibration = np.random.default_rng(0).standard_normal((8, *example.shape[1:])).astype(np.float32)
         out = onnx_to_litert(onnx_path, workdir, precisions=(precision,), calibration=calibration, name=name)

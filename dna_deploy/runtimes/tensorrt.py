@@ -32,7 +32,8 @@ class TensorRTRunner(Runner):
         return None
 
     @classmethod
-    def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32", calibration=None):
+    def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32", calibration=None,
+                         op_resolver=None):
         from dna_deploy.convert.onnx import torch_to_onnx
 
         return torch_to_onnx(module, example, Path(workdir) / f"{name}.onnx")

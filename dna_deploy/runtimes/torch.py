@@ -25,7 +25,8 @@ class TorchRunner(Runner):
         return None
 
     @classmethod
-    def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32", calibration=None):
+    def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32", calibration=None,
+                         op_resolver=None):
         return module.eval()
 
     def _prepare(self) -> None:

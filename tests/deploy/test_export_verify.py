@@ -159,7 +159,8 @@ def test_precision_advice_says_when_int8_is_slower():
         return {"runtime": "litert", "precision": p, "op_resolver": resolver, "stats": {"latency_ms": {"p10_ms": ms}}}
 
     notes = precision_advice([art("fp32", 1.0), art("int8", 5.4)])
-    assert notes == ["litert int8 is 5.4x slower than fp32 here; ship fp32 (or try the builtin kernels: --op-resolver builtin)"]
+    assert notes == ["litert int8 is 5.4x slower than fp32 here; ship fp32 (or try LiteRT's builtin kernels: export and "
+                     "verify with --op-resolver builtin)"]
     assert precision_advice([art("fp32", 1.0), art("int8", 0.7)]) == []
     assert "with builtin kernels; ship fp32" in precision_advice([art("fp32", 1.0), art("int8", 1.3, "builtin")])[0]
 
@@ -186,3 +187,18 @@ def test_a_network_with_7x7_kernels_exports_split_for_litert_and_still_verifies(
     by = {a["path"]: a for a in report["artifacts"]}
     assert by["model_fp32.tflite"]["stats"]["max_abs_error"] < 1e-3
     assert by["model_int8.tflite"]["stats"]["top1_agreement"] >= 0.95
+    assert by["model_fp32.tflite"]["op_resolver"] == "xnnpack" and not report["notes"]
+
+    # for LiteRT's builtin kernels the graph stays as trained, and verify runs it with them
+    builtin = tmp_path / "export-builtin"
+    export_model(tmp_path / "m" / "model.pt", builtin, ExportSettings(to="tflite", op_resolver="builtin"))
+    art = next(a for a in json.loads((builtin / "model.json").read_text())["artifacts"] if a["runtime"] == "litert")
+    assert art["graph"] == "as trained" and art["op_resolver"] == "builtin"
+    report = verify_export(builtin, max_images=100, show_progress=False)
+    by = {a["path"]: a for a in report["artifacts"]}
+    assert by["model_fp32.tflite"]["op_resolver"] == "builtin" and by["model_fp32.tflite"]["passed"]
+    assert not any("shaped for" in n for n in report["notes"])
+    report = verify_export(builtin, max_images=20, show_progress=False, op_resolver="xnnpack")
+    assert any("shaped for LiteRT's builtin kernels but runs here with the xnnpack kernels" in n for n in report["notes"])
+    with pytest.raises(DataError, match="for LiteRT exports"):
+        ExportSettings(to="onnx", op_resolver="builtin")

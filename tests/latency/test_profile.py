@@ -280,3 +280,36 @@ def test_litert_models_are_built_in_parallel_workers_and_reused_on_resume(tmp_pa
                             work_dir=work, warmup_s=0.0)
     assert {p: Path(p).stat().st_mtime_ns for p in built.values()} == stamps
     assert report["statistic"] == "p10_ms" and report["networks"] == n
+
+
+def test_a_litert_table_for_the_builtin_kernels_times_the_graph_as_trained(tmp_path):
+    """A device that runs LiteRT's builtin kernels gets op models with the 7x7 depthwise as trained
+    (the split is for XNNPACK: nn/rewrite.py), its table records that recipe, and on this host it is
+    not foreign; the same table with the XNNPACK recipe would be."""
+    from dna_deploy.host import runtime_versions
+    from dna_deploy.runtimes import runner_class
+    from dna_deploy.space import SearchSpace
+
+    reason = runner_class("litert").unavailable_reason("cpu")
+    if reason:
+        pytest.skip(f"litert: {reason}")
+    from ai_edge_litert.interpreter import Interpreter
+
+    space = SearchSpace.from_dict({"name": "k7", "input_size": 16, "num_classes": 10, "stem_channels": 8,
+                                   "stem_stride": 1, "first_channels": 8, "head_channels": 16,
+                                   "blocks": [{"out_channels": 8, "stride": 2, "layers": 1, "choices": ["k7e3"]}]})
+    spec = tmp_path / "builtin.yaml"
+    spec.write_text("name: litert-builtin\nruntime: litert\ndevice: cpu\nprecision: fp32\nthreads: 1\nbatch: 1\n"
+                    "op_resolver: builtin\n")
+    table = profile(space, load_device(str(spec)), tmp_path / "t.json", rounds=1, runs_per_round=3, max_extra_rounds=0,
+                    show_progress=False, warmup_s=0.0, granularity="block")
+    assert table.meta["versions"]["dna-deploy litert graph"].startswith("2: as trained")
+    assert table.foreign_reasons() == []
+    assert runtime_versions("litert", "builtin") != runtime_versions("litert")  # an XNNPACK table is another graph
+    manifest = json.loads((tmp_path / "t.bundle" / "manifest.json").read_text())
+    block = next(e for k, e in manifest["entries"].items() if k.startswith("block:"))
+    it = Interpreter(model_path=str(tmp_path / "t.bundle" / block["file"]))
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    kernels = [tuple(tensors[op["inputs"][1]]["shape"][1:3]) for op in it._get_ops_details()
+               if op["op_name"] == "DEPTHWISE_CONV_2D"]
+    assert kernels == [(7, 7)]

@@ -58,9 +58,20 @@ def test_a_network_with_7x7_kernels_keeps_its_outputs_and_the_original_is_untouc
     assert split_large_depthwise(small) is small
 
 
-def test_litert_op_models_have_no_depthwise_kernel_over_5x5_and_match_pytorch(tmp_path):
-    """The LiteRT path (profiling and export) converts the split graph: no 7x7 depthwise kernel
-    reaches XNNPACK, and the layer still computes what PyTorch does."""
+def _depthwise_kernels(artifact) -> list[tuple[int, int]]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(artifact))
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    return [tuple(tensors[op["inputs"][1]]["shape"][1:3]) for op in it._get_ops_details()
+            if op["op_name"] == "DEPTHWISE_CONV_2D"]
+
+
+@pytest.mark.parametrize("op_resolver", [None, "builtin"])
+def test_litert_op_models_are_shaped_for_their_kernels_and_match_pytorch(tmp_path, op_resolver):
+    """The LiteRT path (profiling and export) converts the split graph for XNNPACK (the default):
+    no 7x7 depthwise kernel reaches it. LiteRT's builtin kernels get the 7x7 as trained. Either
+    way the layer computes what PyTorch does."""
     cls = runner_class("litert")
     reason = cls.unavailable_reason("cpu")
     if reason or importlib.util.find_spec("onnx2tf") is None:
@@ -73,15 +84,13 @@ def test_litert_op_models_have_no_depthwise_kernel_over_5x5_and_match_pytorch(tm
     x = torch.randn(1, spec.in_ch, spec.in_hw, spec.in_hw)
     with torch.no_grad():
         ref = layer(x).numpy()
-    artifact = cls.prepare_artifact(layer, x, tmp_path, name="k7")
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(artifact))
-    tensors = {t["index"]: t for t in it.get_tensor_details()}
-    kernels = [tuple(tensors[op["inputs"][1]]["shape"][1:3]) for op in it._get_ops_details()
-               if op["op_name"] == "DEPTHWISE_CONV_2D"]
-    assert kernels and max(h * w for h, w in kernels) <= 25, kernels
-    with cls(artifact) as runner:
+    artifact = cls.prepare_artifact(layer, x, tmp_path, name="k7", op_resolver=op_resolver)
+    kernels = _depthwise_kernels(artifact)
+    if op_resolver is None:
+        assert kernels and max(h * w for h, w in kernels) <= 25, kernels
+    else:
+        assert kernels == [(7, 7)]
+    with cls(artifact, op_resolver=op_resolver) as runner:
         y = runner.infer(x.numpy())
     y = y.transpose(0, 3, 1, 2) if y.shape != ref.shape else y
     assert np.abs(y - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
