@@ -133,8 +133,11 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
     console.print(f"calibration: measured = {r['calibration']['a']:.4f} * raw_sum + {r['calibration']['b']:.4f} ms; "
                   f"stored in {dest}; plot: {plot}")
     q = r["calibrated"]["rel_error_quantiles"]
-    console.print(f"held-out relative error (predicted - measured) / measured: 5th {100 * q['q05']:+.1f} %, median "
-                  f"{100 * q['q50']:+.1f} %, 95th {100 * q['q95']:+.1f} % (stored: search --budget-margin uses it)")
+    few = (f" (only {r['held_out_networks']} held out: their extremes, which cover {100 * q['coverage']:.0f} %; "
+           "19 or more give 90 %)") if q["coverage"] < 0.9 else ""
+    console.print(f"held-out relative error (predicted - measured) / measured: median {100 * q['q50']:+.1f} %, "
+                  f"90 % prediction interval {100 * q['q05']:+.1f} % to {100 * q['q95']:+.1f} %{few} "
+                  "(stored: the report's intervals and search --budget-margin use it)")
 
 
 @app.command("bundle")

@@ -175,7 +175,9 @@ class ProfileSettings:
     rounds: int | None = None  # timing rounds; None: the granularity's (5 for layer tables, 3 for block tables)
     runs: int = 20
     cv_threshold: float = 0.05
-    validate_samples: int = 30
+    # networks measured end to end to calibrate (half held out): 40 holds out 20, enough for a
+    # 90 % prediction interval of the error (19 at least: latency/validate.prediction_bounds)
+    validate_samples: int = 40
     validate_rounds: int = 3
     warmup_s: float = 0.25  # seconds every timed batch warms up (runtimes/base.py: idle models run slow at first);
     # block tables warm up 0.1 s per batch (latency/profiler.py: TIMING_DEFAULTS), validation always warmup_s

@@ -253,11 +253,19 @@ class LatencyTable:
 
     def interval(self, predicted_ms: float) -> tuple[float, float] | None:
         """90 % interval of the measured latency for a prediction: measured = predicted / (1 + e)
-        with e between the held-out 5th and 95th percentiles."""
+        with e between the bounds validation stored (q05, q95: a 90 % prediction interval of the
+        held-out errors, or their extremes when fewer than 19 networks were held out, see
+        interval_coverage)."""
         q = self.error_quantiles()
         if q is None:
             return None
         return predicted_ms / (1 + q["q95"]), predicted_ms / (1 + q["q05"])
+
+    def interval_coverage(self) -> float | None:
+        """What `interval` covers: 0.9, or less when validation held out fewer than 19 networks
+        (tables validated before this was recorded used sample percentiles: 0.9 nominal)."""
+        q = self.error_quantiles()
+        return None if q is None else float(q.get("coverage", 0.9))
 
     def upper_end_budget(self, budget_ms: float) -> float:
         """The budget a prediction must meet for the upper end of its 90 % interval to meet

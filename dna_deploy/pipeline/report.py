@@ -47,7 +47,9 @@ def _interval_blocks(best: dict, budgets: dict, margin: bool) -> list:
         if not key.startswith("latency_ms_90:"):
             continue
         name = key.split(":", 1)[1]
-        row = {"device": name, "predicted (ms)": best[f"latency_ms:{name}"], "90 % interval (ms)": f"{iv[0]:.4g}–{iv[1]:.4g}",
+        coverage = best.get(f"latency_interval_coverage:{name}", 0.9)
+        row = {"device": name, "predicted (ms)": best[f"latency_ms:{name}"], "interval (ms)": f"{iv[0]:.4g}–{iv[1]:.4g}",
+               "coverage": f"{100 * coverage:.0f} %" + ("" if coverage >= 0.9 else " (too few networks validated for 90 %)"),
                "budget (ms)": budgets.get(name)}
         if f"budget_holds_at_upper_end:{name}" in best:
             row["budget holds at the upper end"] = "yes" if best[f"budget_holds_at_upper_end:{name}"] else "NO"
@@ -57,8 +59,9 @@ def _interval_blocks(best: dict, budgets: dict, margin: bool) -> list:
     how = ("The search met each budget at the interval's upper end (search.budget_margin)." if margin else
            "The search met each budget with the prediction itself; set search.budget_margin: true to meet it at the "
            "interval's upper end.")
-    return [("p", "The measured latency to expect: the prediction with the 90 % interval of the table's held-out "
-                  "errors (profile validate). " + how), ("table", rows)]
+    return [("p", "The measured latency to expect: the prediction with the 90 % prediction interval of the table's "
+                  "held-out errors (profile validate; with fewer than 19 networks held out, their extremes, which cover "
+                  "less). " + how), ("table", rows)]
 
 
 def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:

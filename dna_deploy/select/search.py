@@ -371,6 +371,7 @@ def run_search(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list
             iv = t.interval(row[f"latency_ms:{t.name}"])
             if iv is not None:
                 row[f"latency_ms_90:{t.name}"] = [iv[0], iv[1]]
+                row[f"latency_interval_coverage:{t.name}"] = t.interval_coverage()
                 if b is not None:
                     row[f"budget_holds_at_upper_end:{t.name}"] = bool(iv[1] <= b + 1e-12)
     largest = space.largest_arch()

@@ -244,7 +244,32 @@ def test_wilson_interval_is_honest_at_small_samples_and_perfect_rates():
     assert lo == pytest.approx(0.9455, abs=1e-3) and hi == pytest.approx(0.9982, abs=1e-3)
     m = fidelity_metrics([1.0, 1.09, 0.8, 1.02], [1.0, 1.0, 1.0, 1.0])
     assert m["within_10pct"] == 0.75 and m["within_10pct_ci95"][0] < 0.75 < m["within_10pct_ci95"][1]
-    assert m["rel_error_quantiles"]["q05"] == pytest.approx(-0.17) and m["rel_error_quantiles"]["q50"] == pytest.approx(0.01)
+    q = m["rel_error_quantiles"]  # 4 errors cannot bound 90 %: their extremes, covering 3/5
+    assert q["q05"] == pytest.approx(-0.2) and q["q95"] == pytest.approx(0.09) and q["coverage"] == pytest.approx(0.6)
+    assert q["q50"] == pytest.approx(0.01)
+
+
+def test_prediction_bounds_cover_90_percent_of_new_errors_at_any_sample_size():
+    """Split-conformal bounds from n held-out errors hold 90 % of fresh errors on average, where
+    sample percentiles of few errors hold far less (8 errors: about 70 %)."""
+    import numpy as np
+
+    from dna_deploy.latency.validate import prediction_bounds
+
+    rng = np.random.default_rng(0)
+    for n in (19, 40, 100):
+        hits, naive = [], []
+        for _ in range(2000):
+            e, fresh = rng.standard_normal(n), rng.standard_normal()
+            lo, hi, coverage = prediction_bounds(e)
+            hits.append(lo <= fresh <= hi)
+            naive.append(np.quantile(e, 0.05) <= fresh <= np.quantile(e, 0.95))
+        assert coverage >= 0.9 and np.mean(hits) >= 0.88, (n, np.mean(hits))
+    lo, hi, coverage = prediction_bounds(np.arange(8.0))
+    assert (lo, hi) == (0.0, 7.0) and coverage == pytest.approx(7 / 9)
+    e = rng.standard_normal((4000, 8))
+    naive = np.mean([np.quantile(x[:8], 0.05) <= f <= np.quantile(x[:8], 0.95) for x, f in zip(e, rng.standard_normal(4000))])
+    assert naive < 0.8  # what the sample percentiles of 8 errors held
 
 
 @pytest.mark.slow
