@@ -39,7 +39,7 @@ def graph_recipe(runtime: str, op_resolver: str | None = None) -> dict:
     if runtime not in GRAPH_RECIPE_KEY:
         return {}
     how = ("depthwise convolutions over 5x5 split" if splits_large_depthwise(runtime, op_resolver)
-           else "as trained, for the builtin kernels")
+           else f"as trained, for the {op_resolver} kernels")
     return {GRAPH_RECIPE_KEY[runtime]: f"2: {how} (nn/rewrite.py)"}
 # Fields of host_identity that must agree for a table measured elsewhere to be used here.
 IDENTITY_FIELDS = ("cpu", "cpu_flags_sha256", "cores", "machine")

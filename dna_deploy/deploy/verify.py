@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dna_deploy.errors import DataError
+from dna_deploy.errors import DataError, suggest
 from dna_deploy.io import sha256_file, write_json
 from dna_deploy.latency.table import STATISTIC
 
@@ -127,6 +127,10 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
     the ones the graph was shaped for, and when int8/fp16 is slower than fp32."""
     import torch
 
+    from dna_deploy.host import LITERT_OP_RESOLVERS
+
+    if op_resolver is not None and op_resolver not in LITERT_OP_RESOLVERS:
+        raise DataError(f"op resolver {op_resolver!r}: {suggest(op_resolver, LITERT_OP_RESOLVERS)}")
     from dna_deploy.data import load_data, stack
     from dna_deploy.deploy.export import load_export
     from dna_deploy.distill.checkpoints import load_model
@@ -173,8 +177,10 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
             table = _matching_table(tables, art, space)
             # the kernels: the table's (its latency is what is compared), else asked for, else the
             # ones the export shaped its graph for (artifacts from before that field: XNNPACK's)
-            resolver = (table.meta["device"].get("op_resolver") if table else None) or op_resolver \
-                or art.get("op_resolver")
+            if table is not None:  # a table profiled with the default kernels records none: XNNPACK's
+                resolver = table.meta["device"].get("op_resolver") or "xnnpack"
+            else:
+                resolver = op_resolver or art.get("op_resolver")
             if art["runtime"] != "litert":
                 resolver = None
             elif (resolver or "xnnpack") != art.get("op_resolver", "xnnpack"):

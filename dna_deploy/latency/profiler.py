@@ -50,14 +50,24 @@ MAX_OPEN_WITHOUT_FILES = 1024  # torch bundles rebuild modules from specs: no fi
 
 
 def _available_memory_bytes() -> int | None:
+    """MemAvailable, capped by a container's memory limit (cgroup v2 or v1) where there is one."""
+    available = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
     except OSError:
-        pass
-    return None  # not Linux: no estimate, so no slicing by memory
+        return None  # not Linux: no estimate, so no slicing by memory
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and available is not None:
+            available = min(available, int(limit))
+        break
+    return available
 
 
 def default_max_open(bundle: Path, entries: dict) -> int:
@@ -209,8 +219,7 @@ def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int
         device = DeviceSpec(**{**device.to_dict(), "threads": threads})
     cls = require_runtime(device.runtime, device.device)
     entries: dict = manifest["entries"]
-    max_open = default_max_open(bundle, entries) if max_open is None else max_open
-    if max_open < 1:
+    if max_open is not None and max_open < 1:
         raise DataError(f"max_open must be at least 1 (got {max_open})")
     settings = {"warmup": warmup, "rounds": rounds, "runs_per_round": runs_per_round, "cv_threshold": cv_threshold,
                 "max_extra_rounds": max_extra_rounds, "warmup_s": warmup_s}
@@ -229,17 +238,18 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
                           "graph_recipe": manifest.get("graph_recipe")})
     partial_path = out_path.with_name(out_path.name + ".partial")
     keys = sorted(entries)
+    part = read_json(partial_path, what="partial profile") if resume and partial_path.is_file() else {}
+    if part.get("run_id") != run_id:
+        part = {}
+    if max_open is None:  # a resumed run keeps its slices (free memory differs from run to run)
+        max_open = part.get("slice_size") or default_max_open(bundle, entries)
     slices = [keys[i:i + max_open] for i in range(0, len(keys), max_open)]
     samples: dict[str, list[float]] = {k: [] for k in entries}
     slices_done = rounds_done = 0
-    resumed_at = None
-    if resume and partial_path.is_file():
-        part = read_json(partial_path, what="partial profile")
-        # a partial run sliced another way is started over: its slices' rounds do not line up
-        if part.get("run_id") == run_id and part.get("slice_size", len(keys)) == len(slices[0]):
-            samples.update({k: v for k, v in part["samples"].items() if k in samples})
-            slices_done, rounds_done = part.get("slices_done", 0), part["rounds_done"]
-            resumed_at = {"slice": slices_done, "round": rounds_done} if len(slices) > 1 else rounds_done
+    # a partial run sliced another way (an explicit --max-open) is started over: its rounds do not line up
+    if part and part.get("slice_size", len(keys)) == len(slices[0]):
+        samples.update({k: v for k, v in part["samples"].items() if k in samples})
+        slices_done, rounds_done = part.get("slices_done", 0), part["rounds_done"]
 
     def save_partial(slices_finished: int, rounds_finished: int) -> None:
         write_json(partial_path, {"run_id": run_id, "slice_size": len(slices[0]), "slices_done": slices_finished,
@@ -249,7 +259,7 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
     with progress_bar(show_progress) as bar:
         task = bar.task(f"timing ({device.runtime}, {len(keys)} ops"
                         + (f", {len(slices)} slices of {len(slices[0])})" if len(slices) > 1 else ")"), rounds * len(keys))
-        bar.advance(task, rounds * sum(map(len, slices[:slices_done])) + rounds_done * len(slices[slices_done])
+        bar.advance(task, rounds * sum(map(len, slices[:slices_done])) + min(rounds_done, rounds) * len(slices[slices_done])
                     if slices_done < len(slices) else rounds * len(keys))
         for si in range(slices_done, len(slices)):
             first_round = rounds_done if si == slices_done else 0
@@ -264,8 +274,9 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
               "space_definition": manifest.get("space_definition"),
               "device": device.to_dict(), "runtime": device.runtime, "versions": bundle_versions(manifest, device.runtime),
               "host": host_description(device.device), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "tool_version": __version__, "timing": {**settings, "resumed_at_round": resumed_at or 0,
-                                                     **({"slices": len(slices)} if len(slices) > 1 else {})},
+              "tool_version": __version__, "timing": {**settings, "resumed_at_round": rounds_done,
+                                                     **({"slices": len(slices), "resumed_at_slice": slices_done}
+                                                        if len(slices) > 1 else {})},
               "granularity": manifest.get("granularity", "layer"),
               "statistic": STATISTIC, "units": "milliseconds per inference of one batch"},
         entries={k: {**stats[k].to_dict(), "cv": round(stats[k].cv, 4), "input_shape": entries[k]["input_shape"]}

@@ -44,8 +44,9 @@ def prediction_bounds(errors, coverage: float = 0.9) -> tuple[float, float, floa
     they do have, (n-1)/(n+1). Returns (low, high, coverage)."""
     e = np.sort(np.asarray(errors, float))
     n, alpha = e.size, 1 - coverage
-    lo = max(1, int(np.floor((n + 1) * alpha / 2)))
-    hi = min(n, int(np.ceil((n + 1) * (1 - alpha / 2))))
+    # 1e-9: (n+1) * 0.05 is a whole number for n = 19, 39, ..., and 1 - 0.9 is a little under 0.1
+    lo = max(1, int(np.floor((n + 1) * alpha / 2 + 1e-9)))
+    hi = min(n, int(np.ceil((n + 1) * (1 - alpha / 2) - 1e-9)))
     return float(e[lo - 1]), float(e[hi - 1]), (hi - lo) / (n + 1)
 
 
@@ -191,7 +192,7 @@ def calibrated_table_path(table_path: str | Path, *, output: str | Path | None =
     return beside
 
 
-def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int = 30, holdout: float = 0.5,
+def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int = 40, holdout: float = 0.5,
                    seed: int = 0, plot_path: str | Path | None = None, work_dir: str | Path | None = None,
                    show_progress: bool = True, rounds: int = 3, runs_per_round: int = 15, resume: bool = True,
                    output: str | Path | None = None, force: bool = False, warmup_s: float = WARMUP_S) -> dict:

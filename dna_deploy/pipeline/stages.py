@@ -481,13 +481,17 @@ class ExportStage(Stage):
     def targets(ctx) -> list:
         """The export settings, with a LiteRT export's kernels taken from the run's LiteRT devices
         when it names none, so its graph is the one their tables measure (nn/rewrite.py)."""
+        from dna_deploy.errors import DataError
         from dna_deploy.latency.devices import load_device
 
         devices = [load_device(d.device) for d in ctx.cfg.devices]
-        resolvers = {d.op_resolver for d in devices if d.runtime == "litert"}
+        resolvers = {d.op_resolver or "xnnpack" for d in devices if d.runtime == "litert"}
         out = []
         for e in ctx.cfg.export:
-            if e.to == "tflite" and e.op_resolver is None and len(resolvers) == 1:
+            if e.to == "tflite" and e.op_resolver is None and len(resolvers) > 1:
+                raise DataError(f"the run's LiteRT devices use different kernel sets ({', '.join(sorted(resolvers))}), "
+                                "and each needs its own graph: set op_resolver on the tflite export")
+            if e.to == "tflite" and e.op_resolver is None and resolvers and resolvers != {"xnnpack"}:
                 e = dataclasses.replace(e, op_resolver=next(iter(resolvers)))
             out.append(e)
         return out
