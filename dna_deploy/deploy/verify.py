@@ -125,12 +125,12 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
     op_resolver), else `op_resolver`, else the ones the export shaped its graph for. `notes` says in
     words when no table matched, when a table comes from another host, when the kernels are not
     the ones the graph was shaped for, and when int8/fp16 is slower than fp32."""
-    import torch
-
     from dna_deploy.host import LITERT_OP_RESOLVERS
 
     if op_resolver is not None and op_resolver not in LITERT_OP_RESOLVERS:
         raise DataError(f"op resolver {op_resolver!r}: {suggest(op_resolver, LITERT_OP_RESOLVERS)}")
+    import torch
+
     from dna_deploy.data import load_data, stack
     from dna_deploy.deploy.export import load_export
     from dna_deploy.distill.checkpoints import load_model

@@ -73,13 +73,11 @@ def _available_memory_bytes() -> int | None:
 def default_max_open(bundle: Path, entries: dict) -> int:
     """How many of a bundle's op models to keep open at once while timing (see above)."""
     files = [bundle / e["file"] for e in entries.values() if e.get("file")]
-    sizes = [f.stat().st_size for f in files if f.is_file()]
-    available = _available_memory_bytes()
     if not files:
         return min(len(entries), MAX_OPEN_WITHOUT_FILES)
-    if not sizes:  # every file missing: opening the first will say so
-        return len(entries)
-    if available is None:
+    sizes = [f.stat().st_size for f in files if f.is_file()]
+    available = _available_memory_bytes()
+    if not sizes or available is None:  # files all missing (opening says so), or no memory figure here
         return len(entries)
     per_model = OPEN_MODEL_BYTES_PER_FILE_BYTE * sum(sizes) / len(sizes) + 2**20
     return max(1, min(len(entries), int(0.5 * available / per_model)))
@@ -225,19 +223,17 @@ def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int
                 "max_extra_rounds": max_extra_rounds, "warmup_s": warmup_s}
     out_path = Path(out_path)
     with exclusive_lock(out_path, what="profile run"):
-        return _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, warmup=warmup, rounds=rounds,
-                               runs_per_round=runs_per_round, cv_threshold=cv_threshold,
-                               max_extra_rounds=max_extra_rounds, resume=resume, show_progress=show_progress, seed=seed,
-                               max_open=max_open)
+        return _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, resume=resume,
+                               show_progress=show_progress, seed=seed, max_open=max_open)
 
 
-def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, *, warmup, rounds, runs_per_round,
-                    cv_threshold, max_extra_rounds, resume, show_progress, seed, max_open) -> LatencyTable:
+def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, *, resume, show_progress, seed,
+                    max_open) -> LatencyTable:
     # the graph recipe too: a partial profile of op models built another way is not resumed
     run_id = fingerprint({"entries": sorted(entries), "device": device.to_dict(), "settings": settings,
                           "graph_recipe": manifest.get("graph_recipe")})
     partial_path = out_path.with_name(out_path.name + ".partial")
-    keys = sorted(entries)
+    keys, rounds = sorted(entries), settings["rounds"]
     part = read_json(partial_path, what="partial profile") if resume and partial_path.is_file() else {}
     if part.get("run_id") != run_id:
         part = {}
@@ -265,7 +261,7 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
             first_round = rounds_done if si == slices_done else 0
             _time_slice(slices[si], first_round, samples, bundle, entries, device, cls, bar, task, settings,
                         rng=random.Random(seed + si * 1000 + first_round), save=lambda r, si=si: save_partial(si, r),
-                        warmup=warmup, progress_total=progress_total)
+                        progress_total=progress_total)
             save_partial(si + 1, 0)
     stats = {k: TimingStats.from_samples(v) for k, v in samples.items()}
     table = LatencyTable(
@@ -287,7 +283,7 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
 
 
 def _time_slice(keys, first_round, samples, bundle, entries, device, cls, bar, task, settings, *, rng, save,
-                warmup, progress_total: list[int]) -> None:
+                progress_total: list[int]) -> None:
     """Open a slice's op models, time them round by round in a shuffled order each round (then extra
     rounds for the noisy ones), and close them. save(r) records the slice's progress after round r."""
     rounds, runs_per_round = settings["rounds"], settings["runs_per_round"]
@@ -298,7 +294,7 @@ def _time_slice(keys, first_round, samples, bundle, entries, device, cls, bar, t
             inputs[k] = np.random.default_rng(0).standard_normal(entries[k]["input_shape"]).astype(np.float32)
             # first runs (lazy initialisation); each timed batch warms up for warmup_s itself, so this
             # one need not: 600 block models x 0.25 s were 2.5 minutes of a block table's profile
-            runners[k].time(inputs[k], warmup=warmup, runs=1, warmup_s=0.0)
+            runners[k].time(inputs[k], warmup=settings["warmup"], runs=1, warmup_s=0.0)
         total_rounds = rounds + settings["max_extra_rounds"]
         for r in range(first_round, total_rounds):
             if r < rounds:

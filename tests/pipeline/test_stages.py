@@ -70,3 +70,24 @@ def test_named_datasets_and_baseline_settings_are_checked(tmp_path):
     p.write_text("space: tiny\ndevices: [{device: x86-cpu-onnxruntime}]\nbaseline: {random_networks: -1}\n")
     with pytest.raises(DataError, match="random_networks must be an integer >= 0"):
         load_pipeline(p)
+
+
+def test_a_litert_export_takes_the_kernel_set_of_the_runs_litert_devices(tmp_path):
+    """The export's graph must be the one the LiteRT tables time (nn/rewrite.py): a builtin-kernel
+    device makes the tflite export builtin; devices on two kernel sets need it named."""
+    from dna_deploy.errors import DataError
+    from dna_deploy.pipeline.stages import ExportStage
+
+    builtin = tmp_path / "builtin.yaml"
+    builtin.write_text("name: litert-builtin\nruntime: litert\nop_resolver: builtin\n")
+    export = [{"to": "tflite", "precisions": ["fp32"]}]
+    cfg = parse_pipeline({"space": "tiny", "devices": [{"device": str(builtin)}], "export": export}, where="p")
+    ctx = RunContext(cfg, tmp_path / "run")
+    assert [e.op_resolver for e in ExportStage.targets(ctx)] == ["builtin"]
+    assert "--op-resolver" in [str(a) for a in ExportStage().commands(ctx)[0]]
+    default = parse_pipeline({"space": "tiny", "devices": [{"device": "x86-cpu-litert"}], "export": export}, where="p")
+    assert [e.op_resolver for e in ExportStage.targets(RunContext(default, tmp_path / "d"))] == [None]
+    both = parse_pipeline({"space": "tiny", "devices": [{"device": str(builtin)}, {"device": "x86-cpu-litert"}],
+                           "export": export}, where="p")
+    with pytest.raises(DataError, match=r"different kernel sets \(builtin, xnnpack\).*set op_resolver on the tflite export"):
+        ExportStage().settings(RunContext(both, tmp_path / "b"))
