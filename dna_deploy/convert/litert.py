@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -72,20 +73,77 @@ def require_onnx2tf():
 
 
 @contextlib.contextmanager
-def _without_saved_model(skip: bool):
-    """onnx2tf calls tf.saved_model.save on every conversion; its float converters never read the
-    result. With skip, that call does nothing for the duration (the .tflite is unchanged)."""
-    if not skip:
-        yield
-        return
+def _without_saved_model(precisions: tuple[str, ...], *, for_timing: bool):
+    """onnx2tf writes a TensorFlow SavedModel on every conversion, and its int8 path reads it back.
+    Float-only conversions never read it, so its write does nothing here. With for_timing, the int8
+    path skips it too: the SavedModel write and load (a third of an int8 block-model conversion)
+    become the concrete function onnx2tf already traced for its fp32 model, which the int8 converter
+    calibrates on directly (samples listed in input order: a frozen function has no signature to
+    name them by). The graph, quantisation and outputs are the same (tests/runtimes/test_runtimes.py);
+    only the SavedModel's SignatureDef is missing from the .tflite, which a deployed model keeps."""
     import tensorflow as tf
 
-    original = tf.saved_model.save
-    tf.saved_model.save = lambda *args, **kwargs: None
+    if "int8" not in precisions:
+        saved_save = tf.saved_model.save
+        tf.saved_model.save = lambda *args, **kwargs: None
+        try:
+            yield
+        finally:
+            tf.saved_model.save = saved_save
+        return
+    if not for_timing:
+        yield
+        return
+    import tf_keras
+
+    cls = tf.lite.TFLiteConverter
+    saved = {name: vars(cls)[name] for name in ("from_concrete_functions", "from_saved_model")}
+    saved_write, saved_load = tf_keras.export.ExportArchive.write_out, tf.saved_model.load
+    traced = []  # the model's concrete function, from onnx2tf's fp32 converter (always made first)
+
+    def from_concrete_functions(funcs, trackable_obj=None):
+        traced[:] = funcs[:1]
+        return saved["from_concrete_functions"].__func__(cls, funcs, trackable_obj)
+
+    def traced_function():
+        if not traced:
+            raise DataError("onnx2tf made its int8 model before its fp32 one; convert without for_timing")
+        return traced[0]
+
+    def from_saved_model(*args, **kwargs):
+        converter = saved["from_concrete_functions"].__func__(cls, [traced_function()])
+        convert = converter.convert
+
+        def convert_with_listed_samples():
+            samples = converter.representative_dataset
+            if samples is not None:
+                samples = getattr(samples, "input_gen", samples)
+                converter.representative_dataset = lambda: (
+                    list(s.values()) if isinstance(s, dict) else s for s in samples())
+            return convert()
+
+        converter.convert = convert_with_listed_samples
+        return converter
+
+    def load_signature(*args, **kwargs):  # what onnx2tf reads of the loaded SavedModel: names and specs
+        function = traced_function()
+        outputs = function.structured_outputs
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        signature = types.SimpleNamespace(
+            structured_input_signature=((), {spec.name: spec for spec in function.structured_input_signature[0]}),
+            structured_outputs={f"output_{i}": spec for i, spec in enumerate(outputs)})
+        return types.SimpleNamespace(signatures={"serving_default": signature})
+
+    cls.from_concrete_functions = staticmethod(from_concrete_functions)
+    cls.from_saved_model = staticmethod(from_saved_model)
+    tf_keras.export.ExportArchive.write_out = lambda self, *args, **kwargs: None
+    tf.saved_model.load = load_signature
     try:
         yield
     finally:
-        tf.saved_model.save = original
+        for name, descriptor in saved.items():
+            setattr(cls, name, descriptor)
+        tf_keras.export.ExportArchive.write_out, tf.saved_model.load = saved_write, saved_load
 
 
 # the TFLite converter runs onnx2tf makes, told apart by the settings it gives each converter
@@ -144,11 +202,18 @@ def _chdir(path: Path):
 
 def onnx_to_litert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                    precisions: tuple[str, ...] = ("fp32",), calibration: np.ndarray | None = None,
-                   keep_nchw: bool = False, name: str = "model", quiet: bool = True) -> dict[str, Path]:
+                   keep_nchw: bool = False, name: str = "model", quiet: bool = True,
+                   for_timing: bool = False) -> dict[str, Path]:
     """Convert once, keep the requested precisions as `<name>_<precision>.tflite` in out_dir.
 
     calibration: NCHW float32 images already normalised as the model expects; required for int8.
     keep_nchw: keep the input in NCHW (default: NHWC, LiteRT's native layout).
+    for_timing: a model made to be timed (profiling and validation build thousands), not shipped.
+    onnx2tf then skips its strict-mode accuracy correction (it runs each broadcast op both ways to
+    choose a transposition, which the NCHW graphs we export never need) and the int8 path its
+    SavedModel round trip (_without_saved_model). Together 24 % of an fp32 and 28 % of an int8
+    block-model conversion here, for the same graph: tests/runtimes/test_runtimes.py checks ops,
+    tensors, quantisation and outputs against a deployable conversion.
     """
     bad = set(precisions) - set(PRECISION_SUFFIX)
     if bad:
@@ -168,7 +233,8 @@ def onnx_to_litert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         # onnx2tf's self-check wants 20 sample images (NHWC, 128x128x3) in cwd, else it downloads some.
         _write_sample_file(tmp / _ONNX2TF_SAMPLE, calibration)
         kwargs = dict(input_onnx_file_path=str(work_onnx), output_folder_path=str(tmp / "saved_model"),
-                      not_use_onnxsim=True, non_verbose=quiet, verbosity="error" if quiet else "info")
+                      not_use_onnxsim=True, non_verbose=quiet, verbosity="error" if quiet else "info",
+                      disable_strict_mode=for_timing)
         if keep_nchw:
             kwargs["keep_ncw_or_nchw_or_ncdhw_input_names"] = [INPUT_NAME]
         if "int8" in precisions:
@@ -187,7 +253,7 @@ def onnx_to_litert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         sink = io.StringIO()
         with _chdir(tmp), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _quiet_native_stderr(), \
-                _without_saved_model("int8" not in precisions), _only_variants(precisions):
+                _without_saved_model(precisions, for_timing=for_timing), _only_variants(precisions):
             try:
                 onnx2tf.convert(**kwargs)
             except SystemExit as e:  # onnx2tf calls sys.exit on conversion errors

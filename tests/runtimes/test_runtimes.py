@@ -137,3 +137,29 @@ def test_litert_conversion_skips_only_the_variants_not_asked_for(tiny, tmp_path)
     from ai_edge_litert.interpreter import Interpreter
 
     assert Interpreter(model_path=str(skipped["int8"])).get_input_details()[0]["dtype"] == np.int8  # full integer
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_litert_timing_conversion_makes_the_deployed_graph(tiny, tmp_path, precision):
+    """Profiling and validation convert thousands of models with for_timing (no strict-mode
+    correction, no int8 SavedModel round trip). What they time must be what `export` ships: the
+    same ops, tensors, quantisation and outputs, here on a whole network with squeeze-excite."""
+    import random
+
+    from dna_deploy.convert.litert import onnx_to_litert
+    from dna_deploy.convert.onnx import torch_to_onnx
+    from dna_deploy.nn.builder import build_network
+    from dna_deploy.nn.rewrite import litert_graph
+
+    _skip_if_unavailable("litert", "cpu")
+    torch.manual_seed(0)
+    arch = tiny.sample(random.Random(3))
+    x = torch.randn(1, tiny.in_channels, tiny.input_size, tiny.input_size)
+    onnx_path = torch_to_onnx(litert_graph(build_network(tiny, arch).eval()), x, tmp_path / "net.onnx")
+    calibration = np.random.default_rng(0).standard_normal((8, *x.shape[1:])).astype(np.float32)
+    shipped, timed = (onnx_to_litert(onnx_path, tmp_path / sub, precisions=(precision,), calibration=calibration,
+                                     for_timing=sub == "timed")[precision] for sub in ("shipped", "timed"))
+    (ops_a, tensors_a, y_a), (ops_b, tensors_b, y_b) = _tflite_graph(shipped), _tflite_graph(timed)
+    assert len(ops_a) > 10 and ops_a == ops_b
+    assert tensors_a == tensors_b
+    assert np.array_equal(y_a, y_b)
