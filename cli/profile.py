@@ -35,7 +35,7 @@ def profile_cmd(ctx: typer.Context,
                 rounds: int = typer.Option(None, min=1, help="Interleaved timing rounds over all ops [5; 3 for block tables]."),
                 runs: int = typer.Option(P.runs, min=1, help="Timed runs per op per round."),
                 cv_threshold: float = typer.Option(P.cv_threshold, help="Re-measure ops whose robust CV exceeds this."),
-                warmup_s: float = typer.Option(None, min=0.0, help="Seconds each timed batch warms up (idle models run slow at first) [0.25; 0.1 for block tables]."),
+                warmup_s: float = typer.Option(None, min=0.0, help="Seconds each timed batch warms up (idle models run slow at first) [0.25; 0.02 for block tables]."),
                 resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run."),
                 force: bool = typer.Option(False, "--force", help="Allow replacing a table shipped with dna-deploy."),
                 granularity: str = GranularityOpt, max_open: int = MaxOpenOpt,
@@ -172,7 +172,7 @@ def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .z
                threads: int = typer.Option(None, help="Override the device spec's thread count."),
                rounds: int = typer.Option(None, min=1, help="Timing rounds [5; 3 for a block bundle]."),
                runs: int = typer.Option(20, min=1),
-               warmup_s: float = typer.Option(None, min=0.0, help="Seconds each timed batch warms up [0.25; 0.1 for a block bundle]."),
+               warmup_s: float = typer.Option(None, min=0.0, help="Seconds each timed batch warms up [0.25; 0.02 for a block bundle]."),
                max_open: int = MaxOpenOpt,
                resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Time a bundle's op models on this machine (no torch needed for ONNX Runtime / LiteRT bundles).

@@ -180,7 +180,7 @@ class ProfileSettings:
     validate_samples: int = 40
     validate_rounds: int = 3
     warmup_s: float = 0.25  # seconds every timed batch warms up (runtimes/base.py: idle models run slow at first);
-    # block tables warm up 0.1 s per batch (latency/profiler.py: TIMING_DEFAULTS), validation always warmup_s
+    # block tables warm up 0.02 s per batch (latency/profiler.py: TIMING_DEFAULTS), validation always warmup_s
     granularity: str = "layer"  # layer: one entry per distinct layer; block: one per block candidate (latency/table.py)
 
     def __post_init__(self):

@@ -4,7 +4,8 @@ onnx2tf quirks handled here: it rewrites the ONNX file it is given (we convert a
 sample-image file from the internet unless one is in the working directory (we put ours there, made
 from the caller's calibration images); its models take NHWC input; and it always writes a TensorFlow
 SavedModel, which only its int8 path reads (fp32/fp16 convert from a concrete function): that write
-is 40-45 % of a conversion, so fp32/fp16-only conversions skip it. And it runs the TFLite converter
+is 40-45 % of a conversion, so fp32/fp16-only conversions skip it, and models made only to be timed
+skip it for int8 too (`for_timing`). And it runs the TFLite converter
 once per variant it knows (fp32, fp16, and with int8 also dynamic-range, integer, full-integer and
 two int16-activation variants: seven conversions, three of them calibrating) whatever was asked;
 the variants not asked for are skipped (`_only_variants`). The kept ones are the same graphs (ops,
