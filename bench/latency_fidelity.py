@@ -35,9 +35,10 @@ PREDICTORS = {"raw_sum": "layer raw", "calibrated": "layer cal.", "block_raw_sum
 
 
 def _keep(files, keep: Path, stem: str) -> None:
+    """Copy (path, suffix) pairs to keep/<stem><suffix>."""
     keep.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        dst = keep / f"{stem}{''.join(f.suffixes)}"
+    for f, suffix in files:
+        dst = keep / f"{stem}{suffix}"
         shutil.copyfile(f, dst.with_name(dst.name + ".tmp"))
         dst.with_name(dst.name + ".tmp").replace(dst)  # atomic: never a half-written table
 
@@ -54,10 +55,12 @@ def main():
     args = ap.parse_args()
     space = load_space(args.space)
     block_warmups = [float(w) for w in args.block_warmups.split(",")]
+    if len(set(block_warmups)) != len(block_warmups):
+        ap.error(f"--block-warmups has a value twice: {args.block_warmups}")
     tables = []  # (label, granularity, warm-up or None for the default)
     for g in args.granularities.split(","):
         if g == "block" and len(block_warmups) > 1:
-            tables += [(f"block_warmup_{w:g}s", g, w) for w in block_warmups]
+            tables += [(f"block_warmup_{w * 1000:g}ms", g, w) for w in block_warmups]
         else:
             tables.append((g, g, block_warmups[0] if g == "block" else None))
     labels = dict(PREDICTORS)
@@ -93,7 +96,7 @@ def main():
                 row[f"{prefix}raw_sum"], row[f"{prefix}calibrated"] = rep["raw_sum"], rep["calibrated"]
                 row["macs_linear"] = rep["macs_linear"]
                 if args.keep and (g == "layer" or w == block_warmups[0]):
-                    _keep([out, out.with_suffix(".fidelity.png")], args.keep,
+                    _keep([(out, ".json"), (out.with_suffix(".fidelity.png"), ".fidelity.png")], args.keep,
                           default_table_path(dev, space, granularity=g).stem)  # the name `profile` gives it
                 print(f"{name} ({label}): {len(table.entries)} entries built in {built[g]:.0f} s, timed in "
                       f"{row[f'{label}_timing_s']:.0f} s; validated in {t_val:.0f} s", flush=True)

@@ -31,6 +31,8 @@ from dna_deploy.errors import DataError, RuntimeUnavailable
 
 PRECISION_SUFFIX = {"fp32": "_float32.tflite", "fp16": "_float16.tflite", "int8": "_full_integer_quant.tflite"}
 _ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+# the onnx2tf whose int8 SavedModel round trip _without_saved_model skips (pyproject pins it)
+SAVED_MODEL_SKIP_ONNX2TF = "1.28.8"
 
 
 @contextlib.contextmanager
@@ -77,11 +79,14 @@ def require_onnx2tf():
 def _without_saved_model(precisions: tuple[str, ...], *, for_timing: bool):
     """onnx2tf writes a TensorFlow SavedModel on every conversion, and its int8 path reads it back.
     Float-only conversions never read it, so its write does nothing here. With for_timing, the int8
-    path skips it too: the SavedModel write and load (a third of an int8 block-model conversion)
-    become the concrete function onnx2tf already traced for its fp32 model, which the int8 converter
+    path skips it too: the SavedModel write and load (over a quarter of an int8 block-model
+    conversion) become the concrete function onnx2tf already traced for its fp32 model, which the int8 converter
     calibrates on directly (samples listed in input order: a frozen function has no signature to
     name them by). The graph, quantisation and outputs are the same (tests/runtimes/test_runtimes.py);
-    only the SavedModel's SignatureDef is missing from the .tflite, which a deployed model keeps."""
+    only the SavedModel's SignatureDef is missing from the .tflite, which a deployed model keeps.
+    What is patched is what onnx2tf SAVED_MODEL_SKIP_ONNX2TF calls (it reads the loaded SavedModel
+    only to log its signature); another onnx2tf version takes the full path.
+    Enter this before _only_variants: that one wraps the factory methods set here."""
     import tensorflow as tf
 
     if "int8" not in precisions:
@@ -92,7 +97,9 @@ def _without_saved_model(precisions: tuple[str, ...], *, for_timing: bool):
         finally:
             tf.saved_model.save = saved_save
         return
-    if not for_timing:
+    import onnx2tf
+
+    if not for_timing or getattr(onnx2tf, "__version__", None) != SAVED_MODEL_SKIP_ONNX2TF:
         yield
         return
     import tf_keras
@@ -104,7 +111,7 @@ def _without_saved_model(precisions: tuple[str, ...], *, for_timing: bool):
 
     def from_concrete_functions(funcs, trackable_obj=None):
         traced[:] = funcs[:1]
-        return saved["from_concrete_functions"].__func__(cls, funcs, trackable_obj)
+        return saved["from_concrete_functions"].__get__(None, cls)(funcs, trackable_obj)
 
     def traced_function():
         if not traced:
@@ -112,7 +119,7 @@ def _without_saved_model(precisions: tuple[str, ...], *, for_timing: bool):
         return traced[0]
 
     def from_saved_model(*args, **kwargs):
-        converter = saved["from_concrete_functions"].__func__(cls, [traced_function()])
+        converter = saved["from_concrete_functions"].__get__(None, cls)([traced_function()])
         convert = converter.convert
 
         def convert_with_listed_samples():
@@ -210,11 +217,12 @@ def onnx_to_litert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     calibration: NCHW float32 images already normalised as the model expects; required for int8.
     keep_nchw: keep the input in NCHW (default: NHWC, LiteRT's native layout).
     for_timing: a model made to be timed (profiling and validation build thousands), not shipped.
-    onnx2tf then skips its strict-mode accuracy correction (it runs each broadcast op both ways to
-    choose a transposition, which the NCHW graphs we export never need) and the int8 path its
-    SavedModel round trip (_without_saved_model). Together 24 % of an fp32 and 28 % of an int8
-    block-model conversion here, for the same graph: tests/runtimes/test_runtimes.py checks ops,
-    tensors, quantisation and outputs against a deployable conversion.
+    onnx2tf then skips its strict-mode accuracy correction (it evaluates ops against ONNX Runtime
+    to choose between transpositions, which changed nothing in the 34 tiny, vit-tiny and
+    dna-mbconv networks, fp32 and int8, converted both ways here) and the int8 path its SavedModel
+    round trip (_without_saved_model). Together about 12 % of an fp32 and 28 % of an int8
+    block-model conversion in one process, for the same graph: tests/runtimes/test_runtimes.py
+    checks ops, tensors, per-channel quantisation and outputs against a deployable conversion.
     """
     bad = set(precisions) - set(PRECISION_SUFFIX)
     if bad:

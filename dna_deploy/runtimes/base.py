@@ -149,7 +149,9 @@ class Runner(ABC):
         interleaved round ran) came back 30-50 % slower for its first ~0.1 s on the 2-core cloud
         machine here, so short warm-ups timed op tables "cold" while verify, right after its
         accuracy pass, timed the deployed network "hot": the quickstart predicted 0.41 ms for a
-        network that measured 0.28 ms."""
+        network that measured 0.28 ms. Block tables warm up only 0.02 s
+        (latency/profiler.py: TIMING_DEFAULTS): measured against 0.1 s, their calibrated
+        predictions were as good, and calibration absorbs what the short warm-up leaves."""
         native = self._to_native(self._check(x))
         limit = time.perf_counter() + (WARMUP_S if warmup_s is None else warmup_s)
         done = 0

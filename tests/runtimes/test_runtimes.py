@@ -101,7 +101,9 @@ def _tflite_graph(path):
     it = Interpreter(model_path=str(path))
     it.allocate_tensors()
     ops = sorted(o["op_name"] for o in it._get_ops_details())
-    tensors = sorted((tuple(int(v) for v in t["shape"]), str(t["dtype"]), tuple(float(q) for q in t["quantization"]))
+    tensors = sorted((tuple(int(v) for v in t["shape"]), str(t["dtype"]), tuple(float(q) for q in t["quantization"]),
+                      tuple(float(q) for q in t["quantization_parameters"]["scales"]),  # per channel
+                      tuple(int(z) for z in t["quantization_parameters"]["zero_points"]))
                      for t in it.get_tensor_details())
     inp = it.get_input_details()[0]
     rng = np.random.default_rng(1)
@@ -139,27 +141,40 @@ def test_litert_conversion_skips_only_the_variants_not_asked_for(tiny, tmp_path)
     assert Interpreter(model_path=str(skipped["int8"])).get_input_details()[0]["dtype"] == np.int8  # full integer
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_litert_timing_conversion_makes_the_deployed_graph(tiny, tmp_path, precision):
+@pytest.mark.parametrize("space_name,precision", [("tiny", "fp32"), ("tiny", "int8"), ("vit-tiny", "int8")])
+def test_litert_timing_conversion_makes_the_deployed_graph(space_name, precision, tmp_path):
     """Profiling and validation convert thousands of models with for_timing (no strict-mode
     correction, no int8 SavedModel round trip). What they time must be what `export` ships: the
-    same ops, tensors, quantisation and outputs, here on a whole network with squeeze-excite."""
+    same ops, tensors, per-channel quantisation and outputs, on a whole CNN and a whole ViT
+    (attention's reshapes and matmuls are where strict mode would pick a transposition). And
+    nothing the timing path patches stays patched."""
     import random
+
+    import tensorflow as tf
+    import tf_keras
 
     from dna_deploy.convert.litert import onnx_to_litert
     from dna_deploy.convert.onnx import torch_to_onnx
     from dna_deploy.nn.builder import build_network
     from dna_deploy.nn.rewrite import litert_graph
+    from dna_deploy.space import load_space
 
     _skip_if_unavailable("litert", "cpu")
+    space = load_space(space_name)
     torch.manual_seed(0)
-    arch = tiny.sample(random.Random(3))
-    x = torch.randn(1, tiny.in_channels, tiny.input_size, tiny.input_size)
-    onnx_path = torch_to_onnx(litert_graph(build_network(tiny, arch).eval()), x, tmp_path / "net.onnx")
+    arch = space.sample(random.Random(3))
+    x = torch.randn(1, space.in_channels, space.input_size, space.input_size)
+    onnx_path = torch_to_onnx(litert_graph(build_network(space, arch).eval()), x, tmp_path / "net.onnx")
     calibration = np.random.default_rng(0).standard_normal((8, *x.shape[1:])).astype(np.float32)
+    patched = (dict(vars(tf.lite.TFLiteConverter)), tf.saved_model.load, tf.saved_model.save,
+               tf_keras.export.ExportArchive.write_out)
     shipped, timed = (onnx_to_litert(onnx_path, tmp_path / sub, precisions=(precision,), calibration=calibration,
                                      for_timing=sub == "timed")[precision] for sub in ("shipped", "timed"))
+    assert patched == (dict(vars(tf.lite.TFLiteConverter)), tf.saved_model.load, tf.saved_model.save,
+                       tf_keras.export.ExportArchive.write_out)
     (ops_a, tensors_a, y_a), (ops_b, tensors_b, y_b) = _tflite_graph(shipped), _tflite_graph(timed)
     assert len(ops_a) > 10 and ops_a == ops_b
     assert tensors_a == tensors_b
+    if precision == "int8":
+        assert any(len(t[3]) > 1 for t in tensors_a)  # per-channel weights are compared
     assert np.array_equal(y_a, y_b)
