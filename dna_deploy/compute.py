@@ -4,7 +4,8 @@ data loaders, decided once so that every stage moves models and batches the same
 Why one place: a stage that forgets one `.to(device)` runs on the CPU without a word, or fails
 under torchrun with NCCL while its tensors sit on the CPU. Here `Compute.from_settings` resolves
 `auto|cpu|cuda[:N]` (under torchrun each rank takes its LOCAL_RANK GPU), and the stages ask it for
-the autocast context, the gradient scaler and loaders. The CPU path is plain fp32, as before.
+the autocast context, the gradient scaler and loaders. The CPU path is plain fp32; both devices
+keep convolutions in channels_last (NHWC) unless told not to (ComputeSettings.channels_last).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Compute:
                 amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             torch.backends.cudnn.benchmark = True
         workers = settings.workers if settings.workers is not None else default_workers()
-        return cls(device, amp, device.type == "cuda", workers, settings.checkpoint_every)
+        return cls(device, amp, settings.channels_last, workers, settings.checkpoint_every)
 
     @property
     def is_cuda(self) -> bool:

@@ -83,6 +83,52 @@ def test_device_choice_is_checked():
     assert r.exit_code != 0 and "use auto, cpu, cuda or cuda:N" in r.output
 
 
+def test_cpu_trains_in_channels_last_like_nchw(tmp_path, mnist32):
+    """The CPU keeps convolutions in channels_last by default (1.3-1.5x faster teacher and retrain
+    steps in the quickstart). It is a memory layout, not another model: the same batch gives the same
+    loss and gradients as NCHW up to float rounding, training follows the same loss curve,
+    and its checkpoint loads into a plain NCHW network with the same outputs."""
+    import torch.nn.functional as F
+
+    from dna_deploy.data import stack
+    from dna_deploy.distill.supervised import train_classifier
+    from dna_deploy.nn.builder import build_network
+
+    space = load_space("tiny")
+    arch = space.parse_arch("k5e6.k3e3|k3e6.k7e3.skip|k5e3.k3e3.skip|k7e6.skip")
+    assert CPU.channels_last  # the default on every device
+    layouts = {cl: Compute.from_settings(ComputeSettings(device="cpu", workers=0, channels_last=cl)) for cl in (True, False)}
+    x, y = stack(mnist32.train, 32)
+    grads = {}
+    for cl, compute in layouts.items():
+        torch.manual_seed(0)
+        net = compute.module(build_network(space, arch))
+        loss = F.cross_entropy(net(compute.batch(x)), y)
+        loss.backward()
+        grads[cl] = [loss.detach()] + [p.grad for p in net.parameters()]
+    # fp32 NHWC kernels are less exact than NCHW (4e-4 against 4e-6 of float64's gradients, relative,
+    # here); both are far inside minibatch noise. Gradients that are 0 in exact arithmetic are skipped.
+    total = torch.cat([g.flatten() for g in grads[False]]).norm()
+    for a, b in zip(grads[True], grads[False]):
+        if b.norm() > 1e-3 * total:
+            assert float((a - b).norm() / b.norm()) < 2e-3
+
+    nets, losses = {}, {}
+    for cl, compute in layouts.items():
+        torch.manual_seed(0)
+        nets[cl] = build_network(space, arch)
+        r = train_classifier(nets[cl], mnist32, tmp_path / f"cl{cl}.pt", config=ClassifierConfig(epochs=2, max_steps=6),
+                             resume=False, show_progress=False, compute=compute)
+        conv = next(m for m in nets[cl].modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == cl
+        losses[cl] = [h[k] for h in r["history"] for k in ("train_loss", "val_loss")]
+    assert np.allclose(losses[True], losses[False], rtol=1e-3)
+    fresh = build_network(space, arch).eval()
+    fresh.load_state_dict(nets[True].state_dict())  # a channels_last checkpoint into an NCHW network
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), nets[True].eval()(x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible on this machine)")
 def test_cuda_training_and_rating_match_the_cpu(tmp_path, folder, folder_teacher):
     space = load_space(SPACE)
