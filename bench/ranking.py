@@ -261,6 +261,9 @@ def main():
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (ComputeSettings)")
     ap.add_argument("--work-dir", type=Path, help="where trainings are kept to resume [runs/bench-ranking-{quick,full}]")
     ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--ceiling-only", action="store_true",
+                    help="train only the ground-truth networks and report the noise ceiling, to choose --train-images "
+                         "and --epochs before paying for the ratings; a full run with the same settings reuses them")
     for k, v in PROFILES["full"].items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, help=f"override the profile's {k} [full: {v}]")
     args = ap.parse_args()
@@ -287,6 +290,9 @@ def main():
     rng = random.Random(0)
     pool = sorted((space.sample(rng) for _ in range(2000)), key=lambda a: table.predict(space, a)["predicted_ms"])
     picks = list({str(a): a for a in (pool[int(i)] for i in np.linspace(0, len(pool) - 1, cfg["networks"]))}.values())
+
+    if args.ceiling_only:
+        return ceiling_only(args, cfg, space, data, table, recipe, work, compute, picks, res, t_all)
 
     with progress_bar() as bar:
         # ---- DNA: teacher (the largest network), block-wise distillation, rating
@@ -372,6 +378,70 @@ def main():
     write_json(out / f"{name}.json", res)
     plot(res, out / f"{name}.png")
     print(f"wrote bench/results/{name}.json and .png")
+
+
+def ceiling_only(args, cfg, space, data, table, recipe, work, compute, picks, res, t_all) -> None:
+    """The ground truth alone: its noise ceiling says whether a training budget can support any
+    ranking claim (issue 17: the ceiling comes first). MACs and parameters, free, are scored too."""
+    with progress_bar() as bar:
+        t0 = time.time()
+        extra = unused_training_images(data, cfg["score_images"])
+        standalone = StandAlone(space, data, recipe, work, compute, bar, extra)
+        acc = standalone.per_seed(picks, cfg["seeds"], bar.task("stand-alone trainings", len(picks) * cfg["seeds"]))
+        res["wall_s"]["ground_truth"] = time.time() - t0
+    specs = [space.layer_specs(a) for a in picks]
+    zero_cost = {"macs": [sum(s.macs for s in sp) for sp in specs], "params": [sum(s.params for s in sp) for sp in specs]}
+    res["ground_truth"] = {"scored_on": "test images and held-out training images, pooled",
+                           "test_images": len(data.val), "extra_images": len(extra),
+                           "images_seen_per_training": cfg["epochs"] * len(data.train),
+                           "training_wall_s_mean": float(np.mean([standalone.done[f"{a}@{s}"]["wall_s"]
+                                                                  for a in picks for s in range(cfg["seeds"])]))}
+    res["networks"] = [{"arch": str(a), "predicted_ms": table.predict(space, a)["predicted_ms"],
+                        "accuracy_per_seed": acc[i].tolist(), "accuracy": float(acc[i].mean()),
+                        **{f"{m}_rating": float(zero_cost[m][i]) for m in zero_cost}} for i, a in enumerate(picks)]
+    res["noise_ceiling"] = c = noise_ceiling(acc, args.bootstrap)
+    res["ranking"] = r = bootstrap(zero_cost, acc, args.bootstrap)
+    res["wall_s"]["total"] = time.time() - t_all
+    g = res["ground_truth"]
+    print(f"\n{len(picks)} networks x {cfg['seeds']} seeds, {g['images_seen_per_training']} images seen each "
+          f"({g['training_wall_s_mean']:.0f} s per training): accuracy {acc.mean(1).min():.4f}..{acc.mean(1).max():.4f} "
+          f"({c['accuracy_range_pts']:.2f} points), mean seed std {c['mean_seed_std_pts']:.2f} points")
+    print(f"noise ceiling (seed vs seed): tau {c['kendall_tau']:.3f} [{c['kendall_tau_ci95'][0]:.2f}, "
+          f"{c['kendall_tau_ci95'][1]:.2f}]; seed vs the others' mean: tau {c['seed_vs_rest_kendall_tau']:.3f}")
+    print("zero-cost ratings: " + "; ".join(f"{LABELS[m]} tau {r[m]['kendall_tau']:.3f} [{r[m]['kendall_tau_ci95'][0]:+.2f}, "
+                                            f"{r[m]['kendall_tau_ci95'][1]:+.2f}]" for m in zero_cost))
+    name = f"ranking_ceiling_{cfg['networks']}x{cfg['seeds']}_{cfg['train_images']}x{cfg['epochs']}"
+    out = ROOT / "bench/results"
+    write_json(out / f"{name}.json", res)
+    plot_ceiling(res, out / f"{name}.png")
+    print(f"wrote bench/results/{name}.json and .png")
+
+
+def plot_ceiling(res: dict, path: Path) -> None:
+    """Each network's accuracy per seed against its predicted latency (is the spread between
+    networks larger than the spread between seeds?), and seed 0 against seed 1."""
+    from dna_deploy.display import new_figure, save_figure
+
+    fig, (left, right) = new_figure((11, 4.2), ncols=2)
+    nets = res["networks"]
+    ms = np.array([n["predicted_ms"] for n in nets])
+    acc = 100 * np.array([n["accuracy_per_seed"] for n in nets])
+    for s in range(acc.shape[1]):
+        left.plot(ms, acc[:, s], "o", alpha=0.6, label=f"seed {s}")
+    left.plot(ms, acc.mean(1), "k-", lw=1, label="seed mean")
+    left.set_xlabel("predicted latency, ms (shipped ONNX Runtime table)")
+    left.set_ylabel("stand-alone accuracy, %")
+    left.legend(fontsize=8)
+    c = res["noise_ceiling"]
+    right.plot(acc[:, 0], acc[:, 1], "o")
+    lo, hi = acc.min() - 0.1, acc.max() + 0.1
+    right.plot([lo, hi], [lo, hi], "k:", lw=1)
+    right.set_xlabel("seed 0 accuracy, %")
+    right.set_ylabel("seed 1 accuracy, %")
+    right.set_title(f"noise ceiling tau {c['kendall_tau']:.2f} [{c['kendall_tau_ci95'][0]:.2f}, {c['kendall_tau_ci95'][1]:.2f}]")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    save_figure(fig, path)
 
 
 def report(res: dict) -> None:
