@@ -33,6 +33,7 @@ defines "the same latency"; nothing is timed.
 
 Every stand-alone training and supernet is kept in --work-dir, so a killed run resumes.
 Run: python bench/ranking.py [--quick] [--device auto]   (full: about 90 minutes on 2 cores; --quick: about 10)
+     python bench/ranking.py --ceiling-only [--train-images N --epochs E]   (the ground truth and its ceiling alone)
 """
 
 from __future__ import annotations
