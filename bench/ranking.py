@@ -58,6 +58,7 @@ from dna_deploy.distill.blockwise import train_blocks
 from dna_deploy.distill.selfsup import train_blocks_selfsup
 from dna_deploy.distill.supervised import evaluate, train_classifier
 from dna_deploy.distill.teacher import load_teacher, train_space_teacher
+from dna_deploy.errors import DataError
 from dna_deploy.io import fingerprint, read_json, write_json
 from dna_deploy.latency.table import LatencyTable
 from dna_deploy.nn.builder import build_network
@@ -350,10 +351,8 @@ def main():
         res["wall_s"]["searched_vs_random"] = time.time() - t0
 
     dna_s, pp_s = block_scores(dna), block_scores(dnapp)
-    specs = [space.layer_specs(a) for a in picks]
     ratings = {"dna": [-summed_rating(dna_s, a) for a in picks], "dnapp": [-summed_rating(pp_s, a) for a in picks],
-               "spos": spos_acc, "macs": [sum(s.macs for s in sp) for sp in specs],
-               "params": [sum(s.params for s in sp) for sp in specs]}
+               "spos": spos_acc, **zero_cost_ratings(space, picks)}
     res["ground_truth"] = {"scored_on": "test images and held-out training images, pooled",
                            "test_images": len(data.val), "extra_images": len(extra)}
     res["networks"] = [{"arch": str(a), "predicted_ms": table.predict(space, a)["predicted_ms"], "accuracy_per_seed": acc[i].tolist(),
@@ -381,6 +380,12 @@ def main():
     print(f"wrote bench/results/{name}.json and .png")
 
 
+def zero_cost_ratings(space, archs) -> dict:
+    """MACs and parameter counts: the ratings every NAS ranking must beat, free to compute."""
+    specs = [space.layer_specs(a) for a in archs]
+    return {"macs": [sum(s.macs for s in sp) for sp in specs], "params": [sum(s.params for s in sp) for sp in specs]}
+
+
 def ceiling_only(args, cfg, space, data, table, recipe, work, compute, picks, res, t_all) -> None:
     """The ground truth alone: its noise ceiling says whether a training budget can support any
     ranking claim (issue 17: the ceiling comes first). MACs and parameters, free, are scored too."""
@@ -390,9 +395,8 @@ def ceiling_only(args, cfg, space, data, table, recipe, work, compute, picks, re
         standalone = StandAlone(space, data, recipe, work, compute, bar, extra)
         acc = standalone.per_seed(picks, cfg["seeds"], bar.task("stand-alone trainings", len(picks) * cfg["seeds"]))
         res["wall_s"]["ground_truth"] = time.time() - t0
-    specs = [space.layer_specs(a) for a in picks]
-    zero_cost = {"macs": [sum(s.macs for s in sp) for sp in specs], "params": [sum(s.params for s in sp) for sp in specs]}
-    res["ground_truth"] = {"scored_on": "test images and held-out training images, pooled",
+    zero_cost = zero_cost_ratings(space, picks)
+    res["ground_truth"] = {"scored_on": "test images and held-out training images, pooled" if len(extra) else "test images",
                            "test_images": len(data.val), "extra_images": len(extra),
                            "images_seen_per_training": cfg["epochs"] * len(data.train),
                            "training_wall_s_mean": float(np.mean([standalone.done[f"{a}@{s}"]["wall_s"]
@@ -499,4 +503,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as e:  # missing data, a bad device: one line, no traceback
+        raise SystemExit(f"error: {e}") from None

@@ -51,9 +51,10 @@ class ComputeSettings:
 
     device: auto (this rank's GPU if any, else CPU), cpu, cuda or cuda:N. amp: bf16 (or fp16 with a
     loss scaler) autocast on CUDA. channels_last: convolutions in NHWC memory layout, on the CPU as
-    on CUDA (oneDNN's NHWC depthwise and pointwise kernels trained the tiny and dna-mbconv networks
-    1.6-2.0x faster than NCHW on 2 CPU cores, with gradients within 4e-4 of NCHW's, relative; on
-    CUDA it is the tensor-core layout); false gives the NCHW path of runs before it. workers: loader processes per rank [cores - 1, at most 8].
+    on CUDA (oneDNN's NHWC kernels take a CNN training step 1.2-1.7x faster than NCHW on 2 CPU
+    cores, bench/train_layout.py, with gradients within 4e-4 of NCHW's, relative; on CUDA it is
+    the tensor-core layout); false gives the NCHW path of runs before it.
+    workers: loader processes per rank [cores - 1, at most 8].
     checkpoint_every: also checkpoint every this many steps inside an epoch (an ImageNet epoch of
     one block takes hours)."""
 

@@ -84,8 +84,8 @@ def test_device_choice_is_checked():
 
 
 def test_cpu_trains_in_channels_last_like_nchw(tmp_path, mnist32):
-    """The CPU keeps convolutions in channels_last by default (1.3-1.5x faster teacher and retrain
-    steps in the quickstart). It is a memory layout, not another model: the same batch gives the same
+    """The CPU keeps convolutions in channels_last by default (bench/train_layout.py measures the
+    speed). It is a memory layout, not another model: the same batch gives the same
     loss and gradients as NCHW up to float rounding, training follows the same loss curve,
     and its checkpoint loads into a plain NCHW network with the same outputs."""
     import torch.nn.functional as F
