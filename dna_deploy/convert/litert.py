@@ -12,6 +12,8 @@ the variants not asked for are skipped (`_only_variants`). The kept ones are the
 tensors, quantisation, outputs; only Keras's generated tensor names differ, as between any two
 conversions). Timed once here on three tiny networks: an int8 conversion about 4 s instead of 8,
 fp32 about 2.7 instead of 3.2 (bench/latency_fidelity.py shows the effect on whole validations).
+Models made to be timed also skip strict mode and the throw-away Keras layers of the binary ops'
+scalar check (`_static_rank_in_binary_ops`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ from dna_deploy.errors import DataError, RuntimeUnavailable
 
 PRECISION_SUFFIX = {"fp32": "_float32.tflite", "fp16": "_float16.tflite", "int8": "_full_integer_quant.tflite"}
 _ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
-# the onnx2tf whose int8 SavedModel round trip _without_saved_model skips (pyproject pins it)
-SAVED_MODEL_SKIP_ONNX2TF = "1.28.8"
+# the onnx2tf whose internals the timing path patches (_without_saved_model, _static_rank_in_binary_ops;
+# pyproject pins it): another version takes the full path
+PATCHED_ONNX2TF = "1.28.8"
+# onnx2tf's binary ops, each of which asks `tf.rank(x) == 0` of both inputs (see _static_rank_in_binary_ops)
+_BINARY_OPS = ("Add", "Sub", "Mul", "Div")
 
 
 @contextlib.contextmanager
@@ -84,7 +89,7 @@ def _without_saved_model(precisions: tuple[str, ...], *, for_timing: bool):
     calibrates on directly (samples listed in input order: a frozen function has no signature to
     name them by). The graph, quantisation and outputs are the same (tests/runtimes/test_runtimes.py);
     only the SavedModel's SignatureDef is missing from the .tflite, which a deployed model keeps.
-    What is patched is what onnx2tf SAVED_MODEL_SKIP_ONNX2TF calls (it reads the loaded SavedModel
+    What is patched is what onnx2tf PATCHED_ONNX2TF calls (it reads the loaded SavedModel
     only to log its signature); another onnx2tf version takes the full path.
     Enter this before _only_variants: that one wraps the factory methods set here."""
     import tensorflow as tf
@@ -99,7 +104,7 @@ def _without_saved_model(precisions: tuple[str, ...], *, for_timing: bool):
         return
     import onnx2tf
 
-    if not for_timing or getattr(onnx2tf, "__version__", None) != SAVED_MODEL_SKIP_ONNX2TF:
+    if not for_timing or getattr(onnx2tf, "__version__", None) != PATCHED_ONNX2TF:
         yield
         return
     import tf_keras
@@ -152,6 +157,53 @@ def _without_saved_model(precisions: tuple[str, ...], *, for_timing: bool):
         for name, descriptor in saved.items():
             setattr(cls, name, descriptor)
         tf_keras.export.ExportArchive.write_out, tf.saved_model.load = saved_write, saved_load
+
+
+class _StaticRankTensorFlow:
+    """The tensorflow module, except that tf.rank of a Keras graph tensor whose rank is known is
+    that rank as a Python int (see _static_rank_in_binary_ops)."""
+
+    def __init__(self, tf, keras_tensor_type):
+        self._tf, self._keras_tensor_type = tf, keras_tensor_type
+
+    def __getattr__(self, name):
+        return getattr(self._tf, name)
+
+    def rank(self, x, name=None):
+        if isinstance(x, self._keras_tensor_type) and x.shape.rank is not None:
+            return x.shape.rank
+        return self._tf.rank(x, name=name)
+
+
+@contextlib.contextmanager
+def _static_rank_in_binary_ops(*, for_timing: bool):
+    """onnx2tf's Add, Sub, Mul and Div ask `tf.rank(x) == 0` of both inputs to spot scalars, and
+    take the answer only when it has `.numpy()`. On a Keras graph tensor it never does, so the
+    answer is always "not a scalar"; but asking builds two Keras layers (a rank and a comparison)
+    that are then thrown away, each tracing its own function: a sixth of an int8 block-model
+    conversion (1.37-1.52 s -> 1.15-1.20 s per model over 30 tiny blocks here). Within those four
+    ops, a Keras tensor's known rank comes back as a Python int, which has no `.numpy()` either: the
+    same answer, no layers. Arrays and eager tensors still go to tf.rank (their answer is used).
+    Only for_timing, only onnx2tf PATCHED_ONNX2TF (whose four ops use tf.rank only this way)."""
+    import onnx2tf
+
+    if not for_timing or getattr(onnx2tf, "__version__", None) != PATCHED_ONNX2TF:
+        yield
+        return
+    import importlib
+
+    import tensorflow as tf
+    from tf_keras.src.engine.keras_tensor import KerasTensor
+
+    modules = [importlib.import_module(f"onnx2tf.ops.{op}") for op in _BINARY_OPS]
+    static = _StaticRankTensorFlow(tf, KerasTensor)
+    for module in modules:
+        module.tf = static
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.tf = tf
 
 
 # the TFLite converter runs onnx2tf makes, told apart by the settings it gives each converter
@@ -221,7 +273,8 @@ def onnx_to_litert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     to choose between transpositions, which changed nothing in the 34 tiny, vit-tiny and
     dna-mbconv networks, fp32 and int8, converted both ways here) and the int8 path its SavedModel
     round trip (_without_saved_model). Together about 12 % of an fp32 and 28 % of an int8
-    block-model conversion in one process, for the same graph: tests/runtimes/test_runtimes.py
+    block-model conversion in one process, for the same graph; then the binary ops' scalar check
+    stops building throw-away Keras layers (_static_rank_in_binary_ops). tests/runtimes/test_runtimes.py
     checks ops, tensors, per-channel quantisation and outputs against a deployable conversion.
     """
     bad = set(precisions) - set(PRECISION_SUFFIX)
@@ -262,7 +315,8 @@ def onnx_to_litert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         sink = io.StringIO()
         with _chdir(tmp), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _quiet_native_stderr(), \
-                _without_saved_model(precisions, for_timing=for_timing), _only_variants(precisions):
+                _without_saved_model(precisions, for_timing=for_timing), _only_variants(precisions), \
+                _static_rank_in_binary_ops(for_timing=for_timing):
             try:
                 onnx2tf.convert(**kwargs)
             except SystemExit as e:  # onnx2tf calls sys.exit on conversion errors

@@ -144,34 +144,39 @@ def test_litert_conversion_skips_only_the_variants_not_asked_for(tiny, tmp_path)
 @pytest.mark.parametrize("space_name,precision", [("tiny", "fp32"), ("tiny", "int8"), ("vit-tiny", "int8")])
 def test_litert_timing_conversion_makes_the_deployed_graph(space_name, precision, tmp_path):
     """Profiling and validation convert thousands of models with for_timing (no strict-mode
-    correction, no int8 SavedModel round trip). What they time must be what `export` ships: the
+    correction, no int8 SavedModel round trip, no throw-away layers in the binary ops). What they time must be what `export` ships: the
     same ops, tensors, per-channel quantisation and outputs, on a whole CNN and a whole ViT
     (attention's reshapes and matmuls are where strict mode would pick a transposition). And
     nothing the timing path patches stays patched."""
+    import importlib
     import random
 
-    import tensorflow as tf
-    import tf_keras
-
-    from dna_deploy.convert.litert import onnx_to_litert
+    from dna_deploy.convert.litert import _BINARY_OPS, onnx_to_litert, require_onnx2tf
     from dna_deploy.convert.onnx import torch_to_onnx
     from dna_deploy.nn.builder import build_network
     from dna_deploy.nn.rewrite import litert_graph
     from dna_deploy.space import load_space
 
     _skip_if_unavailable("litert", "cpu")
+    require_onnx2tf()  # TensorFlow imported before torch's compiler stack crashes it (see there)
+    import tensorflow as tf
+    import tf_keras
+
     space = load_space(space_name)
     torch.manual_seed(0)
     arch = space.sample(random.Random(3))
     x = torch.randn(1, space.in_channels, space.input_size, space.input_size)
     onnx_path = torch_to_onnx(litert_graph(build_network(space, arch).eval()), x, tmp_path / "net.onnx")
     calibration = np.random.default_rng(0).standard_normal((8, *x.shape[1:])).astype(np.float32)
-    patched = (dict(vars(tf.lite.TFLiteConverter)), tf.saved_model.load, tf.saved_model.save,
-               tf_keras.export.ExportArchive.write_out)
+    def patchable():
+        return (dict(vars(tf.lite.TFLiteConverter)), tf.saved_model.load, tf.saved_model.save,
+                tf_keras.export.ExportArchive.write_out,
+                [importlib.import_module(f"onnx2tf.ops.{op}").tf for op in _BINARY_OPS])
+
+    patched = patchable()
     shipped, timed = (onnx_to_litert(onnx_path, tmp_path / sub, precisions=(precision,), calibration=calibration,
                                      for_timing=sub == "timed")[precision] for sub in ("shipped", "timed"))
-    assert patched == (dict(vars(tf.lite.TFLiteConverter)), tf.saved_model.load, tf.saved_model.save,
-                       tf_keras.export.ExportArchive.write_out)
+    assert patched == patchable() and patched[-1] == [tf] * len(_BINARY_OPS)
     (ops_a, tensors_a, y_a), (ops_b, tensors_b, y_b) = _tflite_graph(shipped), _tflite_graph(timed)
     assert len(ops_a) > 10 and ops_a == ops_b
     assert tensors_a == tensors_b
