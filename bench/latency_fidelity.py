@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from dna_deploy.host import host_description
 from dna_deploy.io import write_json
 from dna_deploy.latency.devices import load_device
 from dna_deploy.latency.profiler import TIMING_DEFAULTS, build_bundle, default_table_path, measure_bundle
@@ -72,7 +73,7 @@ def main():
         for name in args.devices.split(","):
             dev = load_device(name)
             work = Path(tmp) / f"{name}.networks"  # one set of network timings for both tables
-            row = {"device": name, "space": space.name}
+            row = {"device": name, "space": space.name, "host": host_description()}  # machines differ
             built = {}
             for label, g, w in tables:
                 out = Path(tmp) / (f"{name}.json" if g == "layer" else f"{name}__{label}.json")
