@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--block-warmups", default=str(TIMING_DEFAULTS["block"]["warmup_s"]),
                     help="comma-separated warm-ups (s) to time the block table with; the first is kept by --keep")
     ap.add_argument("--keep", type=Path, help="also copy the validated tables (and fidelity plots) into this folder")
+    ap.add_argument("--output", type=Path, help="results file [bench/results/latency_fidelity_<space>.json]")
     args = ap.parse_args()
     space = load_space(args.space)
     block_warmups = [float(w) for w in args.block_warmups.split(",")]
@@ -114,7 +115,7 @@ def main():
         walls = ", ".join(f"{label} {r[f'{label}_profile_s']:.0f} s ({r[f'{label}_build_s']:.0f} building, "
                           f"{r[f'{label}_timing_s']:.0f} timing; {r[f'{label}_entries']} entries)" for label, _, _ in tables)
         print(f"{'':22} {r['held_out']} held out of {r['networks']}; profile: {walls}; validate {r['validate_s']:.0f} s")
-    write_json(Path(__file__).parent / "results" / f"latency_fidelity_{space.name}.json", rows)
+    write_json(args.output or Path(__file__).parent / "results" / f"latency_fidelity_{space.name}.json", rows)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from dna_deploy.latency.devices import DeviceSpec
 from dna_deploy.latency.table import STATISTIC, LatencyTable, refuse_shipped, table_entries, table_file_name
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime, runner_class
-from dna_deploy.runtimes.base import WARMUP_S, TimingStats
+from dna_deploy.runtimes.base import QUIET_TOLERANCE, WARMUP_S, confirmed, quiet_rounds, quiet_stats
 from dna_deploy.space import LayerSpec, SearchSpace
 
 BUNDLE_FORMAT = "dna-deploy-bundle/1"
@@ -198,8 +198,10 @@ def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int
                    warmup: int = 10, rounds: int | None = None, runs_per_round: int = 20, cv_threshold: float = 0.05,
                    max_extra_rounds: int = 4, resume: bool = True, show_progress: bool = True,
                    seed: int = 0, warmup_s: float | None = None, max_open: int | None = None) -> LatencyTable:
-    """Time every op model of a bundle, interleaved round by round so drift spreads evenly; entries
-    whose spread (robust CV) stays above cv_threshold get extra rounds. Saves progress every round.
+    """Time every op model of a bundle, interleaved round by round so drift spreads evenly. An
+    entry's statistics come from its quiet rounds (runtimes/base.quiet_rounds: rounds slowed by
+    something else on the machine are left out); entries whose fastest round no other round backs,
+    or whose quiet spread (robust CV) stays above cv_threshold, get extra rounds. Saves progress every round.
     Each op model warms up for `warmup_s` seconds before each of its timed batches (Runner.time).
     rounds and warmup_s default to TIMING_DEFAULTS for the bundle's granularity. At most `max_open`
     models are open at once (default: what half the available memory holds, default_max_open);
@@ -223,7 +225,7 @@ def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int
     if max_open is not None and max_open < 1:
         raise DataError(f"max_open must be at least 1 (got {max_open})")
     settings = {"warmup": warmup, "rounds": rounds, "runs_per_round": runs_per_round, "cv_threshold": cv_threshold,
-                "max_extra_rounds": max_extra_rounds, "warmup_s": warmup_s}
+                "max_extra_rounds": max_extra_rounds, "warmup_s": warmup_s, "quiet_tolerance": QUIET_TOLERANCE}
     out_path = Path(out_path)
     with exclusive_lock(out_path, what="profile run"):
         return _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, resume=resume,
@@ -243,7 +245,7 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
     if max_open is None:  # a resumed run keeps its slices (free memory differs from run to run)
         max_open = part.get("slice_size") or default_max_open(bundle, entries)
     slices = [keys[i:i + max_open] for i in range(0, len(keys), max_open)]
-    samples: dict[str, list[float]] = {k: [] for k in entries}
+    samples: dict[str, list[list[float]]] = {k: [] for k in entries}  # per entry, its rounds' timed runs
     slices_done = rounds_done = 0
     # a partial run sliced another way (an explicit --max-open) is started over: its rounds do not line up
     if part and part.get("slice_size", len(keys)) == len(slices[0]):
@@ -266,7 +268,7 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
                         rng=random.Random(seed + si * 1000 + first_round), save=lambda r, si=si: save_partial(si, r),
                         progress_total=progress_total)
             save_partial(si + 1, 0)
-    stats = {k: TimingStats.from_samples(v) for k, v in samples.items()}
+    stats = {k: quiet_stats(v) for k, v in samples.items()}  # rounds slowed by something else left out
     table = LatencyTable(
         meta={"space": manifest["space"], "space_fingerprint": manifest["space_fingerprint"],
               "body_fingerprint": manifest.get("body_fingerprint"),
@@ -278,7 +280,8 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
                                                         if len(slices) > 1 else {})},
               "granularity": manifest.get("granularity", "layer"),
               "statistic": STATISTIC, "units": "milliseconds per inference of one batch"},
-        entries={k: {**stats[k].to_dict(), "cv": round(stats[k].cv, 4), "input_shape": entries[k]["input_shape"]}
+        entries={k: {**stats[k].to_dict(), "cv": round(stats[k].cv, 4), "rounds": len(samples[k]),
+                     "rounds_kept": len(quiet_rounds(samples[k])), "input_shape": entries[k]["input_shape"]}
                  for k in keys})
     table.save(out_path)
     partial_path.unlink(missing_ok=True)
@@ -302,8 +305,9 @@ def _time_slice(keys, first_round, samples, bundle, entries, device, cls, bar, t
         for r in range(first_round, total_rounds):
             if r < rounds:
                 todo = keys
-            else:  # extra rounds only for noisy entries
-                todo = [k for k in keys if TimingStats.from_samples(samples[k]).cv > settings["cv_threshold"]]
+            else:  # extra rounds only for noisy entries, or ones whose fastest round no other backs
+                todo = [k for k in keys if not confirmed(samples[k])
+                        or quiet_stats(samples[k]).cv > settings["cv_threshold"]]
                 if not todo:
                     break
                 progress_total[0] += len(todo)
@@ -311,7 +315,8 @@ def _time_slice(keys, first_round, samples, bundle, entries, device, cls, bar, t
             order = list(todo)
             rng.shuffle(order)
             for k in order:
-                samples[k] += runners[k].time(inputs[k], warmup=3, runs=runs_per_round, warmup_s=settings["warmup_s"])
+                samples[k].append(runners[k].time(inputs[k], warmup=3, runs=runs_per_round,
+                                                  warmup_s=settings["warmup_s"]))
                 bar.advance(task)
             save(r + 1)
     finally:

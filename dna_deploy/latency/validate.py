@@ -20,7 +20,7 @@ from dna_deploy.latency.devices import DeviceSpec
 from dna_deploy.latency.table import STATISTIC, LatencyTable, is_shipped
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime
-from dna_deploy.runtimes.base import WARMUP_S, TimingStats
+from dna_deploy.runtimes.base import QUIET_TOLERANCE, WARMUP_S, confirmed, quiet_stats
 from dna_deploy.space import SearchSpace
 
 
@@ -89,9 +89,12 @@ def sample_networks(space: SearchSpace, n: int, seed: int) -> list:
 
 def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_dir: Path, *, rounds: int = 3,
                      runs_per_round: int = 15, warmup: int = 10, show_progress: bool = True, warmup_s: float = WARMUP_S,
-                     cache_path: Path | None = None, statistic: str = STATISTIC) -> dict[str, float]:
-    """End-to-end latency of each network (`statistic` of all its timed runs, interleaved across
-    networks in rounds); the raw timings are cached for resume.
+                     cache_path: Path | None = None, statistic: str = STATISTIC,
+                     max_extra_rounds: int = 4) -> dict[str, float]:
+    """End-to-end latency of each network: `statistic` of the timed runs of its quiet rounds
+    (runtimes/base.quiet_rounds), rounds interleaved across networks so that they are spread over
+    time. A network whose fastest round no second round backs gets extra rounds (at most
+    max_extra_rounds), interleaved among those networks. The raw timings are cached for resume.
     Network models are built in parallel processes where the runtime's conversion is slow, and a
     resumed run reuses the ones already built (recorded in work_dir/artifacts.json)."""
     import torch
@@ -102,12 +105,17 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
     cls = require_runtime(device.runtime, device.device)
     cache = {}
     run_id = fingerprint({"device": device.to_dict(), "space": space.fingerprint, "rounds": rounds, "runs": runs_per_round,
-                          "warmup_s": warmup_s})
+                          "warmup_s": warmup_s, "quiet_tolerance": QUIET_TOLERANCE})  # cached per round
     if cache_path is not None and cache_path.is_file():
         c = read_json(cache_path, what="measurement cache")
         if c.get("run_id") == run_id:
             cache = c["samples"]
-    todo = [a for a in archs if len(cache.get(str(a), [])) < rounds * runs_per_round]
+
+    def wanted(measured_rounds: list) -> bool:
+        return len(measured_rounds) < rounds or (not confirmed(measured_rounds)
+                                                  and len(measured_rounds) < rounds + max_extra_rounds)
+
+    todo = [a for a in archs if wanted(cache.get(str(a), []))]
     # models are reused only when what shapes them is unchanged (not the timing settings)
     from dna_deploy import __version__
     from dna_deploy.host import runtime_versions
@@ -149,21 +157,28 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                                    x.numpy())
                 # first runs only (lazy initialisation): every timed batch below warms up for warmup_s
                 runners[str(a)][0].time(x.numpy(), warmup=warmup, runs=1, warmup_s=0.0)
-                cache[str(a)] = []
+                cache.setdefault(str(a), [])
             rng = random.Random(0)
-            for _ in range(rounds):
-                order = list(runners)
+            total = len(todo) * (rounds + 1)
+            while True:  # one round of every network still short of `rounds`, then extra rounds
+                order = [k for k in runners if len(cache[k]) < rounds]
+                if not order:
+                    order = [k for k in runners if wanted(cache[k])]
+                    if not order:
+                        break
+                    total += len(order)
+                    bar.update(task, total=total)
                 rng.shuffle(order)
                 for k in order:
                     r, x = runners[k]
-                    cache[k] += r.time(x, warmup=2, runs=runs_per_round, warmup_s=warmup_s)
+                    cache[k].append(r.time(x, warmup=2, runs=runs_per_round, warmup_s=warmup_s))
                     bar.advance(task)
                 if cache_path is not None:
                     write_json(cache_path, {"run_id": run_id, "samples": cache})
     finally:
         for r, _ in runners.values():
             r.close()
-    return {str(a): getattr(TimingStats.from_samples(cache[str(a)]), statistic) for a in archs}
+    return {str(a): getattr(quiet_stats(cache[str(a)]), statistic) for a in archs}
 
 
 def calibrated_table_path(table_path: str | Path, *, output: str | Path | None = None, force: bool = False) -> Path:

@@ -164,6 +164,38 @@ class Runner(ABC):
 
 WARMUP_S = 0.25  # seconds of warm-up before every timed batch (see Runner.time)
 
+# A timed batch (a round) whose own 10th percentile is more than this above the fastest round's was
+# slowed by something else on the machine, and is left out (quiet_rounds).
+QUIET_TOLERANCE = 0.05
+
+
+def quiet_rounds(rounds: list[list[float]], tolerance: float = QUIET_TOLERANCE) -> list[list[float]]:
+    """The rounds (timed batches, spread over time) measured while nothing else slowed the machine.
+
+    On a shared 2-core VM (an AMD EPYC without AVX-512, 2026-12-01) the machine switched for
+    seconds at a time into a state where everything ran about 1.6x slower: the same ONNX Runtime
+    session timed 0.45 ms in one batch and 0.68-0.83 ms in the next. Pooling a network's three
+    rounds and taking their 10th percentile kept the slow state whenever all three rounds fell in it:
+    timing the same 200 networks twice, only 75 % agreed within +-10 %. Interference only ever adds
+    time, so the fastest round is the machine's own speed; rounds within `tolerance` of it are kept
+    and the rest dropped. On a quiet machine every round is within a few % and all are kept."""
+    if not rounds:
+        return []
+    floors = [float(np.percentile(r, 10)) for r in rounds]
+    fastest = min(floors)
+    return [r for r, f in zip(rounds, floors) if f <= fastest * (1 + tolerance)]
+
+
+def confirmed(rounds: list[list[float]], tolerance: float = QUIET_TOLERANCE) -> bool:
+    """The fastest round is backed by a second one within tolerance (else it may itself be a fluke,
+    or every round so far was slowed: measure another)."""
+    return len(quiet_rounds(rounds, tolerance)) >= 2
+
+
+def quiet_stats(rounds: list[list[float]], tolerance: float = QUIET_TOLERANCE) -> "TimingStats":
+    """TimingStats of the quiet rounds' samples pooled."""
+    return TimingStats.from_samples([v for r in quiet_rounds(rounds, tolerance) for v in r])
+
 
 def measure(runner: Runner, x: np.ndarray, *, warmup: int = 10, runs: int = 50) -> TimingStats:
     return TimingStats.from_samples(runner.time(x, warmup=warmup, runs=runs))

@@ -51,6 +51,26 @@ def test_timing_stats():
         TimingStats.from_samples([])
 
 
+def test_rounds_slowed_by_the_machine_are_left_out():
+    """A shared machine slows for seconds at a time (1.6x here): a round measured then is dropped,
+    however many runs it has; rounds within 5 % of the fastest are pooled; one fast round alone is
+    not yet confirmed."""
+    from dna_deploy.runtimes.base import confirmed, quiet_rounds, quiet_stats
+
+    rng = np.random.default_rng(0)
+    fast = [list(0.45 * (1 + 0.01 * rng.random(15))) for _ in range(2)]
+    slow = [list(0.72 * (1 + 0.01 * rng.random(15))) for _ in range(3)]
+    rounds = [slow[0], fast[0], slow[1], slow[2], fast[1]]
+    assert quiet_rounds(rounds) == fast and confirmed(rounds)
+    stats = quiet_stats(rounds)
+    assert stats.runs == 30 and 0.45 <= stats.p10_ms <= stats.median_ms <= stats.p90_ms <= 0.455
+    pooled = TimingStats.from_samples([v for r in rounds for v in r])
+    assert pooled.median_ms > 0.7  # what pooling all five rounds would have reported
+    assert not confirmed([slow[0], fast[0], slow[1]]) and not confirmed([fast[0]])
+    jitter = [list(0.45 * (1 + 0.02 * i) * np.ones(5)) for i in range(3)]  # a quiet machine: all kept
+    assert quiet_rounds(jitter) == jitter
+
+
 def test_unknown_runtime_names_choices():
     with pytest.raises(DnaDeployError, match="did you mean 'onnxruntime'"):
         runner_class("onnxruntim")
