@@ -135,7 +135,7 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
     from dna_deploy.deploy.export import load_export
     from dna_deploy.distill.checkpoints import load_model
     from dna_deploy.progress import progress_bar
-    from dna_deploy.runtimes.base import TimingStats
+    from dna_deploy.runtimes.base import quiet_rounds, quiet_stats, time_in_rounds
 
     folder = Path(folder)
     side = load_export(folder)
@@ -200,8 +200,9 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
                 stats = compare_outputs(ref, out, atol=tol.atol, rtol=tol.rtol)
                 stats["accuracy"] = accuracy(out, y_np)
                 stats["accuracy_drop_pts"] = 100 * (acc_ref - stats["accuracy"])
-                timing = TimingStats.from_samples(runner.time(x_np[:batch], warmup=20, runs=100))
-            stats["latency_ms"] = timing.to_dict()
+                rounds = time_in_rounds(runner, x_np[:batch])  # as the table was timed: quiet rounds
+                timing = quiet_stats(rounds)
+            stats["latency_ms"] = {**timing.to_dict(), "rounds": len(rounds), "rounds_kept": len(quiet_rounds(rounds))}
             stats["predicted_ms"] = stats["latency_error_pct"] = None
             # the measured figure is the statistic the table was profiled and calibrated with
             statistic = table.statistic if table is not None else STATISTIC

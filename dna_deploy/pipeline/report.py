@@ -101,7 +101,8 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
         pyt = rep["pytorch_accuracy"]
         n_img = rep["images"]
     sections.append(("Latency: predicted vs measured", [
-        ("p", "Measured end to end on this machine (batch 1, 100 runs after warm-up) next to the calibrated prediction "
+        ("p", "Measured end to end on this machine (batch 1, at least 5 rounds of 20 runs, each warmed up; "
+              "rounds the machine slowed are left out, as in the tables) next to the calibrated prediction "
               "of the latency table for the same runtime and precision (an artifact with no such table among the "
               "pipeline's devices has none). 'measured' is the statistic the table sums and was calibrated with "
               "(the 10th percentile for tables that record it: other processes only add time), the median beside it."),

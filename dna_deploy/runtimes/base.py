@@ -197,5 +197,18 @@ def quiet_stats(rounds: list[list[float]], tolerance: float = QUIET_TOLERANCE) -
     return TimingStats.from_samples([v for r in quiet_rounds(rounds, tolerance) for v in r])
 
 
+def time_in_rounds(runner: Runner, x: np.ndarray, *, rounds: int = 5, runs_per_round: int = 20,
+                   max_extra_rounds: int = 5, pause_s: float = 0.2) -> list[list[float]]:
+    """One model timed the way table entries and validated networks are: in rounds (each warmed up,
+    pause_s apart, so a slow phase of the machine does not cover them all), with extra rounds while
+    the fastest is unconfirmed. quiet_stats() of the result is its latency."""
+    timed: list[list[float]] = []
+    while len(timed) < rounds or (not confirmed(timed) and len(timed) < rounds + max_extra_rounds):
+        if timed:
+            time.sleep(pause_s)
+        timed.append(runner.time(x, warmup=2, runs=runs_per_round))
+    return timed
+
+
 def measure(runner: Runner, x: np.ndarray, *, warmup: int = 10, runs: int = 50) -> TimingStats:
     return TimingStats.from_samples(runner.time(x, warmup=warmup, runs=runs))
