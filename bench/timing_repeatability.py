@@ -1,0 +1,75 @@
+"""Does a network's measured latency repeat? The same networks timed twice, end to end, as
+`profile validate` times them (rounds interleaved across networks, extra rounds while a network's
+fastest round is unconfirmed), and each pass judged two ways from the same samples: the 10th
+percentile of its first `--rounds` rounds pooled (the protocol before quiet rounds) and of its
+quiet rounds only (runtimes/base.quiet_rounds). Prints the share of networks whose two passes agree
+within +-5 % and +-10 %, with Wilson 95 % intervals. A predictor cannot beat the measurement's own
+repeatability: this is the ceiling for a latency table's hit-rate on this machine.
+Run: python bench/timing_repeatability.py [--device x86-cpu-onnxruntime] [--networks 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dna_deploy.host import host_description
+from dna_deploy.io import write_json
+from dna_deploy.latency.devices import load_device
+from dna_deploy.latency.validate import measure_networks, sample_networks, wilson_interval
+from dna_deploy.runtimes.base import TimingStats, quiet_stats
+from dna_deploy.space import load_space
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="x86-cpu-onnxruntime")
+    ap.add_argument("--space", default="tiny")
+    ap.add_argument("--networks", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3, help="base rounds per network per pass")
+    ap.add_argument("--output", type=Path, help="results file [bench/results/timing_repeatability_<device>.json]")
+    args = ap.parse_args()
+    space, device = load_space(args.space), load_device(args.device)
+    archs = sample_networks(space, args.networks, 0)
+    keys = [str(a) for a in archs]
+    passes, walls = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in range(2):  # the second pass reuses the built models, not the timings
+            cache = Path(tmp) / f"pass{p}.json"
+            t0 = time.perf_counter()
+            measure_networks(space, device, archs, Path(tmp), rounds=args.rounds, cache_path=cache)
+            walls.append(time.perf_counter() - t0)
+            passes.append(json.loads(cache.read_text())["samples"])
+
+    def agreement(stat) -> dict:
+        a, b = (np.array([stat(rounds[k]) for k in keys]) for rounds in passes)
+        rel = np.abs(b / a - 1)
+        out = {}
+        for pct in (5, 10):
+            hits = int(np.sum(rel <= pct / 100))
+            out[f"within_{pct}pct"], out[f"within_{pct}pct_ci95"] = hits / len(keys), wilson_interval(hits, len(keys))
+        return out
+
+    protocols = {
+        "pooled": agreement(lambda r: TimingStats.from_samples([v for rr in r[:args.rounds] for v in rr]).p10_ms),
+        "quiet_rounds": agreement(lambda r: quiet_stats(r).p10_ms),
+    }
+    extra = [sum(len(r) - args.rounds for r in rounds.values()) for rounds in passes]
+    print(f"{args.device}, {len(keys)} networks timed twice ({walls[0]:.0f} s and {walls[1]:.0f} s; "
+          f"extra rounds {extra[0]} and {extra[1]})")
+    for name, v in protocols.items():
+        print(f"  {name:13} passes agree within +-5 %: {v['within_5pct']:.1%} "
+              f"[{v['within_5pct_ci95'][0]:.1%}, {v['within_5pct_ci95'][1]:.1%}]; within +-10 %: "
+              f"{v['within_10pct']:.1%} [{v['within_10pct_ci95'][0]:.1%}, {v['within_10pct_ci95'][1]:.1%}]")
+    write_json(args.output or Path(__file__).parent / "results" / f"timing_repeatability_{args.device}.json",
+               {"device": args.device, "space": space.name, "networks": len(keys), "rounds": args.rounds,
+                "host": host_description(), "pass_wall_s": walls, "extra_rounds": extra, **protocols})
+
+
+if __name__ == "__main__":
+    main()
