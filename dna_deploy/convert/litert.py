@@ -181,7 +181,8 @@ def _static_rank_in_binary_ops(*, for_timing: bool):
     take the answer only when it has `.numpy()`. On a Keras graph tensor it never does, so the
     answer is always "not a scalar"; but asking builds two Keras layers (a rank and a comparison)
     that are then thrown away, each tracing its own function: a sixth of an int8 block-model
-    conversion (1.37-1.52 s -> 1.15-1.20 s per model over 30 tiny blocks here). Within those four
+    conversion (1.37-1.52 s -> 1.15-1.20 s per model over 30 tiny blocks, two alternated runs of
+    an ad-hoc loop, not a bench). Within those four
     ops, a Keras tensor's known rank comes back as a Python int, which has no `.numpy()` either: the
     same answer, no layers. Arrays and eager tensors still go to tf.rank (their answer is used).
     Only for_timing, only onnx2tf PATCHED_ONNX2TF (whose four ops use tf.rank only this way)."""

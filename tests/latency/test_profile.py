@@ -106,6 +106,14 @@ def test_validate_fits_calibration_on_real_runtime(ort_table, tiny, tmp_path):
     assert report["calibrated"]["n"] == len(held) == report["held_out_networks"]
     assert report["calibrated"]["rmspe_pct"] == pytest.approx(100 * float(np.sqrt(np.mean(np.square(rel)))))
     assert report["calibrated"]["within_10pct"] == pytest.approx(float(np.mean(np.abs(rel) <= 0.10)))
+    # each network's figure is the p10 of its quiet rounds (kept per round: 2 base rounds, up to 4 extra)
+    from dna_deploy.runtimes.base import confirmed, quiet_stats
+
+    rounds = json.loads((tmp_path / "val" / "measurements.json").read_text())["samples"]
+    for n in nets:
+        r = rounds[n["arch"]]
+        assert 2 <= len(r) <= 6 and all(len(x) == 10 for x in r) and (confirmed(r) or len(r) == 6)
+        assert n["measured_ms"] == pytest.approx(quiet_stats(r).p10_ms)
     assert (tmp_path / "fid.png").stat().st_size > 1000
     table = LatencyTable.load(ort_table)
     assert table.calibration["a"] == pytest.approx(report["calibration"]["a"])
