@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dna_deploy.errors import DnaDeployError
 from dna_deploy.host import host_description
 from dna_deploy.io import write_json
 from dna_deploy.latency.devices import load_device
@@ -34,7 +35,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="base rounds per network per pass")
     ap.add_argument("--output", type=Path, help="results file [bench/results/timing_repeatability_<device>.json]")
     args = ap.parse_args()
-    space, device = load_space(args.space), load_device(args.device)
+    try:
+        space, device = load_space(args.space), load_device(args.device)
+    except DnaDeployError as e:  # an unknown device or space: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
     archs = sample_networks(space, args.networks, 0)
     keys = [str(a) for a in archs]
     passes, walls = [], []
