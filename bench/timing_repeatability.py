@@ -1,10 +1,16 @@
 """Does a network's measured latency repeat? The same networks timed twice, end to end, as
 `profile validate` times them (rounds interleaved across networks, extra rounds while a network's
-fastest round is unconfirmed), and each pass judged two ways from the same samples: the 10th
-percentile of its first `--rounds` rounds pooled (the protocol before quiet rounds) and of its
-quiet rounds only (runtimes/base.quiet_rounds). Prints the share of networks whose two passes agree
-within +-5 % and +-10 %, with Wilson 95 % intervals. A predictor cannot beat the measurement's own
-repeatability: this is the ceiling for a latency table's hit-rate on this machine.
+fastest round is unconfirmed), and each pass judged three ways from the same samples, each
+protocol as an earlier version of the tool measured:
+- pooled: the 10th percentile of its first `--rounds` rounds pooled;
+- quiet_rounds: of its quiet rounds (runtimes/base.quiet_rounds) among the rounds it would have
+  had when extra rounds stopped at the first two agreeing rounds, at most 4 extra;
+- probed: of its quiet rounds among all its rounds, extra rounds having stopped at two agreeing
+  rounds both timed while the machine's speed probe was quiet (runtimes/base.SpeedProbe), at most
+  9 extra (today's protocol).
+Prints the share of networks whose two passes agree within +-5 % and +-10 %, with Wilson 95 %
+intervals. A predictor cannot beat the measurement's own repeatability: this is the ceiling for a
+latency table's hit-rate on this machine.
 Run: python bench/timing_repeatability.py [--device x86-cpu-onnxruntime] [--networks 200]
 """
 
@@ -23,7 +29,7 @@ from dna_deploy.host import host_description
 from dna_deploy.io import write_json
 from dna_deploy.latency.devices import load_device
 from dna_deploy.latency.validate import measure_networks, sample_networks, wilson_interval
-from dna_deploy.runtimes.base import TimingStats, quiet_stats
+from dna_deploy.runtimes.base import TimingStats, confirmed, quiet_stats
 from dna_deploy.space import load_space
 
 
@@ -59,9 +65,16 @@ def main():
             out[f"within_{pct}pct"], out[f"within_{pct}pct_ci95"] = hits / len(keys), wilson_interval(hits, len(keys))
         return out
 
+    def unprobed_prefix(r: list) -> list:  # the rounds the protocol before speed probes would have stopped at
+        n = args.rounds
+        while n < min(len(r), args.rounds + 4) and not confirmed(r[:n]):
+            n += 1
+        return r[:n]
+
     protocols = {
         "pooled": agreement(lambda r: TimingStats.from_samples([v for rr in r[:args.rounds] for v in rr]).p10_ms),
-        "quiet_rounds": agreement(lambda r: quiet_stats(r).p10_ms),
+        "quiet_rounds": agreement(lambda r: quiet_stats(unprobed_prefix(r)).p10_ms),
+        "probed": agreement(lambda r: quiet_stats(r).p10_ms),
     }
     extra = [sum(len(r) - args.rounds for r in rounds.values()) for rounds in passes]
     print(f"{args.device}, {len(keys)} networks timed twice ({walls[0]:.0f} s and {walls[1]:.0f} s; "

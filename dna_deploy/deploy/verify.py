@@ -200,7 +200,7 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
                 stats = compare_outputs(ref, out, atol=tol.atol, rtol=tol.rtol)
                 stats["accuracy"] = accuracy(out, y_np)
                 stats["accuracy_drop_pts"] = 100 * (acc_ref - stats["accuracy"])
-                rounds = time_in_rounds(runner, x_np[:batch])  # as the table was timed: quiet rounds
+                rounds, _ = time_in_rounds(runner, x_np[:batch])  # as the table was timed: quiet rounds
                 timing = quiet_stats(rounds)
             stats["latency_ms"] = {**timing.to_dict(), "rounds": len(rounds), "rounds_kept": len(quiet_rounds(rounds))}
             stats["predicted_ms"] = stats["latency_error_pct"] = None

@@ -25,7 +25,16 @@ from dna_deploy.latency.devices import DeviceSpec
 from dna_deploy.latency.table import STATISTIC, LatencyTable, refuse_shipped, table_entries, table_file_name
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime, runner_class
-from dna_deploy.runtimes.base import QUIET_TOLERANCE, WARMUP_S, confirmed, quiet_rounds, quiet_stats
+from dna_deploy.runtimes.base import (
+    MIN_ROUND_SPACING_S,
+    PROBE_TOLERANCE,
+    QUIET_TOLERANCE,
+    WARMUP_S,
+    SpeedProbe,
+    confirmed,
+    quiet_rounds,
+    quiet_stats,
+)
 from dna_deploy.space import LayerSpec, SearchSpace
 
 BUNDLE_FORMAT = "dna-deploy-bundle/1"
@@ -39,7 +48,12 @@ BUNDLE_FORMATS = {"layer": BUNDLE_FORMAT, "block": BLOCK_BUNDLE_FORMAT}
 # 100 held out), 0.02 s took 45-54 s instead of 247-267 s per runtime, and every table calibrated
 # to 100 % within +-10 % either way (RMSPE 0.45 / 0.79 / 0.31 % against 0.46 / 0.80 / 0.29 % on
 # ONNX Runtime, LiteRT fp32 and int8). The layer table's 5 rounds x 0.25 s would take ~15 min.
-TIMING_DEFAULTS = {"layer": {"rounds": 5, "warmup_s": WARMUP_S}, "block": {"rounds": 3, "warmup_s": 0.02}}
+# Extra rounds (for entries not yet confirmed by two rounds with quiet speed probes, or noisy): up
+# to 6 after 5 base rounds, 9 after 3. Replaying 876 probed rounds from a machine slowed 55-75 % of
+# the time (runtimes/base.SpeedProbe), either left ~0.1-0.2 % of figures more than 7 % off its
+# fast-state latency; 4 extra rounds after 3 left 1.1 %.
+TIMING_DEFAULTS = {"layer": {"rounds": 5, "warmup_s": WARMUP_S, "max_extra_rounds": 6},
+                   "block": {"rounds": 3, "warmup_s": 0.02, "max_extra_rounds": 9}}
 MANIFEST = "manifest.json"
 # Op models open at once while timing. Interleaving all of them spreads drift best, but each open
 # model holds its session, packed weights and activations. Measured on dna-mbconv block models at
@@ -196,14 +210,15 @@ def bundle_versions(manifest: dict, runtime: str) -> dict:
 
 def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int | None = None,
                    warmup: int = 10, rounds: int | None = None, runs_per_round: int = 20, cv_threshold: float = 0.05,
-                   max_extra_rounds: int = 4, resume: bool = True, show_progress: bool = True,
+                   max_extra_rounds: int | None = None, resume: bool = True, show_progress: bool = True,
                    seed: int = 0, warmup_s: float | None = None, max_open: int | None = None) -> LatencyTable:
     """Time every op model of a bundle, interleaved round by round so drift spreads evenly. An
     entry's statistics come from its quiet rounds (runtimes/base.quiet_rounds: rounds slowed by
-    something else on the machine are left out); entries whose fastest round no other round backs,
-    or whose quiet spread (robust CV) stays above cv_threshold, get extra rounds. Saves progress every round.
+    something else on the machine are left out); entries whose fastest round no other round backs
+    (both timed while the machine's speed probe was quiet: runtimes/base.confirmed), or whose quiet
+    spread (robust CV) stays above cv_threshold, get extra rounds. Saves progress every round.
     Each op model warms up for `warmup_s` seconds before each of its timed batches (Runner.time).
-    rounds and warmup_s default to TIMING_DEFAULTS for the bundle's granularity. At most `max_open`
+    rounds, warmup_s and max_extra_rounds default to TIMING_DEFAULTS for the bundle's granularity. At most `max_open`
     models are open at once (default: what half the available memory holds, default_max_open);
     more are timed slice by slice."""
     bundle = Path(bundle_dir)
@@ -217,6 +232,7 @@ def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int
     defaults = TIMING_DEFAULTS[granularity]
     rounds = defaults["rounds"] if rounds is None else rounds
     warmup_s = defaults["warmup_s"] if warmup_s is None else warmup_s
+    max_extra_rounds = defaults["max_extra_rounds"] if max_extra_rounds is None else max_extra_rounds
     device = DeviceSpec.from_dict(manifest["device"])
     if threads is not None:
         device = DeviceSpec(**{**device.to_dict(), "threads": threads})
@@ -225,7 +241,8 @@ def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int
     if max_open is not None and max_open < 1:
         raise DataError(f"max_open must be at least 1 (got {max_open})")
     settings = {"warmup": warmup, "rounds": rounds, "runs_per_round": runs_per_round, "cv_threshold": cv_threshold,
-                "max_extra_rounds": max_extra_rounds, "warmup_s": warmup_s, "quiet_tolerance": QUIET_TOLERANCE}
+                "max_extra_rounds": max_extra_rounds, "warmup_s": warmup_s, "quiet_tolerance": QUIET_TOLERANCE,
+                "probe_tolerance": PROBE_TOLERANCE}
     out_path = Path(out_path)
     with exclusive_lock(out_path, what="profile run"):
         return _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, resume=resume,
@@ -246,17 +263,20 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
         max_open = part.get("slice_size") or default_max_open(bundle, entries)
     slices = [keys[i:i + max_open] for i in range(0, len(keys), max_open)]
     samples: dict[str, list[list[float]]] = {k: [] for k in entries}  # per entry, its rounds' timed runs
+    probes: dict[str, list[float]] = {k: [] for k in entries}  # per entry, each round's speed probe
     slices_done = rounds_done = 0
     # a partial run sliced another way (an explicit --max-open) is started over: its rounds do not line up
     if part and part.get("slice_size", len(keys)) == len(slices[0]):
         samples.update({k: v for k, v in part["samples"].items() if k in samples})
+        probes.update({k: v for k, v in part["probes"].items() if k in probes})
         slices_done, rounds_done = part.get("slices_done", 0), part["rounds_done"]
 
     def save_partial(slices_finished: int, rounds_finished: int) -> None:
         write_json(partial_path, {"run_id": run_id, "slice_size": len(slices[0]), "slices_done": slices_finished,
-                                  "rounds_done": rounds_finished, "samples": samples})
+                                  "rounds_done": rounds_finished, "samples": samples, "probes": probes})
 
     progress_total = [rounds * len(keys)]
+    speed = SpeedProbe.resumed(probes)  # one machine speed for the whole run, slices and resumes alike
     with progress_bar(show_progress) as bar:
         task = bar.task(f"timing ({device.runtime}, {len(keys)} ops"
                         + (f", {len(slices)} slices of {len(slices[0])})" if len(slices) > 1 else ")"), rounds * len(keys))
@@ -264,7 +284,7 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
                     if slices_done < len(slices) else rounds * len(keys))
         for si in range(slices_done, len(slices)):
             first_round = rounds_done if si == slices_done else 0
-            _time_slice(slices[si], first_round, samples, bundle, entries, device, cls, bar, task, settings,
+            _time_slice(slices[si], first_round, samples, probes, speed, bundle, entries, device, cls, bar, task, settings,
                         rng=random.Random(seed + si * 1000 + first_round), save=lambda r, si=si: save_partial(si, r),
                         progress_total=progress_total)
             save_partial(si + 1, 0)
@@ -288,8 +308,8 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
     return table
 
 
-def _time_slice(keys, first_round, samples, bundle, entries, device, cls, bar, task, settings, *, rng, save,
-                progress_total: list[int]) -> None:
+def _time_slice(keys, first_round, samples, probes, speed, bundle, entries, device, cls, bar, task, settings, *, rng,
+                save, progress_total: list[int]) -> None:
     """Open a slice's op models, time them round by round in a shuffled order each round (then extra
     rounds for the noisy ones), and close them. save(r) records the slice's progress after round r."""
     rounds, runs_per_round = settings["rounds"], settings["runs_per_round"]
@@ -306,7 +326,7 @@ def _time_slice(keys, first_round, samples, bundle, entries, device, cls, bar, t
             if r < rounds:
                 todo = keys
             else:  # extra rounds only for noisy entries, or ones whose fastest round no other backs
-                todo = [k for k in keys if not confirmed(samples[k])
+                todo = [k for k in keys if not confirmed(samples[k], probes[k], speed)
                         or quiet_stats(samples[k]).cv > settings["cv_threshold"]]
                 if not todo:
                     break
@@ -314,11 +334,16 @@ def _time_slice(keys, first_round, samples, bundle, entries, device, cls, bar, t
                 bar.update(task, total=progress_total[0])
             order = list(todo)
             rng.shuffle(order)
+            started = time.monotonic()
             for k in order:
-                samples[k].append(runners[k].time(inputs[k], warmup=3, runs=runs_per_round,
-                                                  warmup_s=settings["warmup_s"]))
+                timed, probe = runners[k].time_round(inputs[k], speed, warmup=3, runs=runs_per_round,
+                                                     warmup_s=settings["warmup_s"])
+                samples[k].append(timed)
+                probes[k].append(probe)
                 bar.advance(task)
             save(r + 1)
+            if r >= rounds:  # a few entries left: their next rounds wait, so as not to share a slow phase
+                time.sleep(max(0.0, MIN_ROUND_SPACING_S - (time.monotonic() - started)))
     finally:
         for rn in runners.values():
             rn.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,15 @@ from dna_deploy.latency.devices import DeviceSpec
 from dna_deploy.latency.table import STATISTIC, LatencyTable, is_shipped
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime
-from dna_deploy.runtimes.base import QUIET_TOLERANCE, WARMUP_S, confirmed, quiet_stats
+from dna_deploy.runtimes.base import (
+    MIN_ROUND_SPACING_S,
+    PROBE_TOLERANCE,
+    QUIET_TOLERANCE,
+    WARMUP_S,
+    SpeedProbe,
+    confirmed,
+    quiet_stats,
+)
 from dna_deploy.space import SearchSpace
 
 
@@ -90,11 +99,13 @@ def sample_networks(space: SearchSpace, n: int, seed: int) -> list:
 def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_dir: Path, *, rounds: int = 3,
                      runs_per_round: int = 15, warmup: int = 10, show_progress: bool = True, warmup_s: float = WARMUP_S,
                      cache_path: Path | None = None, statistic: str = STATISTIC,
-                     max_extra_rounds: int = 4) -> dict[str, float]:
+                     max_extra_rounds: int = 9) -> dict[str, float]:
     """End-to-end latency of each network: `statistic` of the timed runs of its quiet rounds
     (runtimes/base.quiet_rounds), rounds interleaved across networks so that they are spread over
-    time. A network whose fastest round no second round backs gets extra rounds (at most
-    max_extra_rounds), interleaved among those networks. The raw timings are cached for resume.
+    time. A network whose fastest round is not backed by a second one, both timed while the
+    machine's speed probe was quiet (runtimes/base.confirmed), gets extra rounds (at most
+    max_extra_rounds), interleaved among those networks and at least MIN_ROUND_SPACING_S apart.
+    The raw timings and probes are cached for resume.
     Network models are built in parallel processes where the runtime's conversion is slow, and a
     resumed run reuses the ones already built (recorded in work_dir/artifacts.json)."""
     import torch
@@ -105,17 +116,21 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
     cls = require_runtime(device.runtime, device.device)
     cache = {}
     run_id = fingerprint({"device": device.to_dict(), "space": space.fingerprint, "rounds": rounds, "runs": runs_per_round,
-                          "warmup_s": warmup_s, "quiet_tolerance": QUIET_TOLERANCE})  # cached per round
+                          "warmup_s": warmup_s, "quiet_tolerance": QUIET_TOLERANCE,
+                          "probe_tolerance": PROBE_TOLERANCE, "max_extra_rounds": max_extra_rounds})  # cached per round
+    probes: dict[str, list[float]] = {}  # each round's speed probe (runtimes/base.SpeedProbe), beside its samples
     if cache_path is not None and cache_path.is_file():
         c = read_json(cache_path, what="measurement cache")
         if c.get("run_id") == run_id:
-            cache = c["samples"]
+            cache, probes = c["samples"], c["probes"]
+    speed = SpeedProbe.resumed(probes)
 
-    def wanted(measured_rounds: list) -> bool:
-        return len(measured_rounds) < rounds or (not confirmed(measured_rounds)
+    def wanted(key: str) -> bool:
+        measured_rounds = cache.get(key, [])
+        return len(measured_rounds) < rounds or (not confirmed(measured_rounds, probes.get(key), speed)
                                                   and len(measured_rounds) < rounds + max_extra_rounds)
 
-    todo = [a for a in archs if wanted(cache.get(str(a), []))]
+    todo = [a for a in archs if wanted(str(a))]
     # models are reused only when what shapes them is unchanged (not the timing settings)
     from dna_deploy import __version__
     from dna_deploy.host import runtime_versions
@@ -158,23 +173,29 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                 # first runs only (lazy initialisation): every timed batch below warms up for warmup_s
                 runners[str(a)][0].time(x.numpy(), warmup=warmup, runs=1, warmup_s=0.0)
                 cache.setdefault(str(a), [])
+                probes.setdefault(str(a), [])
             rng = random.Random(0)
             total = len(todo) * (rounds + 1)
             while True:  # one round of every network still short of `rounds`, then extra rounds
                 order = [k for k in runners if len(cache[k]) < rounds]
                 if not order:
-                    order = [k for k in runners if wanted(cache[k])]
+                    order = [k for k in runners if wanted(k)]
                     if not order:
                         break
                     total += len(order)
                     bar.update(task, total=total)
                 rng.shuffle(order)
+                started = time.monotonic()
                 for k in order:
                     r, x = runners[k]
-                    cache[k].append(r.time(x, warmup=2, runs=runs_per_round, warmup_s=warmup_s))
+                    samples, probe = r.time_round(x, speed, warmup=2, runs=runs_per_round, warmup_s=warmup_s)
+                    cache[k].append(samples)
+                    probes[k].append(probe)
                     bar.advance(task)
                 if cache_path is not None:
-                    write_json(cache_path, {"run_id": run_id, "samples": cache})
+                    write_json(cache_path, {"run_id": run_id, "samples": cache, "probes": probes})
+                # a few networks left: their next rounds wait, so as not to fall in the same slow phase
+                time.sleep(max(0.0, MIN_ROUND_SPACING_S - (time.monotonic() - started)))
     finally:
         for r, _ in runners.values():
             r.close()
@@ -210,7 +231,8 @@ def calibrated_table_path(table_path: str | Path, *, output: str | Path | None =
 def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int = 40, holdout: float = 0.5,
                    seed: int = 0, plot_path: str | Path | None = None, work_dir: str | Path | None = None,
                    show_progress: bool = True, rounds: int = 3, runs_per_round: int = 15, resume: bool = True,
-                   output: str | Path | None = None, force: bool = False, warmup_s: float = WARMUP_S) -> dict:
+                   output: str | Path | None = None, force: bool = False, warmup_s: float = WARMUP_S,
+                   max_extra_rounds: int = 9) -> dict:
     """Measure `samples` networks, fit the calibration on 1 - holdout of them, report on the rest,
     and store calibration + fidelity (atomically) in the table, or in a copy (calibrated_table_path)."""
     from dna_deploy.host import host_description, runtime_versions
@@ -233,7 +255,7 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     archs = sample_networks(space, samples, seed)
     measured = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round, warmup_s=warmup_s,
                                 show_progress=show_progress, cache_path=work / "measurements.json",
-                                statistic=table.statistic)
+                                statistic=table.statistic, max_extra_rounds=max_extra_rounds)
     raw = {str(a): table.raw_ms(space, a) for a in archs}
     macs = {str(a): network_costs(space, a)["macs"] for a in archs}
     names = [str(a) for a in archs]

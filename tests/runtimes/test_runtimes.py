@@ -71,6 +71,38 @@ def test_rounds_slowed_by_the_machine_are_left_out():
     assert quiet_rounds(jitter) == jitter
 
 
+def test_rounds_in_one_slow_phase_do_not_confirm_each_other():
+    """Two rounds timed while the whole machine ran slow agree with each other; their speed probes
+    (a fixed Python loop, 1.7x its fastest) say the machine was slow, so they confirm nothing until
+    a quiet round backs a quiet one."""
+    from dna_deploy.runtimes.base import SpeedProbe, confirmed
+
+    speed = SpeedProbe(fastest_ms=1.0)
+    slow = [[0.77, 0.78, 0.80], [0.78, 0.79, 0.80]]
+    assert confirmed(slow) and not confirmed(slow, [1.7, 1.7], speed)
+    fast = [[0.45, 0.46], [0.46, 0.46]]
+    assert confirmed(slow + fast, [1.7, 1.7, 1.05, 1.1], speed)
+    assert not confirmed(slow + fast, [1.7, 1.7, 1.05, 1.2], speed)  # the second fast round's probe was slow
+    probe = SpeedProbe()
+    first = probe.measure()
+    assert 0 < probe.fastest_ms <= first and probe.quiet(probe.fastest_ms)
+    assert SpeedProbe.resumed({"a": [2.0, 1.5], "b": [1.2]}).fastest_ms == 1.2
+
+
+def test_a_round_probes_the_machine_around_its_timed_runs(tmp_path):
+    """time_round gives the timed runs and the slower probe, and the probe learns the fastest."""
+    from dna_deploy.runtimes.base import SpeedProbe
+    from dna_deploy.runtimes.onnxruntime import OnnxRuntimeRunner
+
+    model = OnnxRuntimeRunner.prepare_artifact(torch.nn.Conv2d(1, 4, 3).eval(), torch.randn(1, 1, 8, 8), tmp_path,
+                                               name="conv")
+    speed = SpeedProbe()
+    with OnnxRuntimeRunner(model) as runner:
+        samples, probe = runner.time_round(np.zeros((1, 1, 8, 8), np.float32), speed, runs=7, warmup_s=0.0)
+    assert len(samples) == 7 and all(s > 0 for s in samples)
+    assert probe >= speed.fastest_ms > 0
+
+
 def test_unknown_runtime_names_choices():
     with pytest.raises(DnaDeployError, match="did you mean 'onnxruntime'"):
         runner_class("onnxruntim")
