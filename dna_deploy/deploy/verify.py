@@ -135,7 +135,7 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
     from dna_deploy.deploy.export import load_export
     from dna_deploy.distill.checkpoints import load_model
     from dna_deploy.progress import progress_bar
-    from dna_deploy.runtimes.base import quiet_rounds, quiet_stats, time_in_rounds
+    from dna_deploy.runtimes.base import SpeedProbe, confirmed, quiet_rounds, quiet_stats, time_in_rounds
 
     folder = Path(folder)
     side = load_export(folder)
@@ -164,6 +164,7 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
               "split": "val", "images": len(x),
               "pytorch_accuracy": acc_ref, "artifacts": [], "notes": [], "passed": True}
     arts = [a for a in side["artifacts"] if only is None or a["path"] in only or a["runtime"] in only]
+    speed = SpeedProbe()  # the machine's speed, learnt over every artifact's rounds
     with progress_bar(show_progress) as bar:
         task = bar.task("verifying", len(arts) * len(x))
         for art in arts:
@@ -200,9 +201,15 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
                 stats = compare_outputs(ref, out, atol=tol.atol, rtol=tol.rtol)
                 stats["accuracy"] = accuracy(out, y_np)
                 stats["accuracy_drop_pts"] = 100 * (acc_ref - stats["accuracy"])
-                rounds, _ = time_in_rounds(runner, x_np[:batch])  # as the table was timed: quiet rounds
+                rounds, probes = time_in_rounds(runner, x_np[:batch], speed=speed)  # as the table was timed
                 timing = quiet_stats(rounds)
-            stats["latency_ms"] = {**timing.to_dict(), "rounds": len(rounds), "rounds_kept": len(quiet_rounds(rounds))}
+            # confirmed: two quiet rounds, both timed while the machine's speed probe was quiet
+            stats["latency_ms"] = {**timing.to_dict(), "rounds": len(rounds), "rounds_kept": len(quiet_rounds(rounds)),
+                                   "confirmed": confirmed(rounds, probes, speed)}
+            if not stats["latency_ms"]["confirmed"]:
+                report["notes"].append(f"{art['path']}: its latency is unconfirmed: no two of its {len(rounds)} timed "
+                                       "rounds agreed while the machine ran at full speed (it was slowed by other "
+                                       "work throughout); the figure may be high. Verify again on a quieter machine")
             stats["predicted_ms"] = stats["latency_error_pct"] = None
             # the measured figure is the statistic the table was profiled and calibrated with
             statistic = table.statistic if table is not None else STATISTIC

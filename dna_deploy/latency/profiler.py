@@ -26,7 +26,6 @@ from dna_deploy.latency.table import STATISTIC, LatencyTable, refuse_shipped, ta
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime, runner_class
 from dna_deploy.runtimes.base import (
-    MIN_ROUND_SPACING_S,
     PROBE_TOLERANCE,
     QUIET_TOLERANCE,
     WARMUP_S,
@@ -34,6 +33,7 @@ from dna_deploy.runtimes.base import (
     confirmed,
     quiet_rounds,
     quiet_stats,
+    wait_for_spacing,
 )
 from dna_deploy.space import LayerSpec, SearchSpace
 
@@ -314,6 +314,7 @@ def _time_slice(keys, first_round, samples, probes, speed, bundle, entries, devi
     rounds for the noisy ones), and close them. save(r) records the slice's progress after round r."""
     rounds, runs_per_round = settings["rounds"], settings["runs_per_round"]
     runners, inputs = {}, {}
+    last_round_end: dict[str, float] = {}
     try:
         for k in keys:
             runners[k] = _open_runner(cls, bundle, entries[k], device)
@@ -334,16 +335,16 @@ def _time_slice(keys, first_round, samples, probes, speed, bundle, entries, devi
                 bar.update(task, total=progress_total[0])
             order = list(todo)
             rng.shuffle(order)
-            started = time.monotonic()
             for k in order:
+                if r >= rounds:  # a few entries left: their rounds wait, so as not to share a slow phase
+                    wait_for_spacing(last_round_end.get(k))
                 timed, probe = runners[k].time_round(inputs[k], speed, warmup=3, runs=runs_per_round,
                                                      warmup_s=settings["warmup_s"])
+                last_round_end[k] = time.monotonic()
                 samples[k].append(timed)
                 probes[k].append(probe)
                 bar.advance(task)
             save(r + 1)
-            if r >= rounds:  # a few entries left: their next rounds wait, so as not to share a slow phase
-                time.sleep(max(0.0, MIN_ROUND_SPACING_S - (time.monotonic() - started)))
     finally:
         for rn in runners.values():
             rn.close()

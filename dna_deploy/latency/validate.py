@@ -22,13 +22,13 @@ from dna_deploy.latency.table import STATISTIC, LatencyTable, is_shipped
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime
 from dna_deploy.runtimes.base import (
-    MIN_ROUND_SPACING_S,
     PROBE_TOLERANCE,
     QUIET_TOLERANCE,
     WARMUP_S,
     SpeedProbe,
     confirmed,
     quiet_stats,
+    wait_for_spacing,
 )
 from dna_deploy.space import SearchSpace
 
@@ -104,7 +104,8 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
     (runtimes/base.quiet_rounds), rounds interleaved across networks so that they are spread over
     time. A network whose fastest round is not backed by a second one, both timed while the
     machine's speed probe was quiet (runtimes/base.confirmed), gets extra rounds (at most
-    max_extra_rounds), interleaved among those networks and at least MIN_ROUND_SPACING_S apart.
+    max_extra_rounds), interleaved among those networks, each at least MIN_ROUND_SPACING_S after
+    the network's previous round.
     The raw timings and probes are cached for resume.
     Network models are built in parallel processes where the runtime's conversion is slow, and a
     resumed run reuses the ones already built (recorded in work_dir/artifacts.json)."""
@@ -175,6 +176,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                 cache.setdefault(str(a), [])
                 probes.setdefault(str(a), [])
             rng = random.Random(0)
+            last_round_end: dict[str, float] = {}
             total = len(todo) * (rounds + 1)
             while True:  # one round of every network still short of `rounds`, then extra rounds
                 order = [k for k in runners if len(cache[k]) < rounds]
@@ -185,17 +187,17 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                     total += len(order)
                     bar.update(task, total=total)
                 rng.shuffle(order)
-                started = time.monotonic()
                 for k in order:
                     r, x = runners[k]
+                    if len(cache[k]) >= rounds:  # an extra round: not in the same slow phase as the last
+                        wait_for_spacing(last_round_end.get(k))
                     samples, probe = r.time_round(x, speed, warmup=2, runs=runs_per_round, warmup_s=warmup_s)
+                    last_round_end[k] = time.monotonic()
                     cache[k].append(samples)
                     probes[k].append(probe)
                     bar.advance(task)
                 if cache_path is not None:
                     write_json(cache_path, {"run_id": run_id, "samples": cache, "probes": probes})
-                # a few networks left: their next rounds wait, so as not to fall in the same slow phase
-                time.sleep(max(0.0, MIN_ROUND_SPACING_S - (time.monotonic() - started)))
     finally:
         for r, _ in runners.values():
             r.close()

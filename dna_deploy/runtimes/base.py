@@ -263,18 +263,29 @@ def quiet_stats(rounds: list[list[float]], tolerance: float = QUIET_TOLERANCE) -
     return TimingStats.from_samples([v for r in quiet_rounds(rounds, tolerance) for v in r])
 
 
-# Extra rounds of one model are at least this far apart, so that they do not all fall in the same
-# slow phase of the machine (which lasts seconds) when only a few models are left to time.
+# An extra round of a model starts at least this long after its previous round ended, so that its
+# rounds do not all fall in one slow phase of the machine (which lasts seconds) when only a few
+# models are left to time and a pass over them takes less.
 MIN_ROUND_SPACING_S = 1.0
 
 
+def wait_for_spacing(last_round_end: float | None) -> None:
+    """Before an extra round: sleep until MIN_ROUND_SPACING_S after the model's last round ended
+    (time.monotonic(); None: no round yet)."""
+    if last_round_end is not None:
+        time.sleep(max(0.0, last_round_end + MIN_ROUND_SPACING_S - time.monotonic()))
+
+
 def time_in_rounds(runner: Runner, x: np.ndarray, *, rounds: int = 5, runs_per_round: int = 20,
-                   max_extra_rounds: int = 9, pause_s: float = 0.2) -> tuple[list[list[float]], list[float]]:
+                   max_extra_rounds: int = 9, pause_s: float = 0.2,
+                   speed: SpeedProbe | None = None) -> tuple[list[list[float]], list[float]]:
     """One model timed the way table entries and validated networks are: in rounds (each warmed up,
     pause_s apart, so a slow phase of the machine does not cover them all), with extra rounds, at
-    least MIN_ROUND_SPACING_S apart, while the fastest is unconfirmed. Returns (rounds, each
-    round's probe); quiet_stats(rounds) is its latency."""
-    speed = SpeedProbe()
+    least MIN_ROUND_SPACING_S apart, while the fastest is unconfirmed. Pass one `speed` for all
+    the models of one job, so that the machine's fastest probe is learnt over all of them (a model
+    whose rounds all fall in one slow phase would otherwise judge its probes against that phase).
+    Returns (rounds, each round's probe); quiet_stats(rounds) is its latency."""
+    speed = speed if speed is not None else SpeedProbe()
     timed: list[list[float]] = []
     probes: list[float] = []
     while len(timed) < rounds or (not confirmed(timed, probes, speed) and len(timed) < rounds + max_extra_rounds):

@@ -138,6 +138,7 @@ def test_many_op_models_are_timed_in_slices_and_a_broken_run_resumes_at_its_slic
     partial = json.loads(out.with_name(out.name + ".partial").read_text())
     assert partial["slices_done"] == 2 and partial["slice_size"] == 10
     assert all(len(partial["samples"][k]) == 2 and all(len(r) == 3 for r in partial["samples"][k]) for k in keys[:20])
+    assert all(len(partial["probes"][k]) == 2 and min(partial["probes"][k]) > 0 for k in keys[:20])  # one per round
     assert not any(partial["samples"][k] for k in keys[20:])
     victim.write_bytes(saved)
     timing.pop("max_open")  # unset on the rerun: it keeps the partial run's slices, whatever memory is free now
