@@ -92,7 +92,8 @@ def main():
                                      plot_path=out.with_suffix(".fidelity.png"))
                 t_val = time.perf_counter() - t0
                 row.setdefault("validate_s", t_val)  # the first validation times the networks; the others reuse them
-                row.update(held_out=rep["held_out_networks"], statistic=rep["statistic"], networks=rep["networks"])
+                row.update(held_out=rep["held_out_networks"], statistic=rep["statistic"], networks=rep["networks"],
+                           unconfirmed_held_out=rep["unconfirmed_held_out"])
                 row[f"{label}_calibration"] = rep["calibration"]
                 prefix = "" if label == "layer" else f"{label}_"
                 row[f"{prefix}raw_sum"], row[f"{prefix}calibrated"] = rep["raw_sum"], rep["calibrated"]
@@ -114,7 +115,8 @@ def main():
                   f"{v['within_10pct']:6.0%} [{c10[0]:.0%}, {c10[1]:.0%}] {v['rmspe_pct']:8.2f}")
         walls = ", ".join(f"{label} {r[f'{label}_profile_s']:.0f} s ({r[f'{label}_build_s']:.0f} building, "
                           f"{r[f'{label}_timing_s']:.0f} timing; {r[f'{label}_entries']} entries)" for label, _, _ in tables)
-        print(f"{'':22} {r['held_out']} held out of {r['networks']}; profile: {walls}; validate {r['validate_s']:.0f} s")
+        print(f"{'':22} {r['held_out']} held out of {r['networks']} ({r['unconfirmed_held_out']} unconfirmed); "
+              f"profile: {walls}; validate {r['validate_s']:.0f} s")
     write_json(args.output or Path(__file__).parent / "results" / f"latency_fidelity_{space.name}.json", rows)
 
 

@@ -110,6 +110,8 @@ def verify(folder: Path = typer.Argument(..., help="Export folder (with model.js
            rtol: float = typer.Option(None, help="Override the relative tolerance."),
            min_top1_agreement: float = typer.Option(None), max_accuracy_drop_pts: float = typer.Option(None),
            max_latency_error_pct: float = typer.Option(None, help="Fail if measured latency is off the table by more."),
+           max_extra_rounds: int = typer.Option(None, min=0, help="Most extra timing rounds while the latency is "
+                                                "not confirmed (two quiet rounds with quiet speed probes) [9]."),
            op_resolver: str = typer.Option(None, help="LiteRT kernels: xnnpack (default), builtin or reference "
                                                        "[the matching table's]."),
            fmt: OutputFormat = FormatOpt) -> None:
@@ -118,19 +120,20 @@ def verify(folder: Path = typer.Argument(..., help="Export folder (with model.js
     Example: dna-deploy verify runs/export --data mnist -t latency_tables/x86-cpu-litert__tiny.json
     """
     settings = VerifySettings(max_images=max_images, atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement,
-                              max_accuracy_drop_pts=max_accuracy_drop_pts, max_latency_error_pct=max_latency_error_pct)
+                              max_accuracy_drop_pts=max_accuracy_drop_pts, max_latency_error_pct=max_latency_error_pct,
+                              max_extra_rounds=max_extra_rounds)
     _verify(folder, data=data, table=table, fmt=fmt, max_images=max_images, overrides=settings.overrides(),
-            op_resolver=op_resolver)
+            op_resolver=op_resolver, max_extra_rounds=max_extra_rounds)
 
 
-def _verify(folder, *, data, table, fmt, max_images=None, overrides=None, op_resolver=None):
+def _verify(folder, *, data, table, fmt, max_images=None, overrides=None, op_resolver=None, max_extra_rounds=None):
     from dna_deploy.deploy.verify import verify_export
     from dna_deploy.errors import VerificationFailed
     from dna_deploy.latency.table import LatencyTable
 
     tables = [LatencyTable.load(t) for t in table]
     r = verify_export(folder, data=data, tables=tables, max_images=max_images, overrides=overrides,
-                      show_progress=fmt == "table", op_resolver=op_resolver)
+                      show_progress=fmt == "table", op_resolver=op_resolver, max_extra_rounds=max_extra_rounds)
     if fmt == "json":
         render(r, fmt="json")
     else:

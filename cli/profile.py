@@ -10,6 +10,7 @@ from dna_deploy.cli.common import FormatOpt, OutputFormat, SpaceOpt, check_writa
 from dna_deploy.settings import ProfileSettings
 
 P = ProfileSettings()  # the defaults, shared with the pipeline
+EXTRA_HELP = "Most extra timing rounds while not confirmed (two quiet rounds with quiet speed probes) or noisy"
 
 app = typer.Typer(help="Per-device latency lookup tables measured on real runtimes.", invoke_without_command=True)
 
@@ -34,6 +35,7 @@ def profile_cmd(ctx: typer.Context,
                 output: Path = typer.Option(None, "--output", "-o", help="Table path [latency_tables/<device>__<space>.json]."),
                 rounds: int = typer.Option(None, min=1, help="Interleaved timing rounds over all ops [5; 3 for block tables]."),
                 runs: int = typer.Option(P.runs, min=1, help="Timed runs per op per round."),
+                max_extra_rounds: int = typer.Option(None, min=0, help=f"{EXTRA_HELP} [6; 9 for block tables]."),
                 cv_threshold: float = typer.Option(P.cv_threshold, help="Re-measure ops whose robust CV exceeds this."),
                 warmup_s: float = typer.Option(None, min=0.0, help="Seconds each timed batch warms up (idle models run slow at first) [0.25; 0.02 for block tables]."),
                 resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run."),
@@ -61,7 +63,7 @@ def profile_cmd(ctx: typer.Context,
     check_writable(out)
     table = profile(sp, dev, out, rounds=rounds, runs_per_round=runs, cv_threshold=cv_threshold, resume=resume,
                     show_progress=fmt == "table", force=force, warmup_s=warmup_s, granularity=granularity,
-                    max_open=max_open)
+                    max_open=max_open, max_extra_rounds=max_extra_rounds)
     _summary(table, out, fmt)
 
 
@@ -100,6 +102,7 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
              seed: int = typer.Option(0, help="Which random networks."),
              rounds: int = typer.Option(P.validate_rounds, min=1, help="Interleaved timing rounds per network."),
              warmup_s: float = typer.Option(P.warmup_s, min=0.0, help="Seconds each timed batch warms up."),
+             max_extra_rounds: int = typer.Option(9, min=0, help=f"{EXTRA_HELP} [9]."),
              plot: Path = typer.Option(None, help="PNG scatter [<table>.fidelity.png]."),
              resume: bool = typer.Option(True, "--resume/--restart", help="Reuse network measurements of an interrupted run."),
              output: Path = typer.Option(None, "--output", "-o", help="Write the calibrated table here [the table itself]."),
@@ -118,7 +121,8 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
     check_writable(dest)
     plot = plot or dest.with_suffix(".fidelity.png")
     r = validate_table(table, resolve_space(space, table), samples=samples, seed=seed, plot_path=plot,
-                       show_progress=fmt == "table", resume=resume, rounds=rounds, output=dest, warmup_s=warmup_s)
+                       show_progress=fmt == "table", resume=resume, rounds=rounds, output=dest, warmup_s=warmup_s,
+                       max_extra_rounds=max_extra_rounds)
     if fmt == "json":
         render(r, fmt="json")
         return
@@ -130,6 +134,10 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
              "within ±5 % [95 % CI]": hits(r[k], "within_5pct"), "within ±10 % [95 % CI]": hits(r[k], "within_10pct")}
             for k in ("raw_sum", "calibrated", "macs_linear")]
     render(rows, title=f"fidelity on {r['held_out_networks']} held-out networks (fit on {r['fit_networks']})")
+    if r["unconfirmed_held_out"]:
+        console.print(f"{r['unconfirmed_held_out']} held-out networks stayed unconfirmed: the machine was slowed by other "
+                      "work through all their rounds, so their measured latency may be high (and count as misses); "
+                      "validate again on a quieter machine")
     console.print(f"calibration: measured = {r['calibration']['a']:.4f} * raw_sum + {r['calibration']['b']:.4f} ms; "
                   f"stored in {dest}; plot: {plot}")
     q = r["calibrated"]["rel_error_quantiles"]

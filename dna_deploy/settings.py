@@ -184,6 +184,10 @@ class ProfileSettings:
     # 90 % prediction interval of the error (19 at least: latency/validate.prediction_bounds)
     validate_samples: int = 40
     validate_rounds: int = 3
+    # extra rounds for entries and networks not yet confirmed by two quiet rounds with quiet speed
+    # probes (runtimes/base.confirmed); None: 6 after a layer table's rounds, 9 after a block
+    # table's or validation's. A machine slowed most of the time spends them; 0 trades accuracy for time
+    max_extra_rounds: int | None = None
     warmup_s: float = 0.25  # seconds every timed batch warms up (runtimes/base.py: idle models run slow at first);
     # block tables warm up 0.02 s per batch (latency/profiler.py: TIMING_DEFAULTS), validation always warmup_s
     granularity: str = "layer"  # layer: one entry per distinct layer; block: one per block candidate (latency/table.py)
@@ -199,6 +203,8 @@ class ProfileSettings:
                choices={"use_shipped": ("auto", True, False)})
         if self.validate_samples < 6:
             raise DataError("validate_samples must be at least 6 (some to fit the correction, some held out)")
+        if self.max_extra_rounds is not None and not (isinstance(self.max_extra_rounds, int) and self.max_extra_rounds >= 0):
+            raise DataError(f"max_extra_rounds must be a whole number >= 0 (or left out), got {self.max_extra_rounds!r}")
 
 
 @dataclass(frozen=True)
@@ -302,16 +308,20 @@ class VerifySettings:
     min_top1_agreement: float | None = None
     max_accuracy_drop_pts: float | None = None
     max_latency_error_pct: float | None = None
+    max_extra_rounds: int | None = None  # latency: extra rounds while unconfirmed [9] (runtimes/base.time_in_rounds)
 
     def __post_init__(self):
         _check(self, positive=("max_images", "atol", "rtol", "max_latency_error_pct"))
+        if self.max_extra_rounds is not None and not (isinstance(self.max_extra_rounds, int) and self.max_extra_rounds >= 0):
+            raise DataError(f"max_extra_rounds must be a whole number >= 0 (or left out), got {self.max_extra_rounds!r}")
         if self.min_top1_agreement is not None and not 0 <= self.min_top1_agreement <= 1:
             raise DataError(f"min_top1_agreement is a fraction in [0, 1], got {self.min_top1_agreement}")
         if self.max_accuracy_drop_pts is not None and not 0 <= self.max_accuracy_drop_pts <= 100:
             raise DataError(f"max_accuracy_drop_pts is in percentage points [0, 100], got {self.max_accuracy_drop_pts}")
 
     def overrides(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "max_images" and v is not None}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("max_images", "max_extra_rounds") and v is not None}
 
 
 @dataclass(frozen=True)

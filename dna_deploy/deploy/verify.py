@@ -118,7 +118,8 @@ def precision_advice(artifacts: list[dict]) -> list[str]:
 
 def verify_export(folder: str | Path, *, data: str | None = None, tables: list | None = None, max_images: int | None = None,
                   threads: int = 1, overrides: dict | None = None, only: list[str] | None = None,
-                  show_progress: bool = True, op_resolver: str | None = None) -> dict:
+                  show_progress: bool = True, op_resolver: str | None = None,
+                  max_extra_rounds: int | None = None) -> dict:
     """Run PyTorch and every exported artifact on the validation images; write verify.json.
 
     Latency is measured with the kernels the matching table was profiled with (its device spec's
@@ -201,7 +202,8 @@ def verify_export(folder: str | Path, *, data: str | None = None, tables: list |
                 stats = compare_outputs(ref, out, atol=tol.atol, rtol=tol.rtol)
                 stats["accuracy"] = accuracy(out, y_np)
                 stats["accuracy_drop_pts"] = 100 * (acc_ref - stats["accuracy"])
-                rounds, probes = time_in_rounds(runner, x_np[:batch], speed=speed)  # as the table was timed
+                extra = {} if max_extra_rounds is None else {"max_extra_rounds": max_extra_rounds}
+                rounds, probes = time_in_rounds(runner, x_np[:batch], speed=speed, **extra)  # as the table was timed
                 timing = quiet_stats(rounds)
             # confirmed: two quiet rounds, both timed while the machine's speed probe was quiet
             stats["latency_ms"] = {**timing.to_dict(), "rounds": len(rounds), "rounds_kept": len(quiet_rounds(rounds)),

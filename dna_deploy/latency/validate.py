@@ -258,6 +258,11 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     measured = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round, warmup_s=warmup_s,
                                 show_progress=show_progress, cache_path=work / "measurements.json",
                                 statistic=table.statistic, max_extra_rounds=max_extra_rounds)
+    # a network is unconfirmed when no two of its quiet rounds ran with quiet speed probes before
+    # the extra rounds ran out: the machine was slowed throughout, and its figure may be high
+    timed = read_json(work / "measurements.json", what="measurement cache")
+    speed = SpeedProbe.resumed(timed["probes"])
+    unconfirmed = {str(a) for a in archs if not confirmed(timed["samples"][str(a)], timed["probes"][str(a)], speed)}
     raw = {str(a): table.raw_ms(space, a) for a in archs}
     macs = {str(a): network_costs(space, a)["macs"] for a in archs}
     names = [str(a) for a in archs]
@@ -275,6 +280,7 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     m_held = [measured[k] for k in held]
     report = {
         "networks": len(names), "fit_networks": len(fit), "held_out_networks": len(held),
+        "unconfirmed_networks": len(unconfirmed), "unconfirmed_held_out": len(unconfirmed.intersection(held)),
         "raw_sum": fidelity_metrics([raw[k] for k in held], m_held),
         "calibrated": fidelity_metrics([a * raw[k] + b for k in held], m_held),
         "macs_linear": fidelity_metrics([c * macs[k] + d for k in held], m_held),
@@ -286,12 +292,12 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     table.calibration = {"a": a, "b": b, "model": "measured_ms = a * raw_sum_ms + b", "fit_networks": len(fit),
                          "host": host_description(device.device),
                          "versions": runtime_versions(device.runtime, device.op_resolver)}
-    table.fidelity = {k: report[k] for k in ("networks", "held_out_networks", "raw_sum", "calibrated", "macs_linear",
-                                             "statistic", "date")}
+    table.fidelity = {k: report[k] for k in ("networks", "held_out_networks", "unconfirmed_held_out", "raw_sum",
+                                             "calibrated", "macs_linear", "statistic", "date")}
     table.save(dest)
     report["table"] = str(dest)
     write_json(work / "networks.json", [{"arch": k, "measured_ms": measured[k], "raw_sum_ms": raw[k], "macs": macs[k],
-                                         "held_out": k in held} for k in names])
+                                         "held_out": k in held, "confirmed": k not in unconfirmed} for k in names])
     if plot_path is not None:
         plot_fidelity(plot_path, table, [raw[k] for k in names], [measured[k] for k in names], [k in held for k in names])
         report["plot"] = str(plot_path)

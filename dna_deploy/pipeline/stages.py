@@ -233,10 +233,11 @@ class TablesStage(Stage):
             table = ctx.table_path(ctx.device_name(d))
             timing = (["--rounds", p.rounds] if p.rounds is not None else []) + \
                 (["--warmup-s", repr(p.warmup_s)] if p.granularity == "layer" else [])
+            extra = ["--max-extra-rounds", p.max_extra_rounds] if p.max_extra_rounds is not None else []
             cmds.append(["profile", "--device", d.device, "--space", ctx.cfg.space, "-o", table, *timing,
-                         "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}", "--granularity", p.granularity])
+                         "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}", "--granularity", p.granularity, *extra])
             cmds.append(["profile", "validate", "--table", table, "--space", ctx.cfg.space, "-n", p.validate_samples,
-                         "--rounds", p.validate_rounds, "--warmup-s", repr(p.warmup_s)])
+                         "--rounds", p.validate_rounds, "--warmup-s", repr(p.warmup_s), *extra])
         return cmds
 
     def run(self, ctx):
@@ -268,9 +269,10 @@ class TablesStage(Stage):
             ctx.log(f"[tables] profiling {dev.name} on this machine" + (f" (shipped table: {why})" if why else ""))
             profile(ctx.space, dev, dst, rounds=p.rounds, runs_per_round=p.runs, cv_threshold=p.cv_threshold,
                     show_progress=ctx.show_progress, granularity=p.granularity,
-                    warmup_s=p.warmup_s if p.granularity == "layer" else None)
+                    warmup_s=p.warmup_s if p.granularity == "layer" else None, max_extra_rounds=p.max_extra_rounds)
             rep = validate_table(dst, ctx.space, samples=p.validate_samples, plot_path=dst.with_suffix(".fidelity.png"),
-                                 show_progress=ctx.show_progress, rounds=p.validate_rounds, warmup_s=p.warmup_s)
+                                 show_progress=ctx.show_progress, rounds=p.validate_rounds, warmup_s=p.warmup_s,
+                                 **({"max_extra_rounds": p.max_extra_rounds} if p.max_extra_rounds is not None else {}))
             res[dev.name] = {"table": str(dst), "source": "measured on this machine",
                              "fidelity": LatencyTable.load(dst).fidelity,
                              "validate": {k: rep[k] for k in ("raw_sum", "calibrated", "macs_linear")}}
@@ -538,7 +540,8 @@ class VerifyStage(Stage):
 
         v = ctx.cfg.verify
         reports = {e.to: verify_export(ctx.out / "export" / e.to, data=ctx.cfg.data, tables=ctx.tables,
-                                       max_images=v.max_images, show_progress=ctx.show_progress, overrides=v.overrides())
+                                       max_images=v.max_images, show_progress=ctx.show_progress, overrides=v.overrides(),
+                                       max_extra_rounds=v.max_extra_rounds)
                    for e in ctx.cfg.export}
         return {"reports": reports}
 

@@ -93,14 +93,14 @@ def test_litert_fp32_fp16_int8_pass_verify(tiny_model, tmp_path):
     int8 = next(a for a in side["artifacts"] if a["precision"] == "int8")
     assert int8["layout"] == "NHWC" and int8["input_dtype"] == "int8"
     # a tolerance override applies where an element-wise check exists; int8 keeps its top-1 judgement
-    r = runner.invoke(app, ["verify", str(tmp_path), "--atol", "1e-2", "--rtol", "1e-2", "-f", "json"])
+    r = runner.invoke(app, ["verify", str(tmp_path), "--atol", "1e-2", "--rtol", "1e-2", "--max-extra-rounds", "1", "-f", "json"])
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output[-2000:]
     report = json.loads((tmp_path / "verify.json").read_text())
     assert {a["path"]: a["tolerances"]["atol"] for a in report["artifacts"]}["model_int8.tflite"] is None
     # each precision is compared with its own table: int8 with the int8 one, with its 90 % interval
     tables = Path(__file__).resolve().parents[2] / "latency_tables"
     r = runner.invoke(app, ["verify", str(tmp_path), "-t", str(tables / "x86-cpu-litert-int8__tiny.json"),
-                            "-t", str(tables / "x86-cpu-litert__tiny.json"), "-f", "json"])
+                            "-t", str(tables / "x86-cpu-litert__tiny.json"), "--max-extra-rounds", "1", "-f", "json"])
     assert r.exit_code == 0, r.output[-2000:]
     by = {a["path"]: a["stats"] for a in json.loads((tmp_path / "verify.json").read_text())["artifacts"]}
     assert by["model_int8.tflite"]["latency_table"].endswith("x86-cpu-litert-int8__tiny.json")
@@ -148,7 +148,7 @@ def test_tensorrt_path(tiny_model, tmp_path):
         pytest.skip(f"TensorRT export not run: {reason}")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "model_fp16.engine").is_file()
-    assert verify_export(tmp_path, show_progress=False)["passed"]
+    assert verify_export(tmp_path, show_progress=False, max_extra_rounds=1)["passed"]
 
 
 def test_a_failed_export_leaves_the_earlier_export_as_it_was(tiny_model, tmp_path):
@@ -193,7 +193,7 @@ def test_a_network_with_7x7_kernels_exports_split_for_litert_and_still_verifies(
     graphs = {a["path"]: a.get("graph") for a in sidecar["artifacts"]}
     assert graphs["model_fp32.tflite"].startswith("depthwise convolutions over 5x5 split")
     assert graphs["model.onnx"] is None and not (out / "model.litert.onnx").exists()  # the temporary graph is gone
-    report = verify_export(out, max_images=200, show_progress=False)
+    report = verify_export(out, max_images=200, show_progress=False, max_extra_rounds=1)
     by = {a["path"]: a for a in report["artifacts"]}
     assert by["model_fp32.tflite"]["stats"]["max_abs_error"] < 1e-3
     assert by["model_int8.tflite"]["stats"]["top1_agreement"] >= 0.95
@@ -205,11 +205,11 @@ def test_a_network_with_7x7_kernels_exports_split_for_litert_and_still_verifies(
     export_model(tmp_path / "m" / "model.pt", builtin, ExportSettings(to="tflite", op_resolver="builtin"))
     art = next(a for a in json.loads((builtin / "model.json").read_text())["artifacts"] if a["runtime"] == "litert")
     assert art["graph"] == "as trained" and art["op_resolver"] == "builtin"
-    report = verify_export(builtin, max_images=100, show_progress=False)
+    report = verify_export(builtin, max_images=100, show_progress=False, max_extra_rounds=1)
     by = {a["path"]: a for a in report["artifacts"]}
     assert by["model_fp32.tflite"]["op_resolver"] == "builtin" and by["model_fp32.tflite"]["passed"]
     assert not any("shaped for" in n for n in report["notes"])
-    report = verify_export(builtin, max_images=20, show_progress=False, op_resolver="xnnpack")
+    report = verify_export(builtin, max_images=20, show_progress=False, op_resolver="xnnpack", max_extra_rounds=1)
     assert any("shaped for LiteRT's builtin kernels but runs here with the xnnpack kernels" in n for n in report["notes"])
     with pytest.raises(DataError, match="for LiteRT exports"):
         ExportSettings(to="onnx", op_resolver="builtin")

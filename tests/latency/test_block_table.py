@@ -75,7 +75,7 @@ def test_search_on_a_block_table_is_exact(space, block_table):
 
 
 def test_validation_calibrates_a_block_table(space, block_table, tmp_path):
-    rep = validate_table(block_table.path, space, samples=8, rounds=1, runs_per_round=5, warmup_s=0.0,
+    rep = validate_table(block_table.path, space, samples=8, rounds=1, runs_per_round=5, max_extra_rounds=1, warmup_s=0.0,
                          show_progress=False, output=tmp_path / "cal.json", work_dir=tmp_path / "work")
     cal = LatencyTable.load(tmp_path / "cal.json")
     assert cal.granularity == "block" and cal.calibration["a"] > 0

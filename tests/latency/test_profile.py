@@ -118,7 +118,9 @@ def test_validate_fits_calibration_on_real_runtime(ort_table, tiny, tmp_path):
         r, p = rounds[n["arch"]], probes[n["arch"]]
         assert 2 <= len(r) == len(p) <= 6 and all(len(x) == 10 for x in r)
         assert confirmed(r, p, speed) or len(r) == 6
+        assert n["confirmed"] == confirmed(r, p, speed)
         assert n["measured_ms"] == pytest.approx(quiet_stats(r).p10_ms)
+    assert report["unconfirmed_held_out"] == sum(not n["confirmed"] for n in held)
     assert (tmp_path / "fid.png").stat().st_size > 1000
     table = LatencyTable.load(ort_table)
     assert table.calibration["a"] == pytest.approx(report["calibration"]["a"])
@@ -309,13 +311,13 @@ def test_litert_models_are_built_in_parallel_workers_and_reused_on_resume(tmp_pa
     assert set(table.entries) == {s.key for s in space.all_layer_specs()} and table.statistic == "p10_ms"
     work = tmp_path / "val"
     n = space.count_architectures()  # all 6 networks of this space
-    validate_table(table_path, space, samples=n, show_progress=False, rounds=1, runs_per_round=5, work_dir=work,
+    validate_table(table_path, space, samples=n, show_progress=False, rounds=1, runs_per_round=5, max_extra_rounds=1, work_dir=work,
                    warmup_s=0.0)
     built = json.loads((work / "artifacts.json").read_text())
     assert len(built) == n and all(Path(p).is_file() for p in built.values())
     stamps = {p: Path(p).stat().st_mtime_ns for p in built.values()}
     (work / "measurements.json").unlink()  # timings gone: the networks are timed again, not converted again
-    report = validate_table(table_path, space, samples=n, show_progress=False, rounds=1, runs_per_round=5,
+    report = validate_table(table_path, space, samples=n, show_progress=False, rounds=1, runs_per_round=5, max_extra_rounds=1,
                             work_dir=work, warmup_s=0.0)
     assert {p: Path(p).stat().st_mtime_ns for p in built.values()} == stamps
     assert report["statistic"] == "p10_ms" and report["networks"] == n
