@@ -49,9 +49,9 @@ BUNDLE_FORMATS = {"layer": BUNDLE_FORMAT, "block": BLOCK_BUNDLE_FORMAT}
 # to 100 % within +-10 % either way (RMSPE 0.45 / 0.79 / 0.31 % against 0.46 / 0.80 / 0.29 % on
 # ONNX Runtime, LiteRT fp32 and int8). The layer table's 5 rounds x 0.25 s would take ~15 min.
 # Extra rounds (for entries not yet confirmed by two rounds with quiet speed probes, or noisy): up
-# to 6 after 5 base rounds, 9 after 3. Replaying 876 probed rounds from a machine slowed 55-75 % of
-# the time (runtimes/base.SpeedProbe), either left ~0.1-0.2 % of figures more than 7 % off its
-# fast-state latency; 4 extra rounds after 3 left 1.1 %.
+# to 6 after 5 base rounds, 9 after 3 (runtimes/base.SpeedProbe; bench/speed_probe.py replays
+# these rules: on a machine slowed 75 % of the time both got 94-95 % of figures within +-10 % of
+# the fast-state latency, against 80 % for 4 extra rounds without probes).
 TIMING_DEFAULTS = {"layer": {"rounds": 5, "warmup_s": WARMUP_S, "max_extra_rounds": 6},
                    "block": {"rounds": 3, "warmup_s": 0.02, "max_extra_rounds": 9}}
 MANIFEST = "manifest.json"

@@ -193,11 +193,15 @@ class SpeedProbe:
     Why: on a shared 2-core VM (AMD EPYC, no AVX-512; 2026-12-01) the machine ran ~1.6-2x slower
     for seconds at a time, 55-75 % of the time. Two rounds of a network both caught in a slow phase
     agree with each other, so "the fastest round backed by a second" (confirmed) passed slow
-    figures. Measured on 876 rounds of 23 ONNX Runtime networks, the probe's slowdown tracked the
-    round's (correlation 0.82; a small numpy matmul's did not); replaying those rounds, requiring
-    two quiet rounds with quiet probes took a network's figure from 97 % to 99.9 % within +-7 % of
-    its fast-state latency at ~6 rounds instead of 4. Interference only adds time, so the fastest
-    probe of a measurement is the machine's own speed; on a quiet machine every probe passes."""
+    figures. `python bench/speed_probe.py` there (745 rounds of 24 ONNX Runtime networks, 75 % of
+    them slowed > 10 %): the probe's slowdown tracked the round's (correlation 0.81; a small numpy
+    matmul's did not, in an earlier trial). Replaying stopping rules on those rounds, a network's
+    figure fell within +-10 % of its fast-state latency for 80-83 % of networks when confirmation
+    ignored the probes (5.3-7.0 rounds), 89 % with a fixed 9 rounds, and 95 % with probes (3 + up
+    to 9 extra: 11.4 rounds; bench/results/speed_probe.json). In a calmer stretch (63 % of rounds
+    slowed), an ad-hoc replay of the same rules gave 97 % without probes and 99.97 % with them.
+    Interference only adds time, so the fastest probe of a measurement is the machine's own speed;
+    on a quiet machine every probe passes and no round is added.
 
     LOOP = 20_000  # ~0.7 ms on that machine in its fast state; min of 3 per probe
 
