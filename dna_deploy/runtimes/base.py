@@ -201,7 +201,7 @@ class SpeedProbe:
     to 9 extra: 11.4 rounds; bench/results/speed_probe.json). In a calmer stretch (63 % of rounds
     slowed), an ad-hoc replay of the same rules gave 97 % without probes and 99.97 % with them.
     Interference only adds time, so the fastest probe of a measurement is the machine's own speed;
-    on a quiet machine every probe passes and no round is added.
+    on a quiet machine every probe passes and no round is added."""
 
     LOOP = 20_000  # ~0.7 ms on that machine in its fast state; min of 3 per probe
 
