@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dna_deploy.cli.common import FormatOpt, OutputFormat, SpaceOpt, check_writable, console, render, resolve_space
+from dna_deploy.latency.validate import MAX_EXTRA_ROUNDS
 from dna_deploy.settings import ProfileSettings
 
 P = ProfileSettings()  # the defaults, shared with the pipeline
@@ -102,7 +103,7 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
              seed: int = typer.Option(0, help="Which random networks."),
              rounds: int = typer.Option(P.validate_rounds, min=1, help="Interleaved timing rounds per network."),
              warmup_s: float = typer.Option(P.warmup_s, min=0.0, help="Seconds each timed batch warms up."),
-             max_extra_rounds: int = typer.Option(9, min=0, help=f"{EXTRA_HELP} [9]."),
+             max_extra_rounds: int = typer.Option(MAX_EXTRA_ROUNDS, min=0, help=f"{EXTRA_HELP}."),
              plot: Path = typer.Option(None, help="PNG scatter [<table>.fidelity.png]."),
              resume: bool = typer.Option(True, "--resume/--restart", help="Reuse network measurements of an interrupted run."),
              output: Path = typer.Option(None, "--output", "-o", help="Write the calibrated table here [the table itself]."),

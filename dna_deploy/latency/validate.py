@@ -32,6 +32,11 @@ from dna_deploy.runtimes.base import (
 )
 from dna_deploy.space import SearchSpace
 
+# Extra rounds a network may get while unconfirmed (runtimes/base.confirmed): 3 base rounds + up to
+# 9 got 95 % of figures within +-10 % of the fast-state latency on a machine slowed 75 % of the
+# time (bench/speed_probe.py).
+MAX_EXTRA_ROUNDS = 9
+
 
 def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float]:
     """95 % Wilson score interval of a hit-rate: honest at small n and at rates near 0 or 1, where
@@ -99,7 +104,7 @@ def sample_networks(space: SearchSpace, n: int, seed: int) -> list:
 def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_dir: Path, *, rounds: int = 3,
                      runs_per_round: int = 15, warmup: int = 10, show_progress: bool = True, warmup_s: float = WARMUP_S,
                      cache_path: Path | None = None, statistic: str = STATISTIC,
-                     max_extra_rounds: int = 9) -> dict[str, float]:
+                     max_extra_rounds: int = MAX_EXTRA_ROUNDS) -> dict[str, float]:
     """End-to-end latency of each network: `statistic` of the timed runs of its quiet rounds
     (runtimes/base.quiet_rounds), rounds interleaved across networks so that they are spread over
     time. A network whose fastest round is not backed by a second one, both timed while the
@@ -234,7 +239,7 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
                    seed: int = 0, plot_path: str | Path | None = None, work_dir: str | Path | None = None,
                    show_progress: bool = True, rounds: int = 3, runs_per_round: int = 15, resume: bool = True,
                    output: str | Path | None = None, force: bool = False, warmup_s: float = WARMUP_S,
-                   max_extra_rounds: int = 9) -> dict:
+                   max_extra_rounds: int = MAX_EXTRA_ROUNDS) -> dict:
     """Measure `samples` networks, fit the calibration on 1 - holdout of them, report on the rest,
     and store calibration + fidelity (atomically) in the table, or in a copy (calibrated_table_path)."""
     from dna_deploy.host import host_description, runtime_versions
