@@ -19,7 +19,7 @@ demo: setup
 	$(VENV)/bin/dna-deploy quickstart --out $(OUT)
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs

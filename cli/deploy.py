@@ -82,6 +82,8 @@ def export(weights: Path = typer.Option(..., "--weights", "-w", help="model.pt f
            verify: bool = typer.Option(False, "--verify", help="Run `verify` on the result (non-zero exit on failure)."),
            data: str = typer.Option(None, "--data", help="Labelled data for --verify [the model's data]."),
            table: list[Path] = typer.Option([], "--table", "-t", help="Latency tables for --verify."),
+           max_extra_rounds: int = typer.Option(None, min=0, help="--verify: most extra timing rounds while a latency "
+                                                "is not confirmed (as `verify --max-extra-rounds`) [9]."),
            fmt: OutputFormat = FormatOpt) -> None:
     """Export to ONNX, LiteRT (fp32/fp16/int8) or a TensorRT engine, with a model.json sidecar.
 
@@ -99,7 +101,7 @@ def export(weights: Path = typer.Option(..., "--weights", "-w", help="model.pt f
         return
     if fmt == "table":
         render(rows, title=f"exported {side['arch']} -> {output}")
-    _verify(output, data=data, table=table, fmt=fmt)
+    _verify(output, data=data, table=table, fmt=fmt, max_extra_rounds=max_extra_rounds)
 
 
 def verify(folder: Path = typer.Argument(..., help="Export folder (with model.json)."),

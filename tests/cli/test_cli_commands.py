@@ -27,12 +27,13 @@ def test_devices_list():
 def test_profile_predict_validate(tmp_path, tiny):
     table = tmp_path / "t.json"
     s = invoke("profile", "-d", "x86-cpu-onnxruntime", "-s", "tiny", "-o", table, "--rounds", "1", "--runs", "5",
-               "--warmup-s", "0.02")
+               "--warmup-s", "0.02", "--max-extra-rounds", "0")
     assert s["entries"] == len(tiny.all_layer_specs())
     arch = str(tiny.smallest_arch())
     p = invoke("profile", "predict", "-s", "tiny", "-t", table, arch)
     assert p[0]["arch"] == arch and p[0]["calibrated"] is False and p[0]["raw_sum_ms"] > 0
-    v = invoke("profile", "validate", "-s", "tiny", "-t", table, "-n", "8", "--warmup-s", "0.02")
+    v = invoke("profile", "validate", "-s", "tiny", "-t", table, "-n", "8", "--warmup-s", "0.02", "--rounds", "1",
+               "--max-extra-rounds", "1")
     assert v["calibration"]["a"] > 0 and (tmp_path / "t.fidelity.png").is_file()
     p = invoke("profile", "predict", "-s", "tiny", "-t", table, arch)
     assert p[0]["calibrated"] is True

@@ -81,10 +81,11 @@ def test_truncated_artifact_is_a_clear_error(onnx_export, tmp_path):
 @pytest.mark.slow
 def test_litert_fp32_fp16_int8_pass_verify(tiny_model, tmp_path):
     r = runner.invoke(app, ["export", "-w", str(tiny_model[0]), "--to", "tflite", "-p", "fp32", "-p", "fp16", "-p", "int8",
-                            "-o", str(tmp_path), "--verify", "-f", "json"])
+                            "-o", str(tmp_path), "--verify", "--max-extra-rounds", "1", "-f", "json"])
     assert r.exit_code == 0, r.output[-3000:]
     report = json.loads((tmp_path / "verify.json").read_text())
     by = {a["path"]: a for a in report["artifacts"]}
+    assert all(a["stats"]["latency_ms"]["rounds"] <= 5 + 1 for a in report["artifacts"])  # the cap reached verify
     assert set(by) == {"model.onnx", "model_fp32.tflite", "model_fp16.tflite", "model_int8.tflite"}
     assert by["model_fp32.tflite"]["stats"]["max_abs_error"] < 1e-3
     assert by["model_int8.tflite"]["stats"]["accuracy_drop_pts"] <= 1.0

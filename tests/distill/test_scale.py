@@ -49,7 +49,7 @@ def folder_teacher(tmp_path_factory, folder):
 
 
 def _torchrun(args: list[str], n: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "-m", "dna_deploy", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), "-m", "dna_deploy", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 

@@ -112,7 +112,7 @@ def test_dnapp_two_process_gloo_training_and_resume(tmp_path):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "dna_deploy", "train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dna_deploy", "train",
            "--method", "dna++", "-s", "tiny", "-o", str(tmp_path), "--blocks", "0,1", "--epochs", "1", "--max-steps", "4",
            "--batch-size", "32", "-f", "json"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

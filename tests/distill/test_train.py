@@ -72,7 +72,7 @@ def test_resume_after_kill(tmp_path, tiny_teacher):
 
 @pytest.mark.slow
 def test_two_process_gloo_training(tmp_path, tiny_teacher):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "dna_deploy", "train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dna_deploy", "train",
            "-s", "tiny", "--teacher", str(tiny_teacher[0]), "-o", str(tmp_path), "--blocks", "1",
            "--epochs", "2", "--max-steps", "6", "-f", "json"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -141,9 +141,10 @@ def ort_bundle(tmp_path_factory):
 def test_resume_after_kill(ort_bundle, tmp_path):
     bundle = ort_bundle
     out = tmp_path / "t.json"
-    # warmup_s=0: this checks resume, not timing quality (200 rounds x 51 ops x 0.25 s would take 42 min)
+    # warmup_s=0: this checks resume, not timing quality; 40 rounds of 51 ops (each with its speed
+    # probes) leave the kill well inside the run
     code = (f"from dna_deploy.latency.profiler import measure_bundle; "
-            f"measure_bundle({str(bundle)!r}, {str(out)!r}, rounds=200, runs_per_round=5, max_extra_rounds=0, "
+            f"measure_bundle({str(bundle)!r}, {str(out)!r}, rounds=40, runs_per_round=5, max_extra_rounds=0, "
             f"show_progress=False, warmup_s=0)")
     proc = subprocess.Popen([sys.executable, "-c", code])
     partial = out.with_name(out.name + ".partial")
@@ -157,10 +158,10 @@ def test_resume_after_kill(ort_bundle, tmp_path):
     assert not out.exists() and partial.is_file()
     done_before = json.loads(partial.read_text())["rounds_done"]
     assert done_before >= 2
-    table = measure_bundle(bundle, out, rounds=200, runs_per_round=5, max_extra_rounds=0, show_progress=False,
+    table = measure_bundle(bundle, out, rounds=40, runs_per_round=5, max_extra_rounds=0, show_progress=False,
                            warmup_s=0)
     assert table.meta["timing"]["resumed_at_round"] >= done_before
-    assert all(e["rounds"] == 200 and e["runs"] == 5 * e["rounds_kept"] for e in table.entries.values())
+    assert all(e["rounds"] == 40 and e["runs"] == 5 * e["rounds_kept"] for e in table.entries.values())
     assert not partial.exists()
 
 
