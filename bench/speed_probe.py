@@ -9,7 +9,9 @@ rounds: a fixed number of rounds, extra rounds until two quiet rounds agree (run
 without probes), and until two quiet rounds with quiet probes agree (with probes). Prints the
 probe's correlation with the rounds' slowdown and, per rule, the mean rounds taken and the share
 of figures within +-5 / +-7 / +-10 % of the fast-state latency.
-Run: python bench/speed_probe.py [--seconds 240] [--networks 24]
+The probe tolerance (how far above the fastest probe a round counts as slowed) is replayed at
+the default and at tighter settings.
+Run: python bench/speed_probe.py [--seconds 240] [--networks 24] [--rows rounds.json | --replay rounds.json]
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from dna_deploy.host import host_description
-from dna_deploy.io import write_json
+from dna_deploy.io import read_json, write_json
 from dna_deploy.latency.validate import sample_networks
-from dna_deploy.runtimes.base import SpeedProbe, confirmed, quiet_stats
+from dna_deploy.runtimes.base import PROBE_TOLERANCE, SpeedProbe, confirmed, quiet_stats
 from dna_deploy.space import load_space
 
 
@@ -70,12 +72,18 @@ def replay(rows: list[dict], trials: int, seed: int = 1) -> dict:
         return run
 
     unprobed = lambda s: confirmed([r["samples"] for r in s])  # noqa: E731
-    probed = lambda s: confirmed([r["samples"] for r in s], [r["probe_ms"] for r in s], speed)  # noqa: E731
+
+    def probed(tolerance: float):
+        at = SpeedProbe(speed.fastest_ms, tolerance=tolerance)
+        return lambda s: confirmed([r["samples"] for r in s], [r["probe_ms"] for r in s], at)
+
     rules = {"fixed 3": stop_when(lambda s: True, 3, 0), "fixed 6": stop_when(lambda s: True, 6, 0),
-             "fixed 9": stop_when(lambda s: True, 9, 0),
+             "fixed 9": stop_when(lambda s: True, 9, 0), "fixed 12": stop_when(lambda s: True, 12, 0),
              "confirmed, 3 + up to 4": stop_when(unprobed, 3, 4), "confirmed, 3 + up to 9": stop_when(unprobed, 3, 9),
-             "probed, 3 + up to 9 (validate)": stop_when(probed, 3, 9),
-             "probed, 5 + up to 6 (layer table)": stop_when(probed, 5, 6)}
+             f"probed {PROBE_TOLERANCE:.0%}, 3 + up to 9 (validate)": stop_when(probed(PROBE_TOLERANCE), 3, 9),
+             f"probed {PROBE_TOLERANCE:.0%}, 5 + up to 6 (layer table)": stop_when(probed(PROBE_TOLERANCE), 5, 6)}
+    for tolerance in (0.10, 0.07):
+        rules[f"probed {tolerance:.0%}, 3 + up to 9"] = stop_when(probed(tolerance), 3, 9)
     rng = random.Random(seed)
     out = {}
     for name, rule in rules.items():
@@ -99,8 +107,16 @@ def main():
     ap.add_argument("--seconds", type=float, default=240)
     ap.add_argument("--trials", type=int, default=4000)
     ap.add_argument("--output", type=Path, help="results file [bench/results/speed_probe.json]")
+    ap.add_argument("--rows", type=Path, help="also write the probed rounds here (for --replay)")
+    ap.add_argument("--replay", type=Path, help="replay the rules on rounds written by --rows instead of collecting")
     args = ap.parse_args()
-    rows = collect(load_space(args.space), args.networks, args.seconds)
+    if args.replay:
+        saved = read_json(args.replay, what="probed rounds")
+        rows, host = saved["rows"], saved["host"]
+    else:
+        rows, host = collect(load_space(args.space), args.networks, args.seconds), host_description()
+        if args.rows:
+            write_json(args.rows, {"space": args.space, "host": host, "rows": rows})
     fastest = {}
     for r in rows:
         fastest[r["network"]] = min(fastest.get(r["network"], np.inf), np.percentile(r["samples"], 10))
@@ -112,10 +128,10 @@ def main():
           f"probe vs round slowdown correlation {corr:.2f}")
     results = replay(rows, args.trials)
     for name, v in results.items():
-        print(f"  {name:34} rounds {v['mean_rounds']:4.1f}  within +-5 %: {v['within_5pct']:.1%}  +-7 %: "
+        print(f"  {name:38} rounds {v['mean_rounds']:4.1f}  within +-5 %: {v['within_5pct']:.1%}  +-7 %: "
               f"{v['within_7pct']:.1%}  +-10 %: {v['within_10pct']:.1%}")
     write_json(args.output or Path(__file__).parent / "results" / "speed_probe.json",
-               {"space": args.space, "host": host_description(), "rounds": len(rows), "networks": len(fastest),
+               {"space": args.space, "host": host, "rounds": len(rows), "networks": len(fastest),
                 "share_slowed_over_10pct": float(np.mean(slowdown > 1.1)), "probe_correlation": corr,
                 "rules": results})
 

@@ -205,8 +205,9 @@ class SpeedProbe:
 
     LOOP = 20_000  # ~0.7 ms on that machine in its fast state; min of 3 per probe
 
-    def __init__(self, fastest_ms: float = float("inf")):
+    def __init__(self, fastest_ms: float = float("inf"), tolerance: float = PROBE_TOLERANCE):
         self.fastest_ms = fastest_ms
+        self.tolerance = tolerance  # a probe this far above the fastest was slowed
 
     @classmethod
     def resumed(cls, probes: "dict[str, list[float]] | list[list[float]]") -> "SpeedProbe":
@@ -226,7 +227,7 @@ class SpeedProbe:
         return 1e3 * best
 
     def quiet(self, probe_ms: float) -> bool:
-        return probe_ms <= self.fastest_ms * (1 + PROBE_TOLERANCE)
+        return probe_ms <= self.fastest_ms * (1 + self.tolerance)
 
 
 def _quiet_indices(rounds: list[list[float]], tolerance: float) -> list[int]:
