@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from dna_deploy.host import host_description
-from dna_deploy.io import write_json
+from dna_deploy.io import read_json, write_json
 from dna_deploy.latency.devices import load_device
 from dna_deploy.latency.profiler import TIMING_DEFAULTS, build_bundle, default_table_path, measure_bundle
 from dna_deploy.latency.validate import validate_table
@@ -42,6 +42,21 @@ def _keep(files, keep: Path, stem: str) -> None:
         dst = keep / f"{stem}{suffix}"
         shutil.copyfile(f, dst.with_name(dst.name + ".tmp"))
         dst.with_name(dst.name + ".tmp").replace(dst)  # atomic: never a half-written table
+
+
+def _misses(work: Path, calibration: dict) -> list[dict]:
+    """The held-out networks the calibrated table missed by more than 10 %, with how their figure
+    was measured (rounds timed, and whether two quiet rounds with quiet speed probes backed it)."""
+    nets = read_json(work / "networks.json", what="validated networks")
+    rounds = read_json(work / "measurements.json", what="measurement cache")["samples"]
+    out = []
+    for n in nets:
+        predicted = calibration["a"] * n["raw_sum_ms"] + calibration["b"]
+        error = 100 * (predicted - n["measured_ms"]) / n["measured_ms"]
+        if n["held_out"] and abs(error) > 10:
+            out.append({"arch": n["arch"], "measured_ms": n["measured_ms"], "predicted_ms": predicted,
+                        "error_pct": error, "confirmed": n["confirmed"], "rounds": len(rounds[n["arch"]])})
+    return out
 
 
 def main():
@@ -95,6 +110,7 @@ def main():
                 row.update(held_out=rep["held_out_networks"], statistic=rep["statistic"], networks=rep["networks"],
                            unconfirmed_held_out=rep["unconfirmed_held_out"])
                 row[f"{label}_calibration"] = rep["calibration"]
+                row[f"{label}_held_out_misses"] = _misses(work, rep["calibration"])
                 prefix = "" if label == "layer" else f"{label}_"
                 row[f"{prefix}raw_sum"], row[f"{prefix}calibrated"] = rep["raw_sum"], rep["calibrated"]
                 row["macs_linear"] = rep["macs_linear"]
@@ -115,6 +131,10 @@ def main():
                   f"{v['within_10pct']:6.0%} [{c10[0]:.0%}, {c10[1]:.0%}] {v['rmspe_pct']:8.2f}")
         walls = ", ".join(f"{label} {r[f'{label}_profile_s']:.0f} s ({r[f'{label}_build_s']:.0f} building, "
                           f"{r[f'{label}_timing_s']:.0f} timing; {r[f'{label}_entries']} entries)" for label, _, _ in tables)
+        for label, _, _ in tables:
+            for m in r[f"{label}_held_out_misses"]:
+                print(f"{'':22} {label} miss: {m['error_pct']:+.1f} % ({m['measured_ms']:.4f} ms measured, "
+                      f"{m['rounds']} rounds, {'confirmed' if m['confirmed'] else 'unconfirmed'})")
         print(f"{'':22} {r['held_out']} held out of {r['networks']} ({r['unconfirmed_held_out']} unconfirmed); "
               f"profile: {walls}; validate {r['validate_s']:.0f} s")
     write_json(args.output or Path(__file__).parent / "results" / f"latency_fidelity_{space.name}.json", rows)
