@@ -111,6 +111,7 @@ def main():
                            unconfirmed_held_out=rep["unconfirmed_held_out"])
                 row[f"{label}_calibration"] = rep["calibration"]
                 row[f"{label}_held_out_misses"] = _misses(work, rep["calibration"])
+                row[f"{label}_calibrated_confirmed"] = rep["calibrated_confirmed"]  # held out, figure confirmed
                 prefix = "" if label == "layer" else f"{label}_"
                 row[f"{prefix}raw_sum"], row[f"{prefix}calibrated"] = rep["raw_sum"], rep["calibrated"]
                 row["macs_linear"] = rep["macs_linear"]
@@ -132,6 +133,11 @@ def main():
         walls = ", ".join(f"{label} {r[f'{label}_profile_s']:.0f} s ({r[f'{label}_build_s']:.0f} building, "
                           f"{r[f'{label}_timing_s']:.0f} timing; {r[f'{label}_entries']} entries)" for label, _, _ in tables)
         for label, _, _ in tables:
+            sure = r[f"{label}_calibrated_confirmed"]
+            if sure:
+                c10 = sure["within_10pct_ci95"]
+                print(f"{'':22} {label} cal., {sure['n']} confirmed held out: {sure['within_10pct']:.0%} "
+                      f"[{c10[0]:.0%}, {c10[1]:.0%}] within +-10 %")
             for m in r[f"{label}_held_out_misses"]:
                 print(f"{'':22} {label} miss: {m['error_pct']:+.1f} % ({m['measured_ms']:.4f} ms measured, "
                       f"{m['rounds']} rounds, {'confirmed' if m['confirmed'] else 'unconfirmed'})")

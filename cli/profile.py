@@ -139,6 +139,9 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
         console.print(f"{r['unconfirmed_held_out']} held-out networks stayed unconfirmed: the machine was slowed by other "
                       "work through all their rounds, so their measured latency may be high (and count as misses); "
                       "validate again on a quieter machine")
+        if r["calibrated_confirmed"]:
+            console.print(f"on the {r['calibrated_confirmed']['n']} confirmed held-out networks, calibrated within ±10 %: "
+                          f"{hits(r['calibrated_confirmed'], 'within_10pct')}", markup=False)
     console.print(f"calibration: measured = {r['calibration']['a']:.4f} * raw_sum + {r['calibration']['b']:.4f} ms; "
                   f"stored in {dest}; plot: {plot}")
     q = r["calibrated"]["rel_error_quantiles"]

@@ -121,6 +121,12 @@ def test_validate_fits_calibration_on_real_runtime(ort_table, tiny, tmp_path):
         assert n["confirmed"] == confirmed(r, p, speed)
         assert n["measured_ms"] == pytest.approx(quiet_stats(r).p10_ms)
     assert report["unconfirmed_held_out"] == sum(not n["confirmed"] for n in held)
+    sure = [r for n, r in zip(held, rel) if n["confirmed"]]  # held out, figure backed by two quiet probed rounds
+    if sure:
+        assert report["calibrated_confirmed"]["n"] == len(sure)
+        assert report["calibrated_confirmed"]["within_10pct"] == pytest.approx(float(np.mean(np.abs(sure) <= 0.10)))
+    else:
+        assert report["calibrated_confirmed"] is None
     assert (tmp_path / "fid.png").stat().st_size > 1000
     table = LatencyTable.load(ort_table)
     assert table.calibration["a"] == pytest.approx(report["calibration"]["a"])
