@@ -30,8 +30,13 @@ AUGMENTATIONS = ("auto", "digits", "natural")
 FEATURE_CACHES = ("auto", "none", "disk")  # teacher features: auto = in RAM for embedded data, on the fly for folders
 
 
-def _check(settings, *, positive=(), choices: dict | None = None) -> None:
-    """Values a type check lets through but no run can use: non-positive counts and rates, unknown names."""
+def _check(settings, *, positive=(), counts=(), choices: dict | None = None) -> None:
+    """Values a type check lets through but no run can use: non-positive counts and rates, negative
+    or fractional `counts` (where 0 is a choice), unknown names."""
+    for name in counts:
+        v = getattr(settings, name)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise DataError(f"{name} must be a whole number >= 0 (or left out), got {v!r}")
     for name in positive:
         v = getattr(settings, name)
         if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -200,11 +205,9 @@ class ProfileSettings:
         if self.rounds is not None and not (isinstance(self.rounds, int) and self.rounds > 0):
             raise DataError(f"rounds must be a positive integer (or left out), got {self.rounds!r}")
         _check(self, positive=("runs", "cv_threshold", "validate_rounds"),
-               choices={"use_shipped": ("auto", True, False)})
+               counts=("max_extra_rounds",), choices={"use_shipped": ("auto", True, False)})
         if self.validate_samples < 6:
             raise DataError("validate_samples must be at least 6 (some to fit the correction, some held out)")
-        if self.max_extra_rounds is not None and not (isinstance(self.max_extra_rounds, int) and self.max_extra_rounds >= 0):
-            raise DataError(f"max_extra_rounds must be a whole number >= 0 (or left out), got {self.max_extra_rounds!r}")
 
 
 @dataclass(frozen=True)
@@ -311,9 +314,7 @@ class VerifySettings:
     max_extra_rounds: int | None = None  # latency: extra rounds while unconfirmed [9] (runtimes/base.time_in_rounds)
 
     def __post_init__(self):
-        _check(self, positive=("max_images", "atol", "rtol", "max_latency_error_pct"))
-        if self.max_extra_rounds is not None and not (isinstance(self.max_extra_rounds, int) and self.max_extra_rounds >= 0):
-            raise DataError(f"max_extra_rounds must be a whole number >= 0 (or left out), got {self.max_extra_rounds!r}")
+        _check(self, positive=("max_images", "atol", "rtol", "max_latency_error_pct"), counts=("max_extra_rounds",))
         if self.min_top1_agreement is not None and not 0 <= self.min_top1_agreement <= 1:
             raise DataError(f"min_top1_agreement is a fraction in [0, 1], got {self.min_top1_agreement}")
         if self.max_accuracy_drop_pts is not None and not 0 <= self.max_accuracy_drop_pts <= 100:

@@ -104,14 +104,16 @@ def sample_networks(space: SearchSpace, n: int, seed: int) -> list:
 def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_dir: Path, *, rounds: int = 3,
                      runs_per_round: int = 15, warmup: int = 10, show_progress: bool = True, warmup_s: float = WARMUP_S,
                      cache_path: Path | None = None, statistic: str = STATISTIC,
-                     max_extra_rounds: int = MAX_EXTRA_ROUNDS) -> dict[str, float]:
+                     max_extra_rounds: int = MAX_EXTRA_ROUNDS) -> tuple[dict[str, float], set[str]]:
     """End-to-end latency of each network: `statistic` of the timed runs of its quiet rounds
     (runtimes/base.quiet_rounds), rounds interleaved across networks so that they are spread over
     time. A network whose fastest round is not backed by a second one, both timed while the
     machine's speed probe was quiet (runtimes/base.confirmed), gets extra rounds (at most
     max_extra_rounds), interleaved among those networks, each at least MIN_ROUND_SPACING_S after
     the network's previous round.
-    The raw timings and probes are cached for resume.
+    The raw timings and probes are cached for resume. Returns (each network's figure, the networks
+    left unconfirmed when their extra rounds ran out: the machine was slowed through all of them,
+    so their figure may be high), both judged from the cached probes, as a resumed run would.
     Network models are built in parallel processes where the runtime's conversion is slow, and a
     resumed run reuses the ones already built (recorded in work_dir/artifacts.json)."""
     import torch
@@ -206,7 +208,9 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
     finally:
         for r, _ in runners.values():
             r.close()
-    return {str(a): getattr(quiet_stats(cache[str(a)]), statistic) for a in archs}
+    recorded = SpeedProbe.resumed(probes)
+    unconfirmed = {str(a) for a in archs if not confirmed(cache[str(a)], probes[str(a)], recorded)}
+    return {str(a): getattr(quiet_stats(cache[str(a)]), statistic) for a in archs}, unconfirmed
 
 
 def calibrated_table_path(table_path: str | Path, *, output: str | Path | None = None, force: bool = False) -> Path:
@@ -260,14 +264,10 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
         (work / "measurements.json").unlink(missing_ok=True)
         (work / "artifacts.json").unlink(missing_ok=True)
     archs = sample_networks(space, samples, seed)
-    measured = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round, warmup_s=warmup_s,
-                                show_progress=show_progress, cache_path=work / "measurements.json",
-                                statistic=table.statistic, max_extra_rounds=max_extra_rounds)
-    # a network is unconfirmed when no two of its quiet rounds ran with quiet speed probes before
-    # the extra rounds ran out: the machine was slowed throughout, and its figure may be high
-    timed = read_json(work / "measurements.json", what="measurement cache")
-    speed = SpeedProbe.resumed(timed["probes"])
-    unconfirmed = {str(a) for a in archs if not confirmed(timed["samples"][str(a)], timed["probes"][str(a)], speed)}
+    measured, unconfirmed = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round,
+                                             warmup_s=warmup_s, show_progress=show_progress,
+                                             cache_path=work / "measurements.json", statistic=table.statistic,
+                                             max_extra_rounds=max_extra_rounds)
     raw = {str(a): table.raw_ms(space, a) for a in archs}
     macs = {str(a): network_costs(space, a)["macs"] for a in archs}
     names = [str(a) for a in archs]

@@ -85,6 +85,8 @@ def inputs(tmp_path_factory, tiny_model):
         "bad_device": {**good, "devices": [{"device": "x86-cpu-onnxruntme", "budget_ms": 0.2}]},
         "no_devices": {"space": "tiny"},
         "dnapp_rounds": {**good, "train": {"method": "dna++"}, "progressive": {"rounds": 2}},
+        "negative_extra_rounds": {**good, "profile": {"max_extra_rounds": -1}},
+        "fractional_extra_rounds": {**good, "verify": {"max_extra_rounds": 1.5}},
     }
     for name, cfg in variants.items():
         (d / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
@@ -171,6 +173,8 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["profile", "-d", str(d / "torch_int8.yaml"), "-s", "tiny", "-o", str(d / "t8.json")], "int8"),
         (["profile", "predict", "-t", t, TINY_ARCH, "--space", str(d / "none.yaml")], "not found"),
         (["run", str(d / "dnapp_rounds.yaml")], "DNA++"),
+        (["run", str(d / "negative_extra_rounds.yaml")], "max_extra_rounds must be a whole number >= 0"),
+        (["run", str(d / "fractional_extra_rounds.yaml")], "max_extra_rounds"),
         (["export", "-w", m, "--to", "tflite", "-p", "int8", "--calibration-data", str(d / "garbage.npy"), "-o",
           str(d / "ex")], "not a numeric .npy"),
         (["verify", str(d / "supernet_empty"), "--min-top1-agreement", "97"], "fraction"),
