@@ -101,10 +101,11 @@ def export(weights: Path = typer.Option(..., "--weights", "-w", help="model.pt f
         return
     if fmt == "table":
         render(rows, title=f"exported {side['arch']} -> {output}")
-    _verify(output, data=data, table=table, fmt=fmt, max_extra_rounds=max_extra_rounds)
+    _verify([output], data=data, table=table, fmt=fmt, max_extra_rounds=max_extra_rounds)
 
 
-def verify(folder: Path = typer.Argument(..., help="Export folder (with model.json)."),
+def verify(folders: list[Path] = typer.Argument(..., help="Export folders (each with model.json), verified as one "
+                                                         "timing job."),
            data: str = typer.Option(None, "--data", help="Labelled data [the model's data]."),
            table: list[Path] = typer.Option([], "--table", "-t", help="Latency tables: compare measured vs predicted."),
            max_images: int = typer.Option(None, min=1, help="Use the first N validation images."),
@@ -120,25 +121,29 @@ def verify(folder: Path = typer.Argument(..., help="Export folder (with model.js
     """Outputs vs PyTorch, top-1 agreement, accuracy, latency vs the table; non-zero exit on failure.
 
     Example: dna-deploy verify runs/export --data mnist -t latency_tables/x86-cpu-litert__tiny.json
+
+    Several folders (runs/export/onnx runs/export/tflite) share one speed probe: a latency is
+    confirmed only against the machine's full speed seen over all of them (and over the tables
+    given, when profiled on this machine).
     """
     settings = VerifySettings(max_images=max_images, atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement,
                               max_accuracy_drop_pts=max_accuracy_drop_pts, max_latency_error_pct=max_latency_error_pct,
                               max_extra_rounds=max_extra_rounds)
-    _verify(folder, data=data, table=table, fmt=fmt, max_images=max_images, overrides=settings.overrides(),
+    _verify(folders, data=data, table=table, fmt=fmt, max_images=max_images, overrides=settings.overrides(),
             op_resolver=op_resolver, max_extra_rounds=max_extra_rounds)
 
 
-def _verify(folder, *, data, table, fmt, max_images=None, overrides=None, op_resolver=None, max_extra_rounds=None):
-    from dna_deploy.deploy.verify import verify_export
+def _verify(folders, *, data, table, fmt, max_images=None, overrides=None, op_resolver=None, max_extra_rounds=None):
+    from dna_deploy.deploy.verify import verify_exports
     from dna_deploy.errors import VerificationFailed
     from dna_deploy.latency.table import LatencyTable
 
     tables = [LatencyTable.load(t) for t in table]
-    r = verify_export(folder, data=data, tables=tables, max_images=max_images, overrides=overrides,
-                      show_progress=fmt == "table", op_resolver=op_resolver, max_extra_rounds=max_extra_rounds)
+    reports = verify_exports(folders, data=data, tables=tables, max_images=max_images, overrides=overrides,
+                             show_progress=fmt == "table", op_resolver=op_resolver, max_extra_rounds=max_extra_rounds)
     if fmt == "json":
-        render(r, fmt="json")
-    else:
+        render(reports[0] if len(reports) == 1 else reports, fmt="json")
+    for folder, r in zip(folders, reports) if fmt != "json" else ():
         rows = []
         for a in r["artifacts"]:
             s = a["stats"]
@@ -150,7 +155,8 @@ def _verify(folder, *, data, table, fmt, max_images=None, overrides=None, op_res
         for note in r["notes"]:
             console.print(f"note: {note}", markup=False)
         console.print(f"report: {Path(folder) / 'verify.json'}")
-    if not r["passed"]:
-        failed = [f"{a['path']}: {', '.join(k for k, c in a['checks'].items() if not c['pass'])}"
-                  for a in r["artifacts"] if not a["passed"]]
+    failed = [f"{a['path'] if len(reports) == 1 else Path(r['folder']) / a['path']}: "
+              f"{', '.join(k for k, c in a['checks'].items() if not c['pass'])}"
+              for r in reports for a in r["artifacts"] if not a["passed"]]
+    if failed:
         raise VerificationFailed("verification failed: " + "; ".join(failed))

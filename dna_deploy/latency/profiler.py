@@ -298,6 +298,7 @@ def _measure_locked(bundle, manifest, device, cls, entries, settings, out_path, 
               "tool_version": __version__, "timing": {**settings, "resumed_at_round": rounds_done,
                                                      **({"slices": len(slices), "resumed_at_slice": slices_done}
                                                         if len(slices) > 1 else {})},
+              "speed_probe": speed.record(),  # the machine's full speed, for a later verify here to start from
               "granularity": manifest.get("granularity", "layer"),
               "statistic": STATISTIC, "units": "milliseconds per inference of one batch"},
         entries={k: {**stats[k].to_dict(), "cv": round(stats[k].cv, 4), "rounds": len(samples[k]),

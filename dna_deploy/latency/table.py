@@ -157,6 +157,16 @@ class LatencyTable:
             reasons += version_differences(self.meta.get("versions"), runtime_versions(runtime, device.get("op_resolver")))
         return reasons
 
+    def speed_probe_here(self) -> dict | None:
+        """The fastest speed probe recorded while this table was profiled (runtimes/base.SpeedProbe
+        .record), when the table was profiled on this host; else (or from before the record) None."""
+        from dna_deploy.host import host_description, host_differences
+
+        device = self.meta.get("device", {})
+        if host_differences(self.meta.get("host"), host_description(device.get("device", "cpu"))):
+            return None
+        return self.meta.get("speed_probe")
+
     def fits_body(self, space: SearchSpace) -> bool:
         """Measured for this space's body (everything but the class count). Tables from before
         `body_fingerprint` are matched through the class count their head entry names."""

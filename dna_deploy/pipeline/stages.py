@@ -530,20 +530,19 @@ class VerifyStage(Stage):
     def outputs(self, ctx):
         return [f"export/{e.to}/verify.json" for e in ctx.cfg.export]
 
-    def commands(self, ctx):
+    def commands(self, ctx):  # one command: the folders share one speed probe (deploy/verify.verify_exports)
         tables = [a for d in ctx.cfg.devices for a in ("-t", ctx.table_path(ctx.device_name(d)))]
-        return [["verify", ctx.out / "export" / e.to, "--data", ctx.cfg.data, *tables, *cli_args(ctx.cfg.verify)]
-                for e in ctx.cfg.export]
+        return [["verify", *(ctx.out / "export" / e.to for e in ctx.cfg.export), "--data", ctx.cfg.data, *tables,
+                 *cli_args(ctx.cfg.verify)]]
 
     def run(self, ctx):
-        from dna_deploy.deploy.verify import verify_export
+        from dna_deploy.deploy.verify import verify_exports
 
         v = ctx.cfg.verify
-        reports = {e.to: verify_export(ctx.out / "export" / e.to, data=ctx.cfg.data, tables=ctx.tables,
-                                       max_images=v.max_images, show_progress=ctx.show_progress, overrides=v.overrides(),
-                                       max_extra_rounds=v.max_extra_rounds)
-                   for e in ctx.cfg.export}
-        return {"reports": reports}
+        reports = verify_exports([ctx.out / "export" / e.to for e in ctx.cfg.export], data=ctx.cfg.data,
+                                 tables=ctx.tables, max_images=v.max_images, show_progress=ctx.show_progress,
+                                 overrides=v.overrides(), max_extra_rounds=v.max_extra_rounds)
+        return {"reports": {e.to: r for e, r in zip(ctx.cfg.export, reports)}}
 
 
 class ReportStage(Stage):

@@ -14,6 +14,7 @@ from dna_deploy.cli.app import app
 from dna_deploy.deploy.export import export_model
 from dna_deploy.deploy.verify import compare_outputs, verify_export
 from dna_deploy.errors import DataError
+from dna_deploy.runtimes.base import SpeedProbe
 from dna_deploy.settings import ExportSettings
 
 runner = CliRunner()
@@ -50,6 +51,75 @@ def test_onnx_export_sidecar_and_verify(onnx_export, tiny_model):
     assert (onnx_export / "verify.json").is_file()
 
 
+class SlowThenFast(SpeedProbe):
+    """A speed probe whose first `slow_calls` readings are 2.0 ms (a slow phase), then 1.0 ms: the
+    real loop's figures are the machine's, these are known."""
+
+    def __init__(self, slow_calls: int):
+        super().__init__()
+        self.slow_calls, self.calls = slow_calls, 0
+
+    def measure(self) -> float:
+        self.calls += 1
+        ms = 2.0 if self.calls <= self.slow_calls else 1.0
+        self.fastest_ms = min(self.fastest_ms, ms)
+        return ms
+
+
+def test_folders_verified_as_one_job_judge_every_latency_by_the_fastest_probe(onnx_export, tmp_path):
+    """The first folder's artifact is timed wholly in a slow phase (its five rounds' probes read
+    2.0 ms), the second's at full speed (1.0 ms). On its own the first would be judged against its
+    own slow phase and could pass as confirmed (make demo, 2026-12-01: ONNX Runtime 69 % over its
+    prediction, 'confirmed'); in one job it is timed again once the faster probe is known, and a
+    confirmed figure rests on two rounds whose probes were quiet against 1.0 ms."""
+    from dna_deploy.deploy.verify import verify_exports
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(onnx_export, first)
+    shutil.copytree(onnx_export, second)
+    speed = SlowThenFast(slow_calls=10)  # the first artifact's five base rounds, two probes each
+    reports = verify_exports([first, second], speed=speed, show_progress=False)
+    assert [r["folder"] for r in reports] == [str(first), str(second)]
+    stats = reports[0]["artifacts"][0]["stats"]
+    probes, latency = stats["speed_probes_ms"]["rounds"], stats["latency_ms"]
+    assert probes[:5] == [2.0] * 5 and stats["speed_probes_ms"]["fastest"] == 1.0
+    assert latency["rounds"] > 5 and len(probes) == latency["rounds"] <= 14  # timed again, within the cap
+    if latency["confirmed"]:  # two rounds at full speed back it (the slow-phase rounds no longer can)
+        assert probes.count(1.0) >= 2
+    else:
+        assert latency["rounds"] == 14 and any("unconfirmed" in n for n in reports[0]["notes"])
+    for folder, report in zip((first, second), reports):
+        assert json.loads((folder / "verify.json").read_text()) == json.loads(json.dumps(report))
+
+
+def test_verify_starts_from_the_speed_probe_of_a_table_profiled_here(onnx_export, tmp_path):
+    """A table profiled on this machine records its fastest speed probe; verify starts from it (a
+    short verify may never see the machine at full speed). Here the table saw the machine 3x
+    faster than it now runs, so no round is quiet: the latency stays unconfirmed after the cap,
+    and says so. A table from another machine, or a probe from another interpreter, is not used."""
+    from dna_deploy.host import host_description
+    from dna_deploy.latency.table import LatencyTable
+
+    now = SpeedProbe()
+    now_fastest = min(now.measure() for _ in range(5))
+    record = SpeedProbe(now_fastest / 3).record()
+    device = {"runtime": "onnxruntime", "precision": "fp32", "device": "cpu"}
+    here = LatencyTable(meta={"device": device, "runtime": "onnxruntime", "host": host_description(),
+                              "speed_probe": record}, entries={})
+    elsewhere = LatencyTable(meta={"device": device, "runtime": "onnxruntime",
+                                   "host": {**host_description(), "cpu": "Intel(R) Xeon(R) Platinum 8480+"},
+                                   "speed_probe": record}, entries={})
+    assert here.speed_probe_here() == record and elsewhere.speed_probe_here() is None
+    assert SpeedProbe.seeded([{**record, "python": "PyPy 3.10.14"}, None]).fastest_ms == float("inf")
+    folder = tmp_path / "ex"
+    shutil.copytree(onnx_export, folder)
+    report = verify_export(folder, tables=[elsewhere, here], max_extra_rounds=1, show_progress=False)
+    stats = report["artifacts"][0]["stats"]
+    assert stats["speed_probes_ms"]["fastest"] == pytest.approx(now_fastest / 3)
+    assert not stats["latency_ms"]["confirmed"] and stats["latency_ms"]["rounds"] == 6
+    assert any("unconfirmed" in n and f"{now_fastest / 3:.3f} ms" in n for n in report["notes"])
+
+
 def test_an_unknown_op_resolver_is_one_clear_error(onnx_export):
     with pytest.raises(DataError, match="op resolver 'xnnpak': did you mean 'xnnpack'"):
         verify_export(onnx_export, op_resolver="xnnpak", show_progress=False)
@@ -66,6 +136,14 @@ def test_corrupted_artifact_fails_verify(onnx_export, tmp_path):
     r = runner.invoke(app, ["verify", str(bad)])
     assert r.exit_code == 1
     assert "verification failed: model.onnx" in r.output and "sha256" in r.output and "Traceback" not in r.output
+    # several folders, one job: each gets its own verify.json; the failure names the folder
+    good = tmp_path / "good"
+    shutil.copytree(onnx_export, good)
+    r = runner.invoke(app, ["verify", str(good), str(bad), "--max-extra-rounds", "0"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    failure = r.output[r.output.index("verification failed:"):].replace("\n", "")
+    assert str(bad / "model.onnx") in failure and str(good) not in failure
+    assert [json.loads((d / "verify.json").read_text())["passed"] for d in (good, bad)] == [True, False]
 
 
 def test_truncated_artifact_is_a_clear_error(onnx_export, tmp_path):
