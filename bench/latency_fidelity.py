@@ -28,6 +28,7 @@ from dna_deploy.host import host_description
 from dna_deploy.io import read_json, write_json
 from dna_deploy.latency.devices import load_device
 from dna_deploy.latency.profiler import TIMING_DEFAULTS, build_bundle, default_table_path, measure_bundle
+from dna_deploy.latency.validate import MAX_EXTRA_ROUNDS as VALIDATE_MAX_EXTRA_ROUNDS
 from dna_deploy.latency.validate import validate_table
 from dna_deploy.space import load_space
 
@@ -67,6 +68,8 @@ def main():
     ap.add_argument("--granularities", default="layer,block", help="tables to profile: layer, block or both")
     ap.add_argument("--block-warmups", default=str(TIMING_DEFAULTS["block"]["warmup_s"]),
                     help="comma-separated warm-ups (s) to time the block table with; the first is kept by --keep")
+    ap.add_argument("--max-extra-rounds", type=int, help="validation's extra rounds for unconfirmed networks "
+                    "[profile validate's default]")
     ap.add_argument("--keep", type=Path, help="also copy the validated tables (and fidelity plots) into this folder")
     ap.add_argument("--output", type=Path, help="results file [bench/results/latency_fidelity_<space>.json]")
     args = ap.parse_args()
@@ -103,12 +106,14 @@ def main():
                 row[f"{label}_profile_s"], row[f"{label}_entries"] = built[g] + row[f"{label}_timing_s"], len(table.entries)
                 row[f"{label}_warmup_s"] = table.meta["timing"]["warmup_s"]
                 t0 = time.perf_counter()
+                extra = {} if args.max_extra_rounds is None else {"max_extra_rounds": args.max_extra_rounds}
                 rep = validate_table(out, space, samples=args.samples, show_progress=False, work_dir=work,
-                                     plot_path=out.with_suffix(".fidelity.png"))
+                                     plot_path=out.with_suffix(".fidelity.png"), **extra)
                 t_val = time.perf_counter() - t0
                 row.setdefault("validate_s", t_val)  # the first validation times the networks; the others reuse them
                 row.update(held_out=rep["held_out_networks"], statistic=rep["statistic"], networks=rep["networks"],
-                           unconfirmed_held_out=rep["unconfirmed_held_out"])
+                           unconfirmed_held_out=rep["unconfirmed_held_out"],
+                           validate_max_extra_rounds=extra.get("max_extra_rounds", VALIDATE_MAX_EXTRA_ROUNDS))
                 row[f"{label}_calibration"] = rep["calibration"]
                 row[f"{label}_held_out_misses"] = _misses(work, rep["calibration"])
                 row[f"{label}_calibrated_confirmed"] = rep["calibrated_confirmed"]  # held out, figure confirmed

