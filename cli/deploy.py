@@ -105,7 +105,7 @@ def export(weights: Path = typer.Option(..., "--weights", "-w", help="model.pt f
 
 
 def verify(folders: list[Path] = typer.Argument(..., help="Export folders (each with model.json), verified as one "
-                                                         "timing job."),
+                                                         "timing job; -f json prints one report, or a list for several."),
            data: str = typer.Option(None, "--data", help="Labelled data [the model's data]."),
            table: list[Path] = typer.Option([], "--table", "-t", help="Latency tables: compare measured vs predicted."),
            max_images: int = typer.Option(None, min=1, help="Use the first N validation images."),
@@ -133,6 +133,20 @@ def verify(folders: list[Path] = typer.Argument(..., help="Export folders (each 
             op_resolver=op_resolver, max_extra_rounds=max_extra_rounds)
 
 
+def _render_verify_report(folder, r: dict) -> None:
+    rows = []
+    for a in r["artifacts"]:
+        s = a["stats"]
+        rows.append({"artifact": a["path"], "precision": a["precision"], "max_abs_err": s["max_abs_error"],
+                     "cosine_min": s["cosine_min"], "top1_agree": s["top1_agreement"], "accuracy": s["accuracy"],
+                     "drop_pts": s["accuracy_drop_pts"], "latency_ms": s.get("measured_ms", s["latency_ms"]["median_ms"]),
+                     "table_ms": s["predicted_ms"], "confirmed": s["latency_ms"].get("confirmed"), "passed": a["passed"]})
+    render(rows, title=f"verify {r['arch']} on {r['images']} images (PyTorch accuracy {r['pytorch_accuracy']:.4f})")
+    for note in r["notes"]:
+        console.print(f"note: {note}", markup=False)
+    console.print(f"report: {Path(folder) / 'verify.json'}")
+
+
 def _verify(folders, *, data, table, fmt, max_images=None, overrides=None, op_resolver=None, max_extra_rounds=None):
     from dna_deploy.deploy.verify import verify_exports
     from dna_deploy.errors import VerificationFailed
@@ -141,20 +155,11 @@ def _verify(folders, *, data, table, fmt, max_images=None, overrides=None, op_re
     tables = [LatencyTable.load(t) for t in table]
     reports = verify_exports(folders, data=data, tables=tables, max_images=max_images, overrides=overrides,
                              show_progress=fmt == "table", op_resolver=op_resolver, max_extra_rounds=max_extra_rounds)
-    if fmt == "json":
-        render(reports[0] if len(reports) == 1 else reports, fmt="json")
-    for folder, r in zip(folders, reports) if fmt != "json" else ():
-        rows = []
-        for a in r["artifacts"]:
-            s = a["stats"]
-            rows.append({"artifact": a["path"], "precision": a["precision"], "max_abs_err": s["max_abs_error"],
-                         "cosine_min": s["cosine_min"], "top1_agree": s["top1_agreement"], "accuracy": s["accuracy"],
-                         "drop_pts": s["accuracy_drop_pts"], "latency_ms": s.get("measured_ms", s["latency_ms"]["median_ms"]),
-                         "table_ms": s["predicted_ms"], "passed": a["passed"]})
-        render(rows, title=f"verify {r['arch']} on {r['images']} images (PyTorch accuracy {r['pytorch_accuracy']:.4f})")
-        for note in r["notes"]:
-            console.print(f"note: {note}", markup=False)
-        console.print(f"report: {Path(folder) / 'verify.json'}")
+    if fmt == "json":  # one folder: its report; several: the list of their reports, in order
+        render(reports[0] if len(folders) == 1 else reports, fmt="json")
+    else:
+        for folder, r in zip(folders, reports):
+            _render_verify_report(folder, r)
     failed = [f"{a['path'] if len(reports) == 1 else Path(r['folder']) / a['path']}: "
               f"{', '.join(k for k, c in a['checks'].items() if not c['pass'])}"
               for r in reports for a in r["artifacts"] if not a["passed"]]

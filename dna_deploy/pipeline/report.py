@@ -94,7 +94,8 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
                              "measured (ms)": s.get("measured_ms", s["latency_ms"]["median_ms"]),
                              "median (ms)": s["latency_ms"]["median_ms"], "p90 (ms)": s["latency_ms"]["p90_ms"],
                              "table prediction (ms)": s["predicted_ms"], "error (%)": s["latency_error_pct"],
-                             "confirmed": "yes" if s["latency_ms"].get("confirmed", True) else "no: may be high"})
+                             "confirmed": {True: "yes", False: "no: may be high"}.get(s["latency_ms"].get("confirmed"),
+                                                                                     "not recorded")})
             acc_rows.append({"artifact": a["path"], "runtime": a["runtime"], "precision": a["precision"],
                              "accuracy": s["accuracy"], "drop (points)": s["accuracy_drop_pts"],
                              "top-1 agreement": s["top1_agreement"], "max abs error": s["max_abs_error"],

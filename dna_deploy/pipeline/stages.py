@@ -533,7 +533,7 @@ class VerifyStage(Stage):
     def commands(self, ctx):  # one command: the folders share one speed probe (deploy/verify.verify_exports)
         tables = [a for d in ctx.cfg.devices for a in ("-t", ctx.table_path(ctx.device_name(d)))]
         return [["verify", *(ctx.out / "export" / e.to for e in ctx.cfg.export), "--data", ctx.cfg.data, *tables,
-                 *cli_args(ctx.cfg.verify)]]
+                 *cli_args(ctx.cfg.verify)]] if ctx.cfg.export else []
 
     def run(self, ctx):
         from dna_deploy.deploy.verify import verify_exports

@@ -8,7 +8,9 @@ Not measured is None, never 0.0.
 
 from __future__ import annotations
 
+import math
 import platform
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -217,22 +219,25 @@ class SpeedProbe:
         return cls(min((p for ps in lists for p in ps), default=float("inf")))
 
     def record(self) -> dict:
-        """The fastest probe with what makes it comparable (the loop, the interpreter), for a
-        measurement's metadata: a later job on the same machine starts from it (`seeded`)."""
-        return {"fastest_ms": self.fastest_ms, "loop": self.LOOP, "python": _interpreter()}
+        """The fastest probe with what makes it comparable (the loop, the interpreter build, the
+        machine's name), for a measurement's metadata: a later job here starts from it (`seeded`)."""
+        fastest = self.fastest_ms if math.isfinite(self.fastest_ms) else None
+        return {"fastest_ms": fastest, **_probe_identity()}
 
     @classmethod
     def seeded(cls, records: "list[dict | None]") -> "SpeedProbe":
         """A probe that starts from the fastest of earlier measurements' records (`record`) taken by
-        the same loop on the same interpreter; the caller vouches that they were this machine's.
+        the same loop, on the same interpreter build, on this machine (by name: a VM of the same
+        CPU model elsewhere may run the loop faster or slower); other records are ignored.
 
         Why: a short job (verify times one to three artifacts in tens of seconds) can fall wholly
         in one slow phase of a shared machine, and then its own fastest probe is a slow one, every
         probe passes, and slow figures are confirmed (make demo on a 2-core EPYC, 2026-12-01: ONNX
         Runtime measured 0.72 ms against 0.43 predicted, 'confirmed'). The table profiled on this
         machine minutes before has seen its full speed."""
-        usable = [r["fastest_ms"] for r in records if r and r.get("loop") == cls.LOOP
-                  and r.get("python") == _interpreter() and r.get("fastest_ms", 0) > 0]
+        here = _probe_identity()
+        usable = [r["fastest_ms"] for r in records if isinstance(r, dict) and all(r.get(k) == v for k, v in here.items())
+                  and isinstance(r.get("fastest_ms"), (int, float)) and 0 < r["fastest_ms"] < float("inf")]
         return cls(min(usable, default=float("inf")))
 
     def measure(self) -> float:
@@ -250,8 +255,11 @@ class SpeedProbe:
         return probe_ms <= self.fastest_ms * (1 + self.tolerance)
 
 
-def _interpreter() -> str:
-    return f"{platform.python_implementation()} {platform.python_version()}"
+def _probe_identity() -> dict:
+    """What a speed probe's figure depends on besides the machine's load: the loop, the exact
+    interpreter build (two builds of one Python version can differ 10-20 % on a pure-Python loop)
+    and the machine itself."""
+    return {"loop": SpeedProbe.LOOP, "python": sys.version, "node": platform.node()}
 
 
 def _quiet_indices(rounds: list[list[float]], tolerance: float) -> list[int]:
@@ -324,9 +332,11 @@ def time_in_rounds(runner: Runner, x: np.ndarray, *, rounds: int = ROUNDS, runs_
     its latency."""
     speed = speed if speed is not None else SpeedProbe()
     timed, probes = resume if resume is not None else ([], [])
+    spaced = resume is None  # a resumed model's last round ended a while ago (others were timed since)
     while len(timed) < rounds or (not confirmed(timed, probes, speed) and len(timed) < rounds + max_extra_rounds):
-        if timed:
+        if timed and spaced:
             time.sleep(pause_s if len(timed) < rounds else MIN_ROUND_SPACING_S)
+        spaced = True
         samples, probe = runner.time_round(x, speed, warmup=2, runs=runs_per_round)
         timed.append(samples)
         probes.append(probe)
