@@ -32,10 +32,12 @@ from dna_deploy.runtimes.base import (
 )
 from dna_deploy.space import SearchSpace
 
-# Extra rounds a network may get while unconfirmed (runtimes/base.confirmed): 3 base rounds + up to
-# 9 got 95 % of figures within +-10 % of the fast-state latency on a machine slowed 75 % of the
-# time (bench/speed_probe.py).
-MAX_EXTRA_ROUNDS = 9
+# Extra rounds a network may get while unconfirmed (runtimes/base.confirmed). On a quiet machine
+# none are taken. On a 2-core EPYC slowed most of the time (2026-12-01, bench/latency_fidelity.py,
+# 100 of 200 LiteRT networks held out): with up to 9, 61-83 of the held-out networks stayed
+# unconfirmed and every miss was one of them (fp32 98 %, int8 95 % within +-10 %); with up to 30,
+# 25-32 stayed unconfirmed and none missed (100 % [96, 100] both), validation taking 1.8x longer.
+MAX_EXTRA_ROUNDS = 30
 
 
 def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float]:
