@@ -1,8 +1,9 @@
 """Verification of exported models: the same images through PyTorch and the target runtime.
 
 Small pure functions over arrays (compare_outputs, accuracy) and one driver (verify_exports; one
-folder: verify_export) that writes a JSON-serialisable report per folder with a pass/fail per check. Element-wise closeness follows
-Polygraphy: an element fails only if it exceeds both the absolute and the relative tolerance.
+folder: verify_export) that writes a JSON-serialisable report per folder with a pass/fail per
+check. Element-wise closeness follows Polygraphy: an element fails only if it exceeds both the
+absolute and the relative tolerance.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from dna_deploy.errors import DataError, suggest
 from dna_deploy.io import sha256_file, write_json
 from dna_deploy.latency.table import STATISTIC
 from dna_deploy.runtimes.base import (
-    MAX_EXTRA_ROUNDS,
+    MODEL_MAX_EXTRA_ROUNDS,
+    MODEL_ROUNDS,
     QUIET_TOLERANCE,
-    ROUNDS,
     SpeedProbe,
     confirmed,
     quiet_rounds,
@@ -141,8 +142,7 @@ class _Timing:
 
 @dataclass
 class _Checked:
-    """One artifact with its outputs checked, waiting for its latency verdict."""
-    artifact: dict
+    """One artifact with its outputs checked, waiting for its latency verdict (timing.artifact)."""
     tolerances: Tolerances
     stats: dict
     intact: bool  # its sha256 matches model.json
@@ -250,7 +250,7 @@ def _check_artifacts(f: _Folder, bar, speed: SpeedProbe, *, tables, threads, ove
     folder, report, x_np, y_np, ref = f.path, f.report, f.x, f.y, f.reference
     acc_ref = report["pytorch_accuracy"]
     extra = {} if max_extra_rounds is None else {"max_extra_rounds": max_extra_rounds}
-    cap = ROUNDS + (MAX_EXTRA_ROUNDS if max_extra_rounds is None else max_extra_rounds)
+    cap = MODEL_ROUNDS + (MODEL_MAX_EXTRA_ROUNDS if max_extra_rounds is None else max_extra_rounds)
     task = bar.task(f"verifying {folder.name}", len(f.artifacts) * len(x_np))
     for art in f.artifacts:
         intact = sha256_file(folder / art["path"]) == art["sha256"]
@@ -286,7 +286,7 @@ def _check_artifacts(f: _Folder, bar, speed: SpeedProbe, *, tables, threads, ove
             stats["accuracy_drop_pts"] = 100 * (acc_ref - stats["accuracy"])
             rounds, probes = time_in_rounds(runner, x_np[:batch], speed=speed, **extra)  # as the table was timed
         timing = _Timing(folder, art, resolver, threads, x_np[:batch], rounds, probes, cap)
-        f.checked.append(_Checked(art, tol, stats, intact, timing))
+        f.checked.append(_Checked(tol, stats, intact, timing))
 
 
 def _reconfirm(timings: list[_Timing], speed: SpeedProbe, bar) -> None:
@@ -307,7 +307,8 @@ def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict) -> dict:
     `probe`: the job's speed probe (its fastest, and the fastest the tables recorded)."""
     report = {**f.report, "speed_probe": probe}
     for c in f.checked:
-        art, tol, stats, intact, t = c.artifact, c.tolerances, c.stats, c.intact, c.timing
+        tol, stats, intact, t = c.tolerances, c.stats, c.intact, c.timing
+        art = t.artifact
         timing = quiet_stats(t.rounds)
         # confirmed: two quiet rounds, both timed while the machine's speed probe was quiet
         stats["latency_ms"] = {**timing.to_dict(), "rounds": len(t.rounds), "rounds_kept": len(quiet_rounds(t.rounds)),

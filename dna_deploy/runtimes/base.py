@@ -313,13 +313,14 @@ def wait_for_spacing(last_round_end: float | None) -> None:
         time.sleep(max(0.0, last_round_end + MIN_ROUND_SPACING_S - time.monotonic()))
 
 
-# time_in_rounds' defaults: 5 rounds, then up to 9 more while unconfirmed (bench/speed_probe.py)
-ROUNDS = 5
-MAX_EXTRA_ROUNDS = 9
+# time_in_rounds' defaults (verify's timing): 5 rounds, then up to 9 more while unconfirmed
+# (bench/speed_probe.py). Validation has its own cap (latency/validate.MAX_EXTRA_ROUNDS).
+MODEL_ROUNDS = 5
+MODEL_MAX_EXTRA_ROUNDS = 9
 
 
-def time_in_rounds(runner: Runner, x: np.ndarray, *, rounds: int = ROUNDS, runs_per_round: int = 20,
-                   max_extra_rounds: int = MAX_EXTRA_ROUNDS, pause_s: float = 0.2, speed: SpeedProbe | None = None,
+def time_in_rounds(runner: Runner, x: np.ndarray, *, rounds: int = MODEL_ROUNDS, runs_per_round: int = 20,
+                   max_extra_rounds: int = MODEL_MAX_EXTRA_ROUNDS, pause_s: float = 0.2, speed: SpeedProbe | None = None,
                    resume: tuple[list[list[float]], list[float]] | None = None) -> tuple[list[list[float]], list[float]]:
     """One model timed the way table entries and validated networks are: in rounds (each warmed up,
     pause_s apart, so a slow phase of the machine does not cover them all), with extra rounds, at
