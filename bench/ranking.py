@@ -103,12 +103,21 @@ class StandAlone:
     loses at most the training in flight. A network's score is its accuracy on the test images
     and `extra` (held-out training images) pooled."""
 
-    def __init__(self, space, data, recipe: ClassifierConfig, work: Path, compute: Compute, bar, extra):
+    def __init__(self, space, data, recipe: ClassifierConfig, work: Path, compute: Compute, bar, extra,
+                 shard: tuple[int, int] | None = None):
         self.space, self.data, self.recipe, self.compute, self.bar = space, data, recipe, compute, bar
         self.extra = extra
-        self.path = work / "standalone.json"
-        self.done = read_json(self.path) if self.path.exists() else {}
+        self.shard = shard
+        # one file per shard: several processes train at once (one GPU holds many tiny trainings)
+        self.path = work / ("standalone.json" if shard is None else f"standalone.shard{shard[0]}of{shard[1]}.json")
+        self.done = {}
+        for path in sorted(work.glob("standalone*.json")):  # every shard's results, from any earlier run
+            self.done.update(read_json(path))
         self.work = work
+
+    def mine(self, i: int) -> bool:
+        """Whether this process trains the i-th (network, seed) pair (every pair without --shard)."""
+        return self.shard is None or i % self.shard[1] == self.shard[0]
 
     def accuracy(self, arch, seed: int) -> float:
         key = f"{arch}@{seed}"
@@ -117,7 +126,8 @@ class StandAlone:
             net = build_network(self.space, arch)
             t0 = time.time()
             cfg = dataclasses.replace(self.recipe, seed=seed)
-            r = train_classifier(net, self.data, self.work / "standalone.pt", config=cfg, resume=False,
+            ckpt = self.work / ("standalone.pt" if self.shard is None else f"standalone.shard{self.shard[0]}.pt")
+            r = train_classifier(net, self.data, ckpt, config=cfg, resume=False,
                                  show_progress=False, compute=self.compute)
             n_val, n_extra = len(self.data.val), len(self.extra)
             extra = evaluate(net, self.extra, compute=self.compute)["accuracy"] if n_extra else 0.0
@@ -263,6 +273,10 @@ def main():
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (ComputeSettings)")
     ap.add_argument("--work-dir", type=Path, help="where trainings are kept to resume [runs/bench-ranking-{quick,full}]")
     ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--results-dir", type=Path, default=ROOT / "bench/results", help="where the JSON and PNG go")
+    ap.add_argument("--shard", help="I/K: train only every K-th (network, seed) pair from the I-th and stop (with "
+                                    "--ceiling-only); K such processes train at once, and a run without --shard then "
+                                    "finds every training done and reports")
     ap.add_argument("--ceiling-only", action="store_true",
                     help="train only the ground-truth networks and report the noise ceiling, to choose --train-images "
                          "and --epochs before paying for the ratings; a full run with the same settings reuses them")
@@ -284,7 +298,8 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     print(f"profile {profile}: {cfg}; device {compute.device}; work dir {work}", flush=True)
     res = {"profile": profile, "config": cfg, "data": data.summary(), "recipe": recipe.__dict__,
-           "device": str(compute.device), "latency_table": TABLE.name, "wall_s": {}}
+           "device": str(compute.device),
+           "device_name": torch.cuda.get_device_name(compute.device) if compute.is_cuda else "cpu", "latency_table": TABLE.name, "wall_s": {}}
     t_all = time.time()
     dna_images = len(space.blocks) * cfg["dna_epochs"] * len(data.train)  # what each supernet sees
 
@@ -372,12 +387,12 @@ def main():
                           "dna_teacher": cfg["teacher_epochs"] * len(data.train)}
     res["wall_s"]["total"] = time.time() - t_all
     report(res)
-    out = ROOT / "bench/results"
+    out = args.results_dir
     overridden = any(getattr(args, k) is not None for k in PROFILES["full"])
     name = "ranking_custom" if overridden else "ranking" if profile == "full" else "ranking_quick"
     write_json(out / f"{name}.json", res)
     plot(res, out / f"{name}.png")
-    print(f"wrote bench/results/{name}.json and .png")
+    print(f"wrote {out / name}.json and .png")
 
 
 def zero_cost_ratings(space, archs) -> dict:
@@ -392,7 +407,17 @@ def ceiling_only(args, cfg, space, data, table, recipe, work, compute, picks, re
     with progress_bar() as bar:
         t0 = time.time()
         extra = unused_training_images(data, cfg["score_images"])
-        standalone = StandAlone(space, data, recipe, work, compute, bar, extra)
+        shard = tuple(int(v) for v in args.shard.split("/")) if args.shard else None
+        standalone = StandAlone(space, data, recipe, work, compute, bar, extra, shard=shard)
+        if shard is not None:
+            pairs = [(a, s) for a in picks for s in range(cfg["seeds"])]
+            task = bar.task(f"stand-alone trainings (shard {args.shard})", sum(map(standalone.mine, range(len(pairs)))))
+            for i, (a, s) in enumerate(pairs):
+                if standalone.mine(i):
+                    standalone.accuracy(a, s)
+                    bar.advance(task)
+            print(f"shard {args.shard}: done", flush=True)
+            return None
         acc = standalone.per_seed(picks, cfg["seeds"], bar.task("stand-alone trainings", len(picks) * cfg["seeds"]))
         res["wall_s"]["ground_truth"] = time.time() - t0
     zero_cost = zero_cost_ratings(space, picks)
@@ -416,10 +441,10 @@ def ceiling_only(args, cfg, space, data, table, recipe, work, compute, picks, re
     print("zero-cost ratings: " + "; ".join(f"{LABELS[m]} tau {r[m]['kendall_tau']:.3f} [{r[m]['kendall_tau_ci95'][0]:+.2f}, "
                                             f"{r[m]['kendall_tau_ci95'][1]:+.2f}]" for m in zero_cost))
     name = f"ranking_ceiling_{cfg['networks']}x{cfg['seeds']}_{cfg['train_images']}x{cfg['epochs']}"
-    out = ROOT / "bench/results"
+    out = args.results_dir
     write_json(out / f"{name}.json", res)
     plot_ceiling(res, out / f"{name}.png")
-    print(f"wrote bench/results/{name}.json and .png")
+    print(f"wrote {out / name}.json and .png")
 
 
 def plot_ceiling(res: dict, path: Path) -> None:

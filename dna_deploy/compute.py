@@ -41,6 +41,13 @@ def resolve_device(spec: str) -> torch.device:
     raise DataError(f"--device {spec!r}: use auto, cpu, cuda or cuda:N")
 
 
+def native_amp_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the GPU computes it natively (compute capability 8.0 and up: A100, H100, RTX 30xx
+    and later), else fp16 with a loss scaler. Not `torch.cuda.is_bf16_supported()`: it also counts
+    bf16 emulated in fp32 (V100, T4), which runs slower than fp32 itself."""
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
 @dataclass(frozen=True)
 class Compute:
     """The resolved device and what follows from it (AMP dtype, channels_last, loader settings)."""
@@ -59,7 +66,7 @@ class Compute:
         if device.type == "cuda":
             torch.cuda.set_device(device)
             if settings.amp:
-                amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+                amp = native_amp_dtype(device)
             torch.backends.cudnn.benchmark = True
         workers = settings.workers if settings.workers is not None else default_workers()
         return cls(device, amp, settings.channels_last, workers, settings.checkpoint_every)
