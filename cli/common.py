@@ -114,24 +114,24 @@ def resolve_space(space: str | None, *artifacts):
     return load_space(DEFAULT_SPACE)
 
 
-def check_writable(path: Path, *, folder: bool = False) -> None:
-    """Fail in a second, not after an epoch: the output (a folder, or a file's folder) can be written."""
-    import os
+def check_output(path: Path, *, kind: str, inputs=(), replaces: bool = False, allow_shipped: bool = False,
+                 what: str = "output") -> Path:
+    """The one rule for outputs (dna_deploy/outputs.py): never shipped, never an input, never an
+    existing file or folder dna-deploy did not make; checked before anything is written."""
+    from dna_deploy.outputs import check_output as rule
 
-    from dna_deploy.errors import DataError
+    return rule(path, kind=kind, inputs=inputs, replaces=replaces, allow_shipped=allow_shipped, what=what)
 
-    path = Path(path)
-    if folder and path.exists() and not path.is_dir():
-        raise DataError(f"output {path} is a file; give a folder")
-    if not folder and path.is_dir():
-        raise DataError(f"output {path} is a folder; give a file path")
-    probe = path if folder else path.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise DataError(f"cannot create {path}: {probe} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise DataError(f"cannot write {path}: {probe} is not writable")
+
+def output_lock(path: Path, *, what: str):
+    """The output's lock (`<path>.lock`), held by rank 0 only under torchrun (the other ranks write
+    nothing there but their share of the checkpoints rank 0 gathers)."""
+    import contextlib
+
+    from dna_deploy.distributed import dist_info
+    from dna_deploy.io import exclusive_lock
+
+    return exclusive_lock(path, what=what) if dist_info()[0] == 0 else contextlib.nullcontext()
 
 
 def render(data: Any, *, fmt: str = "table", title: str | None = None, columns: list[str] | None = None) -> None:

@@ -14,10 +14,11 @@ from dna_deploy.cli.common import (
     OutputFormat,
     SpaceOpt,
     WorkersOpt,
-    check_writable,
+    check_output,
     console,
     data_spec_for,
     make_compute,
+    output_lock,
     render,
     resolve_space,
 )
@@ -51,7 +52,8 @@ def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture str
 
     sp = resolve_space(space, init_supernet, teacher if teacher and not teacher.startswith("torchvision:") else None)
     a = sp.parse_arch(arch)
-    check_writable(output, folder=True)
+    check_output(output, kind="retrain", inputs=[teacher, teacher_weights, init_supernet, data, space],
+                 what="retrain folder")
     settings = RetrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, max_steps=max_steps,
                                init_supernet=init_supernet is not None, val_images=val_images)
     compute = make_compute(device, amp, workers, checkpoint_every)
@@ -59,8 +61,9 @@ def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture str
     d = load_data(data, sp.input_size)
     t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None) if teacher else None
     cfg = settings.classifier(seed, with_teacher=t is not None)
-    r = run(sp, a, d, output, config=cfg, teacher=t, supernet_dir=init_supernet, resume=resume,
-            show_progress=fmt == "table", data_spec=data, compute=compute)
+    with output_lock(output, what="retrain"):
+        r = run(sp, a, d, output, config=cfg, teacher=t, supernet_dir=init_supernet, resume=resume,
+                show_progress=fmt == "table", data_spec=data, compute=compute)
     from dna_deploy.distributed import dist_info
 
     if dist_info()[0] != 0:
@@ -93,7 +96,7 @@ def export(weights: Path = typer.Option(..., "--weights", "-w", help="model.pt f
 
     settings = ExportSettings(to=to, precisions=tuple(precision), calibration_data=calibration_data,
                               dynamic_batch=dynamic_batch, keep_nchw=keep_nchw, opset=opset, op_resolver=op_resolver)
-    check_writable(output, folder=True)
+    check_output(output, kind="export", inputs=[weights, calibration_data, *table], replaces=True, what="export folder")
     side = export_model(weights, output, settings, arch=arch)
     rows = [{k: a.get(k) for k in ("path", "runtime", "precision", "layout", "input_dtype")} for a in side["artifacts"]]
     if not verify:

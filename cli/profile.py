@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from dna_deploy.cli.common import FormatOpt, OutputFormat, SpaceOpt, check_writable, console, render, resolve_space
+from dna_deploy.cli.common import (
+    FormatOpt,
+    OutputFormat,
+    SpaceOpt,
+    check_output,
+    console,
+    output_lock,
+    render,
+    resolve_space,
+)
 from dna_deploy.latency.validate import MAX_EXTRA_ROUNDS
 from dna_deploy.settings import ProfileSettings
 
@@ -61,7 +70,9 @@ def profile_cmd(ctx: typer.Context,
 
     dev, sp, granularity = load_device(device), resolve_space(space), _granularity(granularity)
     out = output or default_table_path(dev, sp, granularity=granularity)
-    check_writable(out)
+    check_output(out, kind="latency-table", inputs=[device, space], allow_shipped=force, what="latency table")
+    check_output(out.with_name(out.stem + ".bundle"), kind="bundle", inputs=[device, space], allow_shipped=force,
+                 what="profiling work folder")
     table = profile(sp, dev, out, rounds=rounds, runs_per_round=runs, cv_threshold=cv_threshold, resume=resume,
                     show_progress=fmt == "table", force=force, warmup_s=warmup_s, granularity=granularity,
                     max_open=max_open, max_extra_rounds=max_extra_rounds)
@@ -119,8 +130,12 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
     from dna_deploy.latency.validate import calibrated_table_path, validate_table
 
     dest = calibrated_table_path(table, output=output, force=force)
-    check_writable(dest)
+    beside_shipped = force and output is None  # --force: a copy beside a shipped table, on purpose
+    # calibrating the table itself (no -o) updates it in place by design: its entries are kept
+    check_output(dest, kind="latency-table", inputs=[space] + ([table] if output is not None else []),
+                 allow_shipped=beside_shipped, what="calibrated table")
     plot = plot or dest.with_suffix(".fidelity.png")
+    check_output(plot, kind="plot", inputs=[table, space], allow_shipped=beside_shipped, what="plot")
     r = validate_table(table, resolve_space(space, table), samples=samples, seed=seed, plot_path=plot,
                        show_progress=fmt == "table", resume=resume, rounds=rounds, output=dest, warmup_s=warmup_s,
                        max_extra_rounds=max_extra_rounds)
@@ -167,13 +182,17 @@ def bundle(device: str = typer.Option(..., "--device", "-d"), space: str = Space
     from dna_deploy.latency.profiler import build_bundle
 
     dev, sp = load_device(device), resolve_space(space)
-    check_writable(output, folder=output.suffix != ".zip")
-    if output.suffix == ".zip":
-        with tempfile.TemporaryDirectory() as tmp:
-            build_bundle(sp, dev, tmp, show_progress=fmt == "table", granularity=_granularity(granularity))
-            shutil.make_archive(str(output.with_suffix("")), "zip", tmp)
-    else:
-        build_bundle(sp, dev, output, show_progress=fmt == "table", granularity=_granularity(granularity))
+    zipped = output.suffix == ".zip"
+    check_output(output, kind="bundle-zip" if zipped else "bundle", inputs=[device, space], what="bundle")
+    with output_lock(output, what="profile bundle"):
+        if zipped:
+            with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as zdir:
+                build_bundle(sp, dev, tmp, show_progress=fmt == "table", granularity=_granularity(granularity))
+                made = shutil.make_archive(str(Path(zdir) / "bundle"), "zip", tmp)
+                output.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(made, output)
+        else:
+            build_bundle(sp, dev, output, show_progress=fmt == "table", granularity=_granularity(granularity))
     render({"bundle": str(output), "device": dev.name, "space": sp.name,
             "next": f"on the target: dna-deploy profile run-bundle {output.name}"}, fmt=fmt)
 
@@ -191,23 +210,21 @@ def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .z
 
     Example: dna-deploy profile run-bundle rpi5-bundle.zip
     """
-    import zipfile
-
     from dna_deploy.errors import DataError
     from dna_deploy.io import read_json
-    from dna_deploy.latency.profiler import MANIFEST, measure_bundle
+    from dna_deploy.latency.devices import DeviceSpec
+    from dna_deploy.latency.profiler import MANIFEST, check_manifest, measure_bundle, unpack_bundle
+    from dna_deploy.latency.table import table_file_name
 
     if not bundle_path.exists():
         raise DataError(f"bundle not found: {bundle_path}")
-    folder = bundle_path
-    if bundle_path.suffix == ".zip":
-        folder = bundle_path.with_suffix("")
-        with zipfile.ZipFile(bundle_path) as z:
-            z.extractall(folder)
-    m = read_json(folder / MANIFEST, what="bundle manifest")
-    from dna_deploy.latency.table import table_file_name
-
+    if output is not None:  # refused before the bundle is unpacked
+        check_output(output, kind="latency-table", inputs=[bundle_path], what="latency table")
+    folder = unpack_bundle(bundle_path) if bundle_path.is_file() else bundle_path
+    m = check_manifest(read_json(folder / MANIFEST, what="bundle manifest"), str(bundle_path))
+    DeviceSpec.from_dict(m["device"], source=f"{bundle_path}: device")
     out = output or Path(table_file_name(m["device"]["name"], m["space"], m.get("granularity", "layer")))
+    check_output(out, kind="latency-table", inputs=[bundle_path, folder], what="latency table")
     table = measure_bundle(folder, out, threads=threads, rounds=rounds, runs_per_round=runs, resume=resume,
                            show_progress=fmt == "table", warmup_s=warmup_s, max_open=max_open)
     _summary(table, out, fmt)

@@ -12,7 +12,7 @@ from dna_deploy.cli.common import (
     OutputFormat,
     SpaceOpt,
     WorkersOpt,
-    check_writable,
+    check_output,
     console,
     data_spec_for,
     make_compute,
@@ -54,7 +54,7 @@ def rate(space: str = SpaceOpt,
 
     sp = resolve_space(space, supernet)
     block_list = parse_blocks(blocks)
-    check_writable(output)
+    check_output(output, kind="ratings", inputs=[supernet, teacher, teacher_weights, data, space], what="rating table")
     RateSettings(metric=metric, calib_images=calib_images, calib_batch=calib_batch, rate_images=rate_images,
                  rate_chunk=rate_chunk)
     compute = make_compute(device, False, workers)  # ratings are computed in fp32
@@ -98,9 +98,12 @@ def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating tab
     from dna_deploy.select.search import run_search
 
     sp = resolve_space(space, ratings, *table)
-    for path in (output, pareto_out):
-        if path is not None:
-            check_writable(path)
+    inputs = [ratings, *table, space]
+    if output is not None:
+        check_output(output, kind="search-result", inputs=inputs, what="search result")
+    if pareto_out is not None:
+        check_output(pareto_out.with_suffix(".csv"), kind="pareto-csv", inputs=inputs + [output], what="Pareto front")
+        check_output(pareto_out.with_suffix(".png"), kind="plot", inputs=inputs + [output], what="Pareto plot")
     r = load_ratings(ratings, sp)
     tables = [LatencyTable.load(t) for t in table]
     if len(budget_ms) > len(tables):

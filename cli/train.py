@@ -14,8 +14,9 @@ from dna_deploy.cli.common import (
     OutputFormat,
     SpaceOpt,
     WorkersOpt,
-    check_writable,
+    check_output,
     make_compute,
+    output_lock,
     parse_blocks,
     render,
     resolve_space,
@@ -49,13 +50,14 @@ def teacher_train(space: str = SpaceOpt, data: str = DataOpt,
     from dna_deploy.distill.teacher import train_space_teacher
 
     sp = resolve_space(space)
-    check_writable(output)
+    check_output(output, kind="checkpoint", inputs=[data, space], what="teacher checkpoint")
     compute = make_compute(device, amp, workers, checkpoint_every)
     d = load_data(data, sp.input_size)
     settings = TeacherTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, arch=arch,
                                     val_images=val_images)
-    r = train_space_teacher(sp, d, output, arch=arch, resume=resume, show_progress=fmt == "table",
-                            config=settings.classifier(seed), compute=compute)
+    with output_lock(output, what="teacher train"):
+        r = train_space_teacher(sp, d, output, arch=arch, resume=resume, show_progress=fmt == "table",
+                                config=settings.classifier(seed), compute=compute)
     render({k: v for k, v in r.items() if k != "history"}, fmt=fmt, title="teacher")
 
 
@@ -104,11 +106,12 @@ def train(space: str = SpaceOpt, data: str = DataOpt,
     compute = make_compute(device, amp, workers, checkpoint_every)
     sp = resolve_space(space, teacher if teacher and not teacher.startswith("torchvision:") else None)
     block_list = parse_blocks(blocks)
-    check_writable(output, folder=True)
+    check_output(output, kind="supernet", inputs=[teacher, teacher_weights, data, space], what="train folder")
     d = load_data(data, sp.input_size)
     t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None) if teacher else None
-    res = train_supernet(sp, d, t, output, config=cfg, blocks=block_list, resume=resume, compute=compute,
-                         show_progress=fmt == "table")
+    with output_lock(output, what="train"):
+        res = train_supernet(sp, d, t, output, config=cfg, blocks=block_list, resume=resume, compute=compute,
+                             show_progress=fmt == "table")
     if dist_info()[0] != 0:
         return
     rows = [{"block": b, "epochs": len(r["history"]), "first_loss": r["history"][0]["loss"] if r["history"] else None,

@@ -8,6 +8,7 @@ tool versions. Nothing is silently downgraded: a precision that cannot be produc
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import os
 import shutil
 from pathlib import Path
@@ -17,10 +18,12 @@ import numpy as np
 from dna_deploy import __version__
 from dna_deploy.errors import DataError
 from dna_deploy.host import package_versions
-from dna_deploy.io import read_json, sha256_file, write_json
+from dna_deploy.io import exclusive_lock, read_json, sha256_file, write_json
+from dna_deploy.outputs import check_output
 from dna_deploy.settings import ExportSettings
 
 SIDECAR = "model.json"
+LEFTOVER_MARK = ".dna-deploy-export-tmp"  # in a temporary folder of an export until it is swapped in
 
 
 def calibration_images(spec: str | Path | None, ckpt: dict, *, n: int = 200, seed: int = 0) -> np.ndarray:
@@ -79,27 +82,59 @@ def export_model(weights: str | Path, out_dir: str | Path, settings: ExportSetti
         from dna_deploy.convert.tensorrt import require_tensorrt
 
         require_tensorrt()
-    model = load_model(weights, arch=arch)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"export output {out_dir} is a file; give a folder")
+    calibration = settings.calibration_data
+    check_output(out_dir, kind="export", replaces=True, what="export folder",
+                 inputs=[weights, calibration if calibration and Path(calibration).exists() else None])
+    model = load_model(weights, arch=arch)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the swapped-in folder gets ordinary permissions
-    try:
-        sidecar = _export_into(weights, tmp, settings, model)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            out_dir.replace(old / "previous")
-            tmp.replace(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.replace(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with exclusive_lock(out_dir.parent / f".{out_dir.name}", what="export"):
+        check_output(out_dir, kind="export", replaces=True, what="export folder")  # again, now that it is ours to write
+        _remove_leftovers(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        try:
+            (tmp / LEFTOVER_MARK).touch()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the swapped-in folder gets ordinary permissions
+            try:
+                sidecar = _export_into(weights, tmp, settings, model)
+            except OSError as e:
+                if e.filename is None and e.errno is not None:  # a full disk: say where it was writing
+                    raise OSError(e.errno, e.strerror, str(out_dir)) from e
+                raise
+            if out_dir.exists():  # an earlier export of ours (check_output): swapped out, then removed
+                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+                (old / LEFTOVER_MARK).touch()
+                out_dir.replace(old / "previous")
+                tmp.replace(out_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.replace(out_dir)
+            (out_dir / LEFTOVER_MARK).unlink()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return sidecar
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Temporary folders that an export to out_dir left when it was killed, removed under out_dir's
+    lock (so never one a running export uses): those holding the mark, and unmarked ones of older
+    versions that hold only what an export writes."""
+    for p in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*-*"):
+        kind = p.name[len(out_dir.name) + 2:].split("-")[0]
+        if p.is_dir() and not p.is_symlink() and kind in ("tmp", "old") and _is_leftover(p, kind):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _is_leftover(p: Path, kind: str) -> bool:
+    if (p / LEFTOVER_MARK).is_file():
+        return True
+    names = [q.name for q in p.iterdir()]
+    if kind == "old":
+        return names == ["previous"] and (p / "previous" / SIDECAR).is_file()
+    return all(n in ("model.onnx", "model.litert.onnx", "weights.pt", SIDECAR) or n.endswith((".tflite", ".engine"))
+               for n in names)
 
 
 def _export_into(weights, out_dir: Path, settings: ExportSettings, model) -> dict:

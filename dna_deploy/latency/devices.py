@@ -30,9 +30,14 @@ class DeviceSpec:
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "device spec") -> "DeviceSpec":
+        from dna_deploy.outputs import safe_name
         from dna_deploy.runtimes import RUNTIME_NAMES
 
         check_keys(d, known=cls.__dataclass_fields__, required=("name", "runtime"), where=source, error=DataError)
+        safe_name(d["name"], what=f"{source}: device name")  # it names the table file
+        for k in ("runtime", "device", "precision", "notes"):
+            if k in d and not isinstance(d[k], str):
+                raise DataError(f"{source}: {k} must be a string, got {d[k]!r}"[:200])
         spec = cls(**d)
         if spec.runtime not in RUNTIME_NAMES:
             raise DataError(f"{source}: unknown runtime {spec.runtime!r}; {suggest(spec.runtime, RUNTIME_NAMES)}")
@@ -50,8 +55,8 @@ class DeviceSpec:
                                 + (f"choose {', '.join(allowed)}" if allowed else f"{spec.runtime} has only its default"))
         for k in ("threads", "batch"):
             v = getattr(spec, k)
-            if not isinstance(v, int) or v < 1:
-                raise DataError(f"{source}: {k} must be a positive integer, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 4096:
+                raise DataError(f"{source}: {k} must be a whole number from 1 to 4096, got {v!r}")
         return spec
 
 

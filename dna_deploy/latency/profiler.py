@@ -9,6 +9,8 @@ times them interleaved and writes the table). `profile` runs both on this machin
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import math
 import random
 import time
 from dataclasses import asdict
@@ -193,8 +195,11 @@ def _open_runner(cls, bundle: Path, entry: dict, device: DeviceSpec):
     if entry["file"] is None:  # torch runtime: build the module here
         from dna_deploy.nn.modules import build_block, build_layer
 
-        module = (build_layer(LayerSpec(**entry["spec"])) if "spec" in entry else
-                  build_block([LayerSpec(**s) for s in entry["specs"]])).eval()
+        try:
+            module = (build_layer(LayerSpec(**entry["spec"])) if "spec" in entry else
+                      build_block([LayerSpec(**s) for s in entry["specs"]])).eval()
+        except (TypeError, ValueError, KeyError) as e:  # a forged manifest's layer spec
+            raise DataError(f"{bundle}: a layer spec of the manifest is not valid ({str(e)[:120]})") from None
         return cls(module, threads=device.threads, device=device.device, precision=device.precision,
                    input_shape=entry["input_shape"], op_resolver=device.op_resolver).activate()
     return cls(bundle / entry["file"], threads=device.threads, device=device.device, precision=device.precision,
@@ -206,6 +211,125 @@ def bundle_versions(manifest: dict, runtime: str) -> dict:
     built with (not this code's): a table says which graphs it timed."""
     versions = {k: v for k, v in runtime_versions(runtime).items() if k != GRAPH_RECIPE_KEY.get(runtime)}
     return {**versions, **(manifest.get("graph_recipe") or {})}
+
+
+# Bounds on what a bundle may hold, checked before anything is unpacked or allocated: dna-mbconv's
+# block bundle (the largest made here) has 6,264 models of ~2.2 MB and inputs of 1x3x224x224.
+MAX_BUNDLE_MEMBERS = 100_000
+MAX_MEMBER_BYTES = 2**31
+MAX_BUNDLE_BYTES = 64 * 2**30
+MAX_COMPRESSION_RATIO = 200  # model files compress a few times; a zip bomb a thousand times
+MAX_INPUT_ELEMENTS = 2**28  # one float32 input of 1 GiB
+
+
+def check_manifest(manifest, where) -> dict:
+    """A bundle manifest read from a file: the keys measuring needs, of the right types, and
+    bounded numbers, so a forged or broken one is one clear error and never a traceback or an 80 GiB
+    input. File names are plain names inside the bundle."""
+    from dna_deploy.outputs import safe_name
+
+    if not isinstance(manifest, dict) or manifest.get("format") not in BUNDLE_FORMATS.values():
+        raise DataError(f"{where} is not a dna-deploy profiling bundle (make one with `dna-deploy profile bundle`)")
+    granularity = manifest.get("granularity", "layer")
+    if granularity not in TIMING_DEFAULTS or manifest["format"] != BUNDLE_FORMATS[granularity]:
+        raise DataError(f"{where}: bundle format {manifest['format']!r} with granularity {granularity!r} is not one "
+                        "this version makes; rebuild it with `dna-deploy profile bundle`")
+    for key, kind in (("space", str), ("space_fingerprint", str), ("device", dict), ("entries", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise DataError(f"{where}: the bundle manifest lacks a valid {key!r}; rebuild it with `dna-deploy profile bundle`")
+    safe_name(manifest["space"], what=f"{where}: space name")
+    entries = manifest["entries"]
+    if not entries or len(entries) > MAX_BUNDLE_MEMBERS:
+        raise DataError(f"{where}: the bundle manifest lists {len(entries)} op models (1 to {MAX_BUNDLE_MEMBERS})")
+    for k, e in entries.items():
+        shape = e.get("input_shape") if isinstance(e, dict) else None
+        if not (isinstance(shape, list) and 1 <= len(shape) <= 5
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+                and math.prod(shape) <= MAX_INPUT_ELEMENTS):
+            raise DataError(f"{where}: entry {str(k)[:60]!r} has input_shape {str(shape)[:80]}; expected 1 to 5 "
+                            f"positive sizes of at most {MAX_INPUT_ELEMENTS:,} elements in all")
+        f = e.get("file")
+        if f is not None:
+            safe_name(f, what=f"{where}: entry {str(k)[:60]!r} file")
+        elif not isinstance(e.get("spec"), dict) and not (isinstance(e.get("specs"), list)
+                                                           and all(isinstance(x, dict) for x in e["specs"])):
+            raise DataError(f"{where}: entry {str(k)[:60]!r} has neither a model file nor layer specs")
+    return manifest
+
+
+def unpack_bundle(zip_path: str | Path, dest: str | Path | None = None) -> Path:
+    """A bundle .zip unpacked into `dest` (default: beside it, without .zip). Its manifest is read
+    and checked first, then every member's size, count and compression ratio, so a hostile zip
+    writes nothing; only the files the manifest names are unpacked, into a temporary folder swapped
+    in when complete (a failure leaves nothing behind). `dest` may not be a folder dna-deploy did
+    not unpack (outputs.check_output)."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    from dna_deploy.outputs import check_output
+
+    zip_path = Path(zip_path)
+    dest = Path(dest) if dest is not None else zip_path.with_suffix("")
+    try:
+        z = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise DataError(f"bundle {zip_path} is not a readable zip file ({str(e)[:100]})") from None
+    with z:
+        infos = z.infolist()
+        if len(infos) > MAX_BUNDLE_MEMBERS + 1:
+            raise DataError(f"bundle {zip_path} holds {len(infos):,} files (at most {MAX_BUNDLE_MEMBERS:,})")
+        by_name = {i.filename: i for i in infos}
+        info = by_name.get(MANIFEST)
+        if info is None:
+            raise DataError(f"bundle {zip_path} has no {MANIFEST}: not a dna-deploy profiling bundle")
+        if info.file_size > 256 * 2**20:
+            raise DataError(f"bundle {zip_path}: {MANIFEST} is {info.file_size:,} bytes, too large for a manifest")
+        try:
+            manifest = json.loads(_read_member(z, info))
+        except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError, RuntimeError) as e:
+            raise DataError(f"bundle {zip_path}: {MANIFEST} is not valid JSON ({str(e)[:100]})") from None
+        check_manifest(manifest, f"bundle {zip_path}")
+        wanted = [MANIFEST] + sorted({e["file"] for e in manifest["entries"].values() if e.get("file")})
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            raise DataError(f"bundle {zip_path} lacks {len(missing)} op model files the manifest names ({missing[0]} ...)")
+        total = 0
+        for n in wanted:
+            i = by_name[n]
+            total += i.file_size
+            if i.file_size > MAX_MEMBER_BYTES or (i.file_size > 2**20 and i.file_size > MAX_COMPRESSION_RATIO * max(1, i.compress_size)):
+                raise DataError(f"bundle {zip_path}: {n} unpacks to {i.file_size:,} bytes from {i.compress_size:,}; "
+                                "not a bundle dna-deploy made (refused before unpacking anything)")
+        if total > MAX_BUNDLE_BYTES or total > shutil.disk_usage(dest.parent if dest.parent.exists() else Path.cwd()).free:
+            raise DataError(f"bundle {zip_path} unpacks to {total:,} bytes: more than this disk has free or "
+                            f"{MAX_BUNDLE_BYTES:,}; refused before unpacking anything")
+        check_output(dest, kind="bundle", inputs=[zip_path], replaces=True, what="bundle folder")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpack-", dir=dest.parent))
+        try:
+            for n in wanted:
+                (tmp / n).write_bytes(_read_member(z, by_name[n]))
+            if dest.exists():  # an earlier unpacked bundle (check_output): swapped out, then removed
+                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+                dest.replace(old / "previous")
+                tmp.replace(dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.replace(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _read_member(z, info) -> bytes:
+    """A zip member's bytes, never more than its header declares (a forged header cannot make it
+    write more)."""
+    with z.open(info) as f:
+        data = f.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise DataError(f"{info.filename} holds more bytes than its zip header declares; refused")
+    return data
 
 
 def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int | None = None,
@@ -222,13 +346,8 @@ def measure_bundle(bundle_dir: str | Path, out_path: str | Path, *, threads: int
     models are open at once (default: what half the available memory holds, default_max_open);
     more are timed slice by slice."""
     bundle = Path(bundle_dir)
-    manifest = read_json(bundle / MANIFEST, what="bundle manifest")
-    if manifest.get("format") not in BUNDLE_FORMATS.values():
-        raise DataError(f"{bundle} is not a dna-deploy profiling bundle (make one with `dna-deploy profile bundle`)")
+    manifest = check_manifest(read_json(bundle / MANIFEST, what="bundle manifest"), str(bundle))
     granularity = manifest.get("granularity", "layer")
-    if granularity not in TIMING_DEFAULTS or manifest["format"] != BUNDLE_FORMATS[granularity]:
-        raise DataError(f"{bundle}: bundle format {manifest['format']!r} with granularity {granularity!r} is not one "
-                        "this version makes; rebuild it with `dna-deploy profile bundle`")
     defaults = TIMING_DEFAULTS[granularity]
     rounds = defaults["rounds"] if rounds is None else rounds
     warmup_s = defaults["warmup_s"] if warmup_s is None else warmup_s

@@ -58,8 +58,10 @@ def check_granularity(granularity: str) -> str:
 
 def table_file_name(device_name: str, space_name: str, granularity: str = "layer") -> str:
     """`<device>__<space>.json`, with `__blocks` before the suffix for a block table."""
+    from dna_deploy.outputs import safe_name
+
     suffix = "" if check_granularity(granularity) == "layer" else f"__{granularity}s"
-    return f"{device_name}__{space_name}{suffix}.json"
+    return f"{safe_name(device_name, what='device name')}__{safe_name(space_name, what='space name')}{suffix}.json"
 
 
 def table_entries(space: SearchSpace, granularity: str) -> dict[str, list[LayerSpec]]:

@@ -64,8 +64,11 @@ def run_pipeline(config_path: str | Path, *, out: str | Path | None = None, show
     """Check the whole file, then run it; with `progressive: {rounds: N}` (DNA+), round r+1 distils
     from round r's retrained winner, in out/round{r+1}/. Returns the last round's result plus every
     round's summary."""
+    from dna_deploy.outputs import check_output
+
     cfg = load_pipeline(config_path)
     out = Path(out or cfg.output or "runs/pipeline")
+    check_output(out, kind="pipeline", inputs=[config_path], what="pipeline output")
     summary, result, folder = [], None, out
     for r in range(1, cfg.progressive.rounds + 1):
         cfg_r = cfg
