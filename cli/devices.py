@@ -18,8 +18,11 @@ def list_(fmt: OutputFormat = FormatOpt) -> None:
     from dna_deploy.latency.devices import list_devices
     from dna_deploy.runtimes import runner_class
 
+    from rich.markup import escape
+
     rows = []
     for d in list_devices():
-        reason = runner_class(d.runtime).unavailable_reason(d.device)
-        rows.append({**d.to_dict(), "usable here": reason is None, "why not": reason or ""})
+        reason = runner_class(d.runtime).unavailable_reason(d.device) or ""
+        # a rich table reads "[tensorrt]" in "pip install 'dna-deploy[tensorrt]'" as markup: escape it there
+        rows.append({**d.to_dict(), "usable here": not reason, "why not": escape(reason) if fmt == "table" else reason})
     render(rows, fmt=fmt, columns=["name", "runtime", "device", "precision", "threads", "batch", "usable here", "why not"])

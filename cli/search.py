@@ -115,8 +115,51 @@ def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating tab
     if fmt == "json":
         render(result, fmt="json")
         return
-    render([{k: v for k, v in row.items() if k != "block_ratings"} for row in rows], title="exact search result")
+    print_result(result)
     console.print(f"best: {rows[0]['arch']}")
     console.print(f"block ratings of the best: {', '.join(f'{x:.4f}' for x in rows[0]['block_ratings'])}")
     if pareto_out is not None:
         console.print(f"Pareto front: {result['pareto']['points']} networks -> {result['pareto']['csv']}, {result['pareto']['png']}")
+
+
+def _latency_cell(row: dict, device: str, budget: float | None) -> str:
+    text = f"{row[f'latency_ms:{device}']:.4f}"
+    low_high, coverage = row.get(f"latency_ms_90:{device}"), row.get(f"latency_interval_coverage:{device}")
+    if low_high:
+        text += f"\n{low_high[0]:.4f}-{low_high[1]:.4f}" + (f" ({100 * coverage:.0f} % interval)" if coverage else "")
+    if budget is not None:
+        holds = row.get(f"budget_holds_at_upper_end:{device}")
+        text += f"\nbudget {budget:g}" + ("" if holds is None else ": holds" if holds else ": upper end over")
+    return text
+
+
+def print_result(result: dict) -> None:
+    """The search result for people: one row per network, one column per device, long architecture
+    strings and device names folded onto more lines, never cut off. Where the terminal is too
+    narrow for that, one small table per network."""
+    from rich.table import Table
+
+    budgets = result.get("budgets_ms", {})
+    rows = result["results"]
+    table = Table(title="exact search result", show_lines=True)
+    for name in ("#", "architecture", "rating", "MMACs", "M params", *(f"{d} ms" for d in budgets)):
+        number = name in ("#", "rating", "MMACs", "M params")  # never folded: too narrow a terminal gets cards
+        table.add_column(name, overflow="fold", no_wrap=number, justify="right" if number else "left")
+    for i, row in enumerate(rows, 1):
+        table.add_row(str(i), row["arch"], f"{row['rating']:.4f}", f"{row['mmacs']:.3f}", f"{row['params_m']:.4f}",
+                      *(_latency_cell(row, d, b) for d, b in budgets.items()))
+    numbers = [[str(len(rows)), "#"], [f"{r['rating']:.4f}" for r in rows] + ["rating"],
+               [f"{r['mmacs']:.3f}" for r in rows] + ["MMACs"], [f"{r['params_m']:.4f}" for r in rows] + ["M params"]]
+    folded = 1 + len(budgets)  # the architecture and one column per device, each at least 14 wide
+    if sum(max(map(len, col)) for col in numbers) + 14 * folded + 3 * (len(numbers) + folded) + 1 <= console.width:
+        console.print(table)
+        return
+    for i, row in enumerate(rows, 1):
+        card = Table(title=f"exact search result #{i}", show_header=False)
+        card.add_column("", style="bold", overflow="fold")
+        card.add_column("", overflow="fold")
+        for key, value in (("architecture", row["arch"]), ("rating", f"{row['rating']:.4f}"),
+                           ("MMACs", f"{row['mmacs']:.3f}"), ("M params", f"{row['params_m']:.4f}"),
+                           *((f"{d} ms", _latency_cell(row, d, b)) for d, b in budgets.items())):
+            card.add_row(key, value)
+        console.print(card)
