@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -197,6 +198,18 @@ def bundle(device: str = typer.Option(..., "--device", "-d"), space: str = Space
             "next": f"on the target: dna-deploy profile run-bundle {output.name}"}, fmt=fmt)
 
 
+def _warn_if_not_the_device(spec) -> None:
+    """Say so when this machine cannot be the device the bundle's spec names (run-bundle on the host
+    by mistake, or a 4-thread spec on a 2-core machine): the table would time this machine."""
+    from rich.markup import escape
+
+    from dna_deploy.cli.common import err_console
+    from dna_deploy.latency.devices import host_mismatch
+
+    for why in host_mismatch(spec):
+        err_console.print(f"[yellow]warning:[/] {escape(why)}: the table will time this machine, not {escape(spec.name)}")
+
+
 @app.command("run-bundle")
 def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .zip."),
                output: Path = typer.Option(None, "--output", "-o", help="Table path [<device>__<space>.json]."),
@@ -222,7 +235,8 @@ def run_bundle(bundle_path: Path = typer.Argument(..., help="Bundle folder or .z
         check_output(output, kind="latency-table", inputs=[bundle_path], what="latency table")
     folder = unpack_bundle(bundle_path) if bundle_path.is_file() else bundle_path
     m = check_manifest(read_json(folder / MANIFEST, what="bundle manifest"), str(bundle_path))
-    DeviceSpec.from_dict(m["device"], source=f"{bundle_path}: device")
+    spec = DeviceSpec.from_dict(m["device"], source=f"{bundle_path}: device")
+    _warn_if_not_the_device(dataclasses.replace(spec, threads=threads) if threads else spec)
     out = output or Path(table_file_name(m["device"]["name"], m["space"], m.get("granularity", "layer")))
     check_output(out, kind="latency-table", inputs=[bundle_path, folder], what="latency table")
     table = measure_bundle(folder, out, threads=threads, rounds=rounds, runs_per_round=runs, resume=resume,

@@ -21,11 +21,14 @@ class DeviceSpec:
     batch: int = 1
     notes: str = ""
     op_resolver: str | None = None  # LiteRT: xnnpack (its default), builtin or reference kernels
+    machine: str | None = None  # the target's architecture as platform.machine() names it (x86_64, aarch64)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if d["op_resolver"] is None:  # the runtime's default: tables from before this field stay equal
             del d["op_resolver"]
+        if d["machine"] is None:  # not stated: tables from before this field stay equal
+            del d["machine"]
         return d
 
     @classmethod
@@ -35,7 +38,7 @@ class DeviceSpec:
 
         check_keys(d, known=cls.__dataclass_fields__, required=("name", "runtime"), where=source, error=DataError)
         safe_name(d["name"], what=f"{source}: device name")  # it names the table file
-        for k in ("runtime", "device", "precision", "notes"):
+        for k in ("runtime", "device", "precision", "notes", *(("machine",) if d.get("machine") is not None else ())):
             if k in d and not isinstance(d[k], str):
                 raise DataError(f"{source}: {k} must be a string, got {d[k]!r}"[:200])
         spec = cls(**d)
@@ -58,6 +61,21 @@ class DeviceSpec:
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 4096:
                 raise DataError(f"{source}: {k} must be a whole number from 1 to 4096, got {v!r}")
         return spec
+
+
+def host_mismatch(spec: DeviceSpec, here: dict | None = None) -> list[str]:
+    """Why timing `spec` on this machine would not measure the device it names: another
+    architecture, or more threads than this machine has cores ([] when nothing differs that can be
+    seen from here). `here` is a host_description(); this machine's when left out."""
+    from dna_deploy.host import host_description
+
+    here = here or host_description()
+    out = []
+    if spec.machine and spec.machine != here.get("machine"):
+        out.append(f"{spec.name} is an {spec.machine} device; this machine is {here.get('machine')} ({here.get('cpu')})")
+    if here.get("cores") and spec.threads > here["cores"]:
+        out.append(f"{spec.name} runs {spec.threads} threads; this machine has {here['cores']} cores")
+    return out
 
 
 def devices_dir() -> Path:
