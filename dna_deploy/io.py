@@ -56,12 +56,25 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> Any:
         raise DataError(f"{what} {path} is corrupt or truncated ({e}); delete it or regenerate it") from e
 
 
+MAX_STRUCTURED_BYTES = 16 * 2**20  # a pipeline, space or device file is a few KB
+MAX_YAML_ALIASES = 100  # anchors reused this often are a "billion laughs" bomb, not a settings file
+MAX_YAML_NODES = 100_000  # values the document holds once every alias is expanded (a pipeline: a few hundred)
+
+
 def read_structured(path: str | os.PathLike, *, what: str = "file") -> Any:
-    """YAML, JSON or TOML by extension (YAML with safe_load only)."""
+    """YAML, JSON or TOML by extension (YAML with safe_load only). Bounded before anything is
+    built: the file's size, and a YAML file's aliases and the size they expand to (an alias bomb
+    of 1 KB would otherwise take all memory when the value is used or printed)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    size = path.stat().st_size
+    if size > MAX_STRUCTURED_BYTES:
+        raise DataError(f"{what} {path} is {size:,} bytes; a settings file is at most {MAX_STRUCTURED_BYTES:,}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} {path} is not UTF-8 text (byte {e.start}); is it the right file?") from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -72,9 +85,49 @@ def read_structured(path: str | os.PathLike, *, what: str = "file") -> Any:
             return tomllib.loads(text)
         import yaml
 
+        _check_yaml_expansion(text, path, what)
         return yaml.safe_load(text)
-    except Exception as e:  # parser errors of three libraries: report them as one kind
-        raise DataError(f"{what} {path} cannot be parsed: {str(e).splitlines()[0]}") from e
+    except DataError:
+        raise
+    except Exception as e:  # parser errors of three libraries: report them as one kind, never the value
+        raise DataError(f"{what} {path} cannot be parsed: {str(e).splitlines()[0][:200]}") from None
+
+
+def _check_yaml_expansion(text: str, path: Path, what: str) -> None:
+    """Count a YAML document's aliases, and the nodes it holds once they are expanded, from its
+    event stream (nothing is built), so a "billion laughs" file is refused in microseconds."""
+    import yaml
+
+    sizes: dict[str, int] = {}  # anchor -> expanded node count
+    stack: list[list] = []  # open collections: [anchor, nodes so far]
+    aliases = total = 0
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(ev, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise DataError(f"{what} {path} uses more than {MAX_YAML_ALIASES} YAML aliases (*name); "
+                                "refused before expanding them")
+            n = sizes.get(ev.anchor, 1)
+        elif isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            stack.append([ev.anchor, 1])
+            continue
+        elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            anchor, n = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = n
+        elif isinstance(ev, yaml.ScalarEvent):
+            n = 1
+            if ev.anchor is not None:
+                sizes[ev.anchor] = 1
+        else:
+            continue
+        if stack:
+            stack[-1][1] += n
+        else:
+            total += n
+        if n > MAX_YAML_NODES or total > MAX_YAML_NODES:
+            raise DataError(f"{what} {path} expands to more than {MAX_YAML_NODES:,} values through its YAML aliases; "
+                            "refused before expanding them")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
