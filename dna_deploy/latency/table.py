@@ -91,6 +91,34 @@ def refuse_shipped(path: str | Path, *, force: bool = False) -> None:
                          "write your own with -o PATH (or pass --force to replace the shipped one on purpose)")
 
 
+def _check_fidelity(fidelity, path) -> None:
+    """The stored held-out error quantiles that predictions' intervals divide by (1 + e): numbers
+    above -1 in order, a coverage in (0, 1]; a forged or broken one is refused by name."""
+    if fidelity is None:
+        return
+    calibrated = fidelity.get("calibrated") if isinstance(fidelity, dict) else None
+    if not isinstance(fidelity, dict) or not isinstance(calibrated, (dict, type(None))):
+        raise TableError(f"latency table {path}: 'fidelity' must be a mapping as `dna-deploy profile validate` writes "
+                         "it; re-run it")
+    q = (calibrated or {}).get("rel_error_quantiles")
+    if q is None:
+        return
+    if not isinstance(q, dict):
+        raise TableError(f"latency table {path}: fidelity.calibrated.rel_error_quantiles must be a mapping; "
+                         "re-run `dna-deploy profile validate`")
+    for k in ("q05", "q50", "q95", "coverage"):
+        v = q.get(k)
+        if v is None and k in ("q50", "coverage"):
+            continue
+        low, high = (0.0, 1.0) if k == "coverage" else (-1.0, 100.0)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not low < v <= high:
+            raise TableError(f"latency table {path}: stored error quantile {k} is {str(v)[:40]}; expected a number in "
+                             f"({low:g}, {high:g}]; re-run `dna-deploy profile validate`")
+    if q["q05"] > q["q95"]:
+        raise TableError(f"latency table {path}: stored error quantiles q05 {q['q05']} > q95 {q['q95']}; "
+                         "re-run `dna-deploy profile validate`")
+
+
 @dataclass
 class LatencyTable:
     meta: dict
@@ -128,8 +156,11 @@ class LatencyTable:
             raise TableError(f"latency table {path}: meta.statistic {statistic!r} is not one of {', '.join(STATISTICS)}")
         for k, v in entries.items():
             for field_ in dict.fromkeys(("median_ms", statistic)):
-                if not isinstance(v, dict) or not isinstance(v.get(field_), (int, float)) or not v[field_] >= 0:
-                    raise TableError(f"latency table {path}: entry {k!r} has no valid {field_}; regenerate it")
+                x = v.get(field_) if isinstance(v, dict) else None
+                # Infinity and NaN parse as JSON numbers here: a forged entry is refused by name
+                if not isinstance(x, (int, float)) or isinstance(x, bool) or not (math.isfinite(x) and x >= 0):
+                    raise TableError(f"latency table {path}: entry {str(k)[:80]!r} has {field_} {str(x)[:40]}, not a "
+                                     "finite number >= 0; regenerate it")
         device = d["meta"].get("device")
         if not isinstance(device, dict) or not all(isinstance(device.get(k), str) for k in ("name", "runtime", "precision")):
             raise TableError(f"latency table {path}: meta.device must name the device spec (name, runtime, precision); "
@@ -139,7 +170,8 @@ class LatencyTable:
             a, b = (cal.get(k) if isinstance(cal, dict) else None for k in ("a", "b"))
             if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b)) or a <= 0:
                 raise TableError(f"latency table {path}: calibration needs a finite slope a > 0 and offset b "
-                                 f"(got a={a!r}, b={b!r}); re-run `dna-deploy profile validate` on it")
+                                 f"(got a={str(a)[:40]}, b={str(b)[:40]}); re-run `dna-deploy profile validate` on it")
+        _check_fidelity(d.get("fidelity"), path)
         return cls(d["meta"], entries, cal, d.get("fidelity"), Path(path))
 
     # ---------------- checks ----------------
@@ -249,7 +281,12 @@ class LatencyTable:
     def calibrate(self, raw_ms: float) -> float:
         if not self.calibration:
             return raw_ms
-        return self.calibration["a"] * raw_ms + self.calibration["b"]
+        ms = self.calibration["a"] * raw_ms + self.calibration["b"]
+        if ms <= 0 < raw_ms:  # a forged or broken offset: never a negative latency taken as true
+            raise TableError(f"latency table {self.path or self.name}: its calibration ({self.calibration['a']:g} x "
+                             f"{raw_ms:.4g} ms {self.calibration['b']:+g} ms) predicts {ms:.4g} ms, not a latency; "
+                             "re-run `dna-deploy profile validate` on it")
+        return ms
 
     def uncalibrate(self, budget_ms: float) -> float:
         """The raw-sum budget equivalent to a calibrated budget (a > 0)."""
