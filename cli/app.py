@@ -87,7 +87,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from dna_deploy.cli import deploy, devices, profile, run, search, space, train
+    from dna_deploy.cli import deploy, devices, doctor, profile, run, search, space, train
 
     app.add_typer(space.app, name="space")
     app.add_typer(devices.app, name="devices")
@@ -101,6 +101,7 @@ def _register() -> None:
     app.command("verify")(deploy.verify)
     app.command("run")(run.run)
     app.command("quickstart")(run.quickstart)
+    app.command("doctor")(doctor.doctor)
 
 
 _register()
