@@ -17,6 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(VENV)/bin/dna-deploy quickstart --out $(OUT)
+	@echo
+	@echo "Report: $(OUT)/report.md (and $(OUT)/report.html); every stage's command: $(OUT)/reproduce.sh"
+	@echo "Next (after: source $(VENV)/bin/activate):"
+	@echo "  dna-deploy search -r $(OUT)/ratings.json -t $(OUT)/tables/x86-cpu-onnxruntime__tiny.json -b 0.3   # another budget, on this run's ratings and table"
+	@echo "  cp examples/quickstart.yaml mine.yaml && dna-deploy run mine.yaml --out runs/mine   # your own pipeline: edit data, space, devices, budgets"
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile

@@ -156,3 +156,22 @@ def test_readme_chain_runs(tmp_path):
     assert r.returncode == 0, f"the README's chain failed (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     verify = json.loads((tmp_path / "runs" / "export" / "verify.json").read_text())
     assert verify["arch"] == json.loads((tmp_path / "runs" / "search.json").read_text())["results"][0]["arch"]
+
+
+def test_make_demo_ends_with_the_report_and_what_to_run_next():
+    """`make demo` prints where the report is and the two commands a user runs next; the paths it
+    names are the ones the quickstart writes."""
+    makefile = _text(ROOT / "Makefile")
+    demo = re.search(r"^demo:.*?\n((?:\t.*\n)+)", makefile, flags=re.M)
+    assert demo, "no demo target"
+    lines = demo.group(1).splitlines()
+    assert "quickstart --out $(OUT)" in lines[0]
+    echoed = "\n".join(lines[1:])
+    assert "$(OUT)/report.md" in echoed and "Next" in echoed
+    commands = re.findall(r"^\t@echo \"  (dna-deploy .*?|cp .*?)\s+#", "\n".join(lines[1:]), flags=re.M)
+    assert len(commands) == 2, echoed
+    assert "examples/quickstart.yaml" in commands[1] and (ROOT / "examples" / "quickstart.yaml").is_file()
+    # the run folder's files the first command reads (pipeline/stages.py writes them there)
+    stages = _text(ROOT / "dna_deploy" / "pipeline" / "stages.py")
+    assert "$(OUT)/ratings.json" in commands[0] and '"ratings.json"' in stages
+    assert "$(OUT)/tables/x86-cpu-onnxruntime__tiny.json" in commands[0] and 'self.out / "tables"' in stages
