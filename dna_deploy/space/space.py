@@ -30,6 +30,14 @@ VIT_CHOICES = tuple(f"r{r}h{h}" for r in (2, 3, 4) for h in (3, 4, 6))
 FAMILIES = {"mbconv": "mbconv", "vit": "vit"}  # family -> the op kind its blocks choose among
 
 
+# Bounds on what a space file may ask for, checked before anything is built: far above every
+# published mobile space (dna-mbconv: 224 px, 1280 head channels, 7^4 + ... candidates per block).
+LIMITS = {"input_size": 4096, "num_classes": 1_000_000, "in_channels": 64, "stem_stride": 64, "layers": 64,
+          "channels": 65536}
+MAX_BLOCKS = 64
+MAX_BLOCK_CANDIDATES = 1_000_000
+
+
 @dataclass(frozen=True)
 class BlockDef:
     out_channels: int
@@ -76,7 +84,10 @@ class SearchSpace:
                        where=f"{source}: block {i}", error=SpaceError)
             b = dict(b)
             if "choices" in b:
-                b["choices"] = tuple(str(c) for c in b["choices"])
+                if not isinstance(b["choices"], (list, tuple)) or not all(isinstance(c, str) for c in b["choices"]):
+                    raise SpaceError(f"{source}: block {i} choices must be a list of op names (e.g. [k3e3, k5e6]), "
+                                     f"got {str(b['choices'])[:80]}")
+                b["choices"] = tuple(b["choices"])
             elif family == "vit":
                 b["choices"] = VIT_CHOICES
             blocks.append(BlockDef(**b))
@@ -89,9 +100,18 @@ class SearchSpace:
 
     def validate(self, source: str = "space") -> None:
         def positive_int(name, v):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise SpaceError(f"{source}: {name} must be a positive integer, got {v!r}")
+            high = next(h for k, h in LIMITS.items() if name.endswith(k))
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= high:
+                raise SpaceError(f"{source}: {name} must be a positive integer of at most {high:,}, got {str(v)[:40]}")
 
+        for name, kind in (("name", str), ("first_op", str), ("activation", str), ("description", str),
+                           ("se_ratio", (int, float))):
+            v = getattr(self, name)
+            if not isinstance(v, kind) or isinstance(v, bool):
+                raise SpaceError(f"{source}: {name} must be a {'number' if name == 'se_ratio' else 'string'}, "
+                                 f"got {repr(v)[:40]}")
+        if len(self.blocks) > MAX_BLOCKS:
+            raise SpaceError(f"{source}: {len(self.blocks)} blocks; a space has at most {MAX_BLOCKS}")
         for name in ("input_size", "num_classes", "in_channels", "stem_channels", "stem_stride",
                      "first_channels", "head_channels"):
             positive_int(name, getattr(self, name))
@@ -105,7 +125,7 @@ class SearchSpace:
         if vit and self.input_size % self.stem_stride:
             raise SpaceError(f"{source}: input_size {self.input_size} is not a multiple of the patch size "
                              f"(stem_stride) {self.stem_stride}")
-        if not 0 <= self.se_ratio < 1:
+        if not (math.isfinite(self.se_ratio) and 0 <= self.se_ratio < 1):
             raise SpaceError(f"{source}: se_ratio must be in [0, 1), got {self.se_ratio}")
         try:
             parse_op(self.first_op)
@@ -114,6 +134,13 @@ class SearchSpace:
         for i, b in enumerate(self.blocks):
             positive_int(f"block {i} out_channels", b.out_channels)
             positive_int(f"block {i} layers", b.layers)
+            if not isinstance(b.allow_skip, bool):
+                raise SpaceError(f"{source}: block {i} allow_skip must be true or false, got {repr(b.allow_skip)[:40]}")
+            n = len(b.choices)
+            count = sum(n ** d for d in range(1, b.layers + 1)) if b.allow_skip else n ** b.layers
+            if count > MAX_BLOCK_CANDIDATES:
+                raise SpaceError(f"{source}: block {i} has {count:,} candidates ({n} choices, {b.layers} layers); "
+                                 f"a block can be rated and searched with at most {MAX_BLOCK_CANDIDATES:,}: split it")
             if b.stride not in (1, 2):
                 raise SpaceError(f"{source}: block {i} stride must be 1 or 2, got {b.stride}")
             if not b.choices:
