@@ -24,6 +24,8 @@ from dna_deploy.errors import DataError, InfeasibleBudget
 from dna_deploy.settings import SearchSettings
 from dna_deploy.space import Arch, SearchSpace
 
+MAX_TOP_K = 10_000  # networks one search returns (each costs a row of every front it merges)
+
 
 @dataclass
 class BlockChoices:
@@ -297,6 +299,7 @@ def build_problem(space: SearchSpace, ratings: dict, tables: list, budgets_ms: l
         missing = [n for n in order if n not in cands]
         if missing:
             raise DataError(f"rating table lacks candidate {missing[0]!r} of block {b}; re-run `dna-deploy rate`")
+        _check_candidate_costs(space, b, candidates, order, cands)
         # each candidate's entries per table (its layers', or its own in a block-level table), each
         # distinct entry read once into a dict, then summed per candidate (6,264 on dna-mbconv)
         keys = [[t.block_keys(space, b, ops) for ops in candidates] for t in tables]
@@ -305,6 +308,20 @@ def build_problem(space: SearchSpace, ratings: dict, tables: list, budgets_ms: l
                           + [cands[n]["macs"], cands[n]["params"]] for j, n in enumerate(order)], float)
         blocks.append(BlockChoices(order, np.array([cands[n]["loss"] for n in order], float), costs))
     return Problem(blocks, names, fixed, limits, display)
+
+
+def _check_candidate_costs(space: SearchSpace, block: int, candidates, names, cands: dict) -> None:
+    """A rating table's MACs and params are the space's own (`dna-deploy rate` writes them from
+    the layer specs): a forged or edited number (negative MACs made `--max-mmacs 1` return -992
+    MMACs) is refused, naming the candidate and both values, never searched with."""
+    for ops, name in zip(candidates, names):
+        specs = space.block_specs(block, ops)
+        for key, true in (("macs", sum(s.macs for s in specs)), ("params", sum(s.params for s in specs))):
+            v = cands[name].get(key)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or abs(v - true) > 1e-6 * max(1.0, true):
+                raise DataError(f"rating table: block {block} candidate {name!r} has {key} {str(v)[:40]}, but the "
+                                f"space gives {true:,}; the file was edited or is for another space: re-run `dna-deploy rate`")
 
 
 def arch_of(problem: Problem, choice_row) -> Arch:
@@ -331,10 +348,16 @@ def describe(problem: Problem, front: Front, space: SearchSpace, tables: list) -
     return rows
 
 
+def check_top_k(top_k) -> int:
+    """--top-k as it enters: a whole number from 1 to MAX_TOP_K (a billion ran out of memory)."""
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+        raise DataError(f"--top-k must be a whole number from 1 to {MAX_TOP_K:,}, got {str(top_k)[:40]}")
+    return top_k
+
+
 def search(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list[float | None], *,
            max_mmacs: float | None = None, max_params: float | None = None, top_k: int = 1) -> list[dict]:
-    if top_k < 1:
-        raise DataError("--top-k must be at least 1")
+    check_top_k(top_k)
     problem = build_problem(space, ratings, tables, budgets_ms, max_mmacs=max_mmacs, max_params=max_params)
     return describe(problem, solve(problem, top_k=top_k), space, tables)
 
@@ -355,6 +378,7 @@ def run_search(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list
 
     from dna_deploy.io import write_json
 
+    check_top_k(settings.top_k)
     searched = budgets_ms
     if settings.budget_margin:
         missing = [t.name for t, b in zip(tables, budgets_ms) if b is not None and t.error_quantiles() is None]
