@@ -200,7 +200,20 @@ def _export_into(weights, out_dir: Path, settings: ExportSettings, model) -> dic
 
 
 def load_export(out_dir: str | Path) -> dict:
+    """An export's model.json, read as a file a user could have edited: the keys verify uses, of
+    the right types, and file names that are plain names inside the folder."""
+    from dna_deploy.outputs import safe_name
+
     d = read_json(Path(out_dir) / SIDECAR, what="export sidecar (model.json)")
-    if d.get("format") != "dna-deploy-export/1":
+    if not isinstance(d, dict) or d.get("format") != "dna-deploy-export/1":
         raise DataError(f"{out_dir} is not a dna-deploy export folder (no valid model.json)")
+    where = f"{Path(out_dir) / SIDECAR}"
+    weights, arts, inp = d.get("source_weights"), d.get("artifacts"), d.get("input")
+    if not (isinstance(d.get("arch"), str) and isinstance(weights, dict) and isinstance(weights.get("sha256"), str)
+            and isinstance(arts, list) and all(isinstance(a, dict) and isinstance(a.get("runtime"), str) for a in arts)
+            and isinstance(inp, dict) and isinstance(inp.get("shape"), list)
+            and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 65536 for n in inp["shape"])):
+        raise DataError(f"{where} lacks a valid arch, source_weights, artifacts or input shape; export again")
+    for f in [weights.get("path")] + [a.get("path") for a in arts]:
+        safe_name(f, what=f"{where}: file")  # never a path out of the folder
     return d

@@ -220,6 +220,11 @@ def _load_folder(folder: Path, *, data, max_images, only) -> _Folder:
         raise DataError(f"{weights} is missing or changed since export (its sha256 no longer matches model.json): "
                         "the reference outputs would not be the exported network's; export again")
     space, arch, net, ckpt = load_model(weights)
+    if str(arch) != side["arch"] or side.get("space_fingerprint") not in (None, space.fingerprint):
+        # the report names the network verified: never one model.json claims but the weights are not
+        raise DataError(f"{folder / 'model.json'} names architecture {side['arch'][:200]!r} (space {side.get('space')!r}), "
+                        f"but its weights {weights.name} are {str(arch)[:200]!r} (space {space.name!r}): the folder was "
+                        "edited or mixed up; export again")
     data_spec = data or side.get("trained_on")
     if data_spec is None:
         raise DataError("verify needs labelled data: --data mnist, fashion-mnist or a folder with train/ and val/")
