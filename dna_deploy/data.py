@@ -184,6 +184,27 @@ def load_fashion_mnist(size: int, *, root: str | Path | None = None, rate_fracti
                       train_ds.cached is not None)
 
 
+def read_image(path: str):
+    """ImageFolder's loader, with a bad file named: the path and what is wrong with it, one line,
+    from the main process or any loader worker (errors.BadImage). Pillow's decompression-bomb
+    limit applies."""
+    import os
+
+    from PIL import Image
+
+    from dna_deploy.errors import BadImage
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")  # convert() decodes it all: a truncated file fails here
+    except Exception as e:  # Pillow raises many kinds for a broken file: each is this file's problem
+        if os.path.islink(path) and not os.path.exists(path):
+            why = f"a broken symbolic link (to {os.readlink(path)})"
+        else:
+            why = " ".join(str(e).split())[:160] or type(e).__name__
+        raise BadImage(f"image {path} cannot be read: {why}; fix or remove it") from None
+
+
 def load_imagefolder(root: Path, size: int, *, rate_fraction: float = 0.1) -> DataSplits:
     from torchvision import datasets, transforms
 
@@ -194,8 +215,8 @@ def load_imagefolder(root: Path, size: int, *, rate_fraction: float = 0.1) -> Da
     tf = transforms.Compose([transforms.Resize(int(size * 1.14)), transforms.CenterCrop(size), transforms.ToTensor(),
                              transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     try:
-        train_full = datasets.ImageFolder(root / "train", transform=tf)
-        val = datasets.ImageFolder(root / "val", transform=tf)
+        train_full = datasets.ImageFolder(root / "train", transform=tf, loader=read_image)
+        val = datasets.ImageFolder(root / "val", transform=tf, loader=read_image)
     except (FileNotFoundError, OSError) as e:  # no class folders, or folders without images
         raise DataError(f"data folder {root}: {str(e).splitlines()[0]}; put images in train/<class>/ and val/<class>/") from None
     if train_full.classes != val.classes:

@@ -30,6 +30,18 @@ class DataError(DnaDeployError):
     """A dataset, checkpoint or other input file is missing or does not fit."""
 
 
+class BadImage(DataError):
+    """An image of a dataset cannot be read. Raised in a data-loader worker, torch re-raises it in
+    the main process with the worker's whole traceback as its message: only our one line is kept."""
+
+    def __init__(self, message: str):
+        if message.startswith("Caught BadImage"):  # torch's ExceptionWrapper.reraise
+            last = [line for line in message.splitlines() if line.strip()][-1]
+            at = last.find("BadImage: ")
+            message = last[at + len("BadImage: "):] if at >= 0 else last
+        super().__init__(message)
+
+
 class VerificationFailed(DnaDeployError):
     """An exported model did not pass verification."""
 
