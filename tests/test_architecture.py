@@ -91,7 +91,7 @@ def test_dependencies_point_one_way():
         here = _top(m)
         if here in ("__init__", "__main__"):
             continue
-        assert here in LAYER_OF, f"{m}: add its package to LAYERS in this test (and to the README's layout)"
+        assert here in LAYER_OF, f"{m}: add its package to LAYERS in this test (and to the layout in docs/contributing.md)"
         for d in _imports(f, set(mods)):
             there = _top(d)
             if there in LAYER_OF and LAYER_OF[there] > LAYER_OF[here]:

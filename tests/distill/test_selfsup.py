@@ -71,7 +71,7 @@ def test_no_collapse_and_what_the_variance_term_does(selfsup_runs, mnist32, tiny
     """Collapse would make every image's pooled output the same (spread ~ 0). With the term on the
     outputs stay apart; the term is what is optimised, so it ends lower with it on. Measured here
     (2 x 15 steps): no collapse with it off either -- the EMA target and predictor already prevent
-    it this early -- but a smaller spread on block 1 (see the README's DNA++ section)."""
+    it this early -- but a smaller spread on block 1 (docs/benchmarks.md, bench/dnapp_collapse.py)."""
     x, _ = stack(mnist32.rate, 256)
     on, off = selfsup_runs[1.0], selfsup_runs[0.0]
     for b in (0, 1):
