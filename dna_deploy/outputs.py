@@ -119,6 +119,11 @@ def _is_bundle_zip(path: Path) -> bool:
     return isinstance(fmt, str) and fmt.startswith("dna-deploy-bundle/")
 
 
+def _is_verify_report(path: Path) -> bool:
+    d = _json(path)
+    return isinstance(d, dict) and {"folder", "arch", "artifacts", "passed"} <= set(d)
+
+
 def _is_bundle_dir(path: Path) -> bool:
     fmt = _json_format(path / "manifest.json")
     return fmt is not None and fmt.startswith("dna-deploy-bundle/")
@@ -132,6 +137,7 @@ FILE_KINDS = {  # kind -> (what it is, whether an existing file is one of ours)
     "plot": ("a plot dna-deploy drew", _is_plot),
     "pareto-csv": ("a Pareto front CSV", _is_pareto_csv),
     "bundle-zip": ("a profiling bundle", _is_bundle_zip),
+    "verify-report": ("a verify report (verify.json)", _is_verify_report),
 }
 FOLDER_KINDS = {  # kind -> (what it is, whether an existing non-empty folder is one of ours)
     "export": ("an export folder (model.json)", lambda p: _json_format(p / "model.json") == "dna-deploy-export/1"),
@@ -142,6 +148,8 @@ FOLDER_KINDS = {  # kind -> (what it is, whether an existing non-empty folder is
                 lambda p: any((p / f).is_file() for f in ("model.pt", "retrain.ckpt.pt", "retrain_metrics.jsonl"))),
     "pipeline": ("a `run` folder (pipeline_state.json)", lambda p: (p / "pipeline_state.json").is_file()),
     "bundle": ("a profiling bundle (manifest.json)", _is_bundle_dir),
+    "validate-work": ("a `profile validate` work folder (measurements.json)",
+                      lambda p: any((p / f).is_file() for f in ("measurements.json", "artifacts.json"))),
 }
 
 

@@ -213,8 +213,10 @@ def _load_folder(folder: Path, *, data, max_images, only) -> _Folder:
     from dna_deploy.data import load_data, stack
     from dna_deploy.deploy.export import load_export
     from dna_deploy.distill.checkpoints import load_model
+    from dna_deploy.outputs import check_output
 
     side = load_export(folder)
+    check_output(folder / "verify.json", kind="verify-report", what="verify report")  # written once all are timed
     weights = folder / side["source_weights"]["path"]
     if not weights.is_file() or sha256_file(weights) != side["source_weights"]["sha256"]:
         raise DataError(f"{weights} is missing or changed since export (its sha256 no longer matches model.json): "

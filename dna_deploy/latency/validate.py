@@ -19,6 +19,7 @@ from dna_deploy.errors import DataError, TableError
 from dna_deploy.io import fingerprint, read_json, write_json
 from dna_deploy.latency.devices import DeviceSpec
 from dna_deploy.latency.table import STATISTIC, LatencyTable, is_shipped
+from dna_deploy.outputs import check_output
 from dna_deploy.progress import progress_bar
 from dna_deploy.runtimes import require_runtime
 from dna_deploy.runtimes.base import (
@@ -266,6 +267,11 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
         raise DataError(f"latency table lacks {len(missing)} entries ({', '.join(missing[:3])} ...); re-profile it")
     device = DeviceSpec.from_dict(table.meta["device"])
     work = Path(work_dir) if work_dir else dest.with_name(dest.stem + ".validate")
+    beside = force and output is None  # --force: a calibrated copy beside a shipped table, on purpose
+    in_place = Path(dest).resolve() == Path(table_path).resolve()  # a table of this host: its entries are kept
+    check_output(dest, kind="latency-table", inputs=[] if in_place else [table_path], allow_shipped=beside,
+                 what="calibrated table")
+    check_output(work, kind="validate-work", inputs=[table_path], allow_shipped=beside, what="validation work folder")
     work.mkdir(parents=True, exist_ok=True)
     if not resume:
         (work / "measurements.json").unlink(missing_ok=True)

@@ -68,7 +68,10 @@ def run_pipeline(config_path: str | Path, *, out: str | Path | None = None, show
 
     cfg = load_pipeline(config_path)
     out = Path(out or cfg.output or "runs/pipeline")
-    check_output(out, kind="pipeline", inputs=[config_path], what="pipeline output")
+    teacher = cfg.teacher
+    inputs = [config_path, cfg.data, cfg.space, *(d.device for d in cfg.devices),
+              *((teacher.checkpoint, teacher.weights) if teacher is not None else ())]
+    check_output(out, kind="pipeline", inputs=inputs, what="pipeline output")
     summary, result, folder = [], None, out
     for r in range(1, cfg.progressive.rounds + 1):
         cfg_r = cfg
