@@ -37,15 +37,27 @@ CheckpointEveryOpt = typer.Option(_C.checkpoint_every, "--checkpoint-every", min
                                   help="Also checkpoint every N steps inside an epoch (resume continues there).")
 
 
-def make_compute(device: str, amp: bool, workers: int | None, checkpoint_every: int | None = None):
+TimeoutOpt = typer.Option(_C.timeout_min, "--timeout-min", min=0.1,
+                          help="Under torchrun: minutes a rank waits for the others in a collective before the job ends.")
+SyncBnOpt = typer.Option(_C.sync_bn, "--sync-bn/--no-sync-bn",
+                         help="Under torchrun on GPUs: BatchNorm statistics over the global batch.")
+
+
+def make_compute(device: str, amp: bool, workers: int | None, checkpoint_every: int | None = None, *,
+                 timeout_min: float = _C.timeout_min, sync_bn: bool = False):
     """The resolved device etc. (dna_deploy/compute.py); under torchrun, also joins the process
-    group, with NCCL when this rank has a GPU."""
+    group, with NCCL when this rank has a GPU, and says once which precision it trains in."""
     from dna_deploy.compute import Compute
-    from dna_deploy.distributed import init_distributed_from_env
+    from dna_deploy.distributed import dist_info, init_distributed_from_env
 
     compute = Compute.from_settings(ComputeSettings(device=device, amp=amp, workers=workers,
-                                                    checkpoint_every=checkpoint_every))
-    init_distributed_from_env(compute.device)
+                                                    checkpoint_every=checkpoint_every, timeout_min=timeout_min,
+                                                    sync_bn=sync_bn))
+    init_distributed_from_env(compute.device, timeout_min=timeout_min)
+    if compute.is_cuda and dist_info()[0] == 0:
+        d = compute.describe()
+        typer.echo(f"compute: {d['gpu']} (capability {d['capability']}), {d['amp']} autocast"
+                   + (" with loss scaling" if d["amp"] == "float16" else ""), err=True)
     return compute
 
 

@@ -13,6 +13,8 @@ from dna_deploy.cli.common import (
     FormatOpt,
     OutputFormat,
     SpaceOpt,
+    SyncBnOpt,
+    TimeoutOpt,
     WorkersOpt,
     check_output,
     console,
@@ -40,7 +42,7 @@ def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture str
             max_steps: int = typer.Option(R.max_steps, min=1, help="Cap steps per epoch (smoke runs)."),
             val_images: int = typer.Option(R.val_images, min=1, help="Validate each epoch on this many fixed images [all]."),
             device: str = DeviceOpt, amp: bool = AmpOpt, workers: int = WorkersOpt,
-            checkpoint_every: int = CheckpointEveryOpt,
+            checkpoint_every: int = CheckpointEveryOpt, timeout_min: float = TimeoutOpt, sync_bn: bool = SyncBnOpt,
             resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Train the searched network stand-alone (cross-entropy, + logit KD with a teacher); writes model.pt.
 
@@ -56,7 +58,7 @@ def retrain(arch: str = typer.Option(..., "--arch", "-a", help="Architecture str
                  what="retrain folder")
     settings = RetrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, max_steps=max_steps,
                                init_supernet=init_supernet is not None, val_images=val_images)
-    compute = make_compute(device, amp, workers, checkpoint_every)
+    compute = make_compute(device, amp, workers, checkpoint_every, timeout_min=timeout_min, sync_bn=sync_bn)
     data = data_spec_for(data, init_supernet)
     d = load_data(data, sp.input_size)
     t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None) if teacher else None

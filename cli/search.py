@@ -11,6 +11,7 @@ from dna_deploy.cli.common import (
     FormatOpt,
     OutputFormat,
     SpaceOpt,
+    TimeoutOpt,
     WorkersOpt,
     check_output,
     console,
@@ -38,15 +39,17 @@ def rate(space: str = SpaceOpt,
          calib_batch: int = typer.Option(R.calib_batch, min=1, help="Batch size of that re-estimation."),
          seed: int = typer.Option(0, help="Which training images calibrate BatchNorm."),
          rate_images: int = typer.Option(R.rate_images, min=1, help="Rate on a fixed subset of this many rate-split images [all]."),
-         rate_chunk: int = typer.Option(R.rate_chunk, min=1, help="Rate-split images on the device at once (memory only)."),
-         device: str = DeviceOpt, workers: int = WorkersOpt,
+         rate_chunk: int = typer.Option(R.rate_chunk, min=1, help="Rate-split images on the device at once (memory only) "
+                                        "[as many as --rate-memory-gb holds]."),
+         rate_memory_gb: float = typer.Option(R.rate_memory_gb, min=0.001, help="Device memory one rating chunk may take."),
+         device: str = DeviceOpt, workers: int = WorkersOpt, timeout_min: float = TimeoutOpt,
          resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Rate every candidate of every block on the held-out rate split (BN re-estimated per candidate).
 
     DNA: against the teacher's features. DNA++: against the supernet's own population centre, no teacher.
 
     Example: dna-deploy rate --space tiny --supernet runs/supernet --teacher runs/teacher.pt -o runs/ratings.json
-    Sharded: torchrun --nproc-per-node 8 -m dna_deploy rate ... (each rank rates a share of the subtrees)
+    Sharded: torchrun --nproc-per-node 8 -m dna_deploy rate ... (each rank rates a share of the candidates, balanced by cost)
     """
     from dna_deploy.data import load_data
     from dna_deploy.distill.teacher import load_teacher
@@ -56,13 +59,13 @@ def rate(space: str = SpaceOpt,
     block_list = parse_blocks(blocks)
     check_output(output, kind="ratings", inputs=[supernet, teacher, teacher_weights, data, space], what="rating table")
     RateSettings(metric=metric, calib_images=calib_images, calib_batch=calib_batch, rate_images=rate_images,
-                 rate_chunk=rate_chunk)
-    compute = make_compute(device, False, workers)  # ratings are computed in fp32
+                 rate_chunk=rate_chunk, rate_memory_gb=rate_memory_gb)
+    compute = make_compute(device, False, workers, timeout_min=timeout_min)  # ratings are computed in fp32
     d = load_data(data_spec_for(data, supernet), sp.input_size)
     t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None) if teacher else None
     table = rate_supernet(sp, supernet, t, d, output, blocks=block_list,
                           metric=metric, calib_images=calib_images, calib_batch=calib_batch, seed=seed,
-                          rate_images=rate_images, rate_chunk=rate_chunk, compute=compute, resume=resume,
+                          rate_images=rate_images, rate_chunk=rate_chunk, rate_memory_gb=rate_memory_gb, compute=compute, resume=resume,
                           show_progress=fmt == "table")
     from dna_deploy.distributed import dist_info
 

@@ -13,6 +13,8 @@ from dna_deploy.cli.common import (
     FormatOpt,
     OutputFormat,
     SpaceOpt,
+    SyncBnOpt,
+    TimeoutOpt,
     WorkersOpt,
     check_output,
     make_compute,
@@ -40,7 +42,7 @@ def teacher_train(space: str = SpaceOpt, data: str = DataOpt,
                   max_steps: int = typer.Option(T.max_steps, min=1, help="Cap steps per epoch (smoke runs)."),
                   val_images: int = typer.Option(T.val_images, min=1, help="Validate each epoch on this many fixed images [all]."),
                   device: str = DeviceOpt, amp: bool = AmpOpt, workers: int = WorkersOpt,
-                  checkpoint_every: int = CheckpointEveryOpt,
+                  checkpoint_every: int = CheckpointEveryOpt, timeout_min: float = TimeoutOpt, sync_bn: bool = SyncBnOpt,
                   resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Train a teacher on the data: a network of the space (default: the largest).
 
@@ -51,7 +53,7 @@ def teacher_train(space: str = SpaceOpt, data: str = DataOpt,
 
     sp = resolve_space(space)
     check_output(output, kind="checkpoint", inputs=[data, space], what="teacher checkpoint")
-    compute = make_compute(device, amp, workers, checkpoint_every)
+    compute = make_compute(device, amp, workers, checkpoint_every, timeout_min=timeout_min, sync_bn=sync_bn)
     d = load_data(data, sp.input_size)
     settings = TeacherTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, arch=arch,
                                     val_images=val_images)
@@ -85,6 +87,7 @@ def train(space: str = SpaceOpt, data: str = DataOpt,
           variance_weight: float = typer.Option(D.variance_weight, min=0.0, help="DNA++: weight of the anti-collapse variance term."),
           augment: str = typer.Option(D.augment, help="DNA++ views: auto, digits or natural."),
           device: str = DeviceOpt, amp: bool = AmpOpt, workers: int = WorkersOpt, checkpoint_every: int = CheckpointEveryOpt,
+          timeout_min: float = TimeoutOpt, sync_bn: bool = SyncBnOpt,
           resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Train every block supernet, one random path per step: DNA distils the teacher's features;
     DNA++ (--method dna++) needs no teacher and bootstraps from its own momentum target.
@@ -103,7 +106,7 @@ def train(space: str = SpaceOpt, data: str = DataOpt,
                         max_steps=max_steps, ema=ema, ensemble_paths=ensemble_paths, variance_weight=variance_weight,
                         augment=augment, feature_cache=feature_cache, feature_cache_gb=feature_cache_gb)
     check_method_teacher(method, teacher is not None)
-    compute = make_compute(device, amp, workers, checkpoint_every)
+    compute = make_compute(device, amp, workers, checkpoint_every, timeout_min=timeout_min, sync_bn=sync_bn)
     sp = resolve_space(space, teacher if teacher and not teacher.startswith("torchvision:") else None)
     block_list = parse_blocks(blocks)
     check_output(output, kind="supernet", inputs=[teacher, teacher_weights, data, space], what="train folder")

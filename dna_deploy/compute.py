@@ -29,6 +29,10 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device("cpu")
     if spec == "auto":
         return torch.device("cuda", local_rank % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
+    if spec.startswith("cuda:") and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        # every rank would share that one GPU: under torchrun each rank takes its LOCAL_RANK GPU
+        raise DataError(f"--device {spec} under torchrun would put all {os.environ['LOCAL_WORLD_SIZE']} local ranks on "
+                        "one GPU; use --device cuda (each rank its LOCAL_RANK GPU) and CUDA_VISIBLE_DEVICES to choose GPUs")
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise DataError(f"--device {spec}: no CUDA GPU is visible here (torch {torch.__version__}, "
@@ -57,6 +61,8 @@ class Compute:
     channels_last: bool
     workers: int
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints
+    sync_bn: bool = False
+    timeout_min: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: ComputeSettings | None = None) -> "Compute":
@@ -69,7 +75,10 @@ class Compute:
                 amp = native_amp_dtype(device)
             torch.backends.cudnn.benchmark = True
         workers = settings.workers if settings.workers is not None else default_workers()
-        return cls(device, amp, settings.channels_last, workers, settings.checkpoint_every)
+        if settings.sync_bn and device.type != "cuda":
+            raise DataError("sync_bn synchronises BatchNorm across GPU ranks (NCCL); this run is on the CPU: leave it off")
+        return cls(device, amp, settings.channels_last, workers, settings.checkpoint_every, settings.sync_bn,
+                   settings.timeout_min)
 
     @property
     def is_cuda(self) -> bool:
@@ -77,7 +86,9 @@ class Compute:
 
     def describe(self) -> dict:
         return {"device": str(self.device), "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
-                "channels_last": self.channels_last, "workers": self.workers}
+                "channels_last": self.channels_last, "workers": self.workers, "sync_bn": self.sync_bn,
+                **({"gpu": torch.cuda.get_device_name(self.device),
+                    "capability": ".".join(map(str, torch.cuda.get_device_capability(self.device)))} if self.is_cuda else {})}
 
     def autocast(self):
         """Mixed precision for forward passes on the GPU; nothing on the CPU."""
@@ -100,21 +111,33 @@ class Compute:
         return x
 
     def ddp(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Data-parallel over the ranks (gradients averaged); the module itself outside torchrun."""
+        """Data-parallel over the ranks (gradients averaged); the module itself outside torchrun.
+
+        One path of the supernet is active per step, so unused parameters are expected; buffers
+        are not broadcast (that would send every candidate's BN statistics each step, and rating
+        re-estimates BN anyway). With sync_bn, BatchNorm layers are swapped in place for
+        SyncBatchNorm (same parameters: the optimiser keeps them)."""
         from dna_deploy.distributed import dist_info
 
         if dist_info()[1] <= 1:
             return module
+        if self.sync_bn:
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         ids = [self.device.index] if self.is_cuda else None
-        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True,
+                                                         broadcast_buffers=False)
 
     def loader(self, dataset, *, batch_sampler=None, batch_size: int | None = None, streamed: bool = True):
         """A DataLoader: worker processes, pinned memory and persistent workers for streamed
         (folder) data; none for in-memory tensors, where workers only add copies."""
+        from dna_deploy.distributed import dist_info
+
         workers = self.workers if streamed else 0
         kw = dict(num_workers=workers, pin_memory=self.is_cuda and streamed, persistent_workers=workers > 0)
         if workers > 0:
             kw["prefetch_factor"] = 4
+            # loader workers seed their random augmentations from this: different on every rank
+            kw["generator"] = torch.Generator().manual_seed(1_000_003 * dist_info()[0] + torch.initial_seed() % 1_000_003)
         if batch_sampler is not None:
             return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kw)
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **kw)

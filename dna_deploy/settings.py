@@ -61,16 +61,22 @@ class ComputeSettings:
     the tensor-core layout); false gives the NCHW path of runs before it.
     workers: loader processes per rank [cores - 1, at most 8].
     checkpoint_every: also checkpoint every this many steps inside an epoch (an ImageNet epoch of
-    one block takes hours)."""
+    one block takes hours).
+    timeout_min: every collective's limit under torchrun: a rank that lost a peer raises after it
+    instead of waiting for NCCL's watchdog (a failure a rank catches reaches every rank at once).
+    sync_bn: SyncBatchNorm under torchrun on GPUs, so BatchNorm (and DNA++'s variance hinge)
+    sees the global batch rather than each rank's slice of it."""
 
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
     workers: int | None = None
     checkpoint_every: int | None = 500
+    timeout_min: float = 30.0  # a rank waits this long in a collective before the job ends (not hangs)
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (all ranks) while training on GPUs
 
     def __post_init__(self):
-        _check(self, positive=("checkpoint_every",))
+        _check(self, positive=("checkpoint_every", "timeout_min"))
         if self.workers is not None and self.workers < 0:
             raise DataError(f"workers must be >= 0, got {self.workers}")
         d = str(self.device).lower()
@@ -216,10 +222,11 @@ class RateSettings:
     calib_images: int = 256  # training images per candidate's BatchNorm re-estimation
     calib_batch: int = 64
     rate_images: int | None = None  # rate on a fixed subset of this many rate-split images [all]
-    rate_chunk: int = 2048  # rate-split images held on the device at once (memory, not results)
+    rate_chunk: int | None = None  # rate-split images held on the device at once [as many as rate_memory_gb holds]
+    rate_memory_gb: float = 4.0  # device memory one rating chunk may take (memory, not results)
 
     def __post_init__(self):
-        _check(self, positive=("calib_images", "calib_batch", "rate_images", "rate_chunk"),
+        _check(self, positive=("calib_images", "calib_batch", "rate_images", "rate_chunk", "rate_memory_gb"),
                choices={"metric": RATING_METRICS})
 
 

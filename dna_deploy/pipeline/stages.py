@@ -46,8 +46,9 @@ class RunContext:
         return self._compute
 
     def compute_args(self, *, training: bool = True) -> list[str]:
-        """The `compute` section as flags (rating has no --amp or --checkpoint-every: it runs fp32)."""
-        return cli_args(self.cfg.compute, skip=() if training else ("amp", "checkpoint_every"))
+        """The `compute` section as flags (rating has no --amp, --checkpoint-every or --sync-bn: it
+        runs fp32 and trains nothing)."""
+        return cli_args(self.cfg.compute, skip=() if training else ("amp", "checkpoint_every", "sync_bn"))
 
     @property
     def space(self):
@@ -325,7 +326,7 @@ class RateStage(Stage):
         table = rate_supernet(ctx.space, ctx.out / "supernet", teacher, ctx.data, ctx.out / "ratings.json",
                               metric=r.metric, calib_images=r.calib_images, calib_batch=r.calib_batch,
                               seed=ctx.cfg.seed, rate_images=r.rate_images, rate_chunk=r.rate_chunk,
-                              compute=dataclasses.replace(ctx.compute, amp_dtype=None),  # ratings in fp32
+                              rate_memory_gb=r.rate_memory_gb, compute=dataclasses.replace(ctx.compute, amp_dtype=None),  # ratings in fp32
                               show_progress=ctx.show_progress)
         return {"candidates": sum(len(b["candidates"]) for b in table["blocks"]), "metric": table["metric"]}
 

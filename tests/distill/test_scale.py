@@ -190,15 +190,96 @@ def test_folder_data_trains_and_rates_on_two_gloo_ranks_like_one(tmp_path, folde
     r2 = _torchrun(["rate", *common, "--supernet", str(tmp_path / "sn"), "-o", str(tmp_path / "r2.json"),
                     "--rate-chunk", "3"])
     assert r2.returncode == 0, r2.stderr[-3000:]
+    r4 = _torchrun(["rate", *common, "--supernet", str(tmp_path / "sn"), "-o", str(tmp_path / "r4.json"),
+                    "--rate-chunk", "4"], n=4)
+    assert r4.returncode == 0, r4.stderr[-3000:]
     r1 = runner.invoke(app, ["rate", *common, "--supernet", str(tmp_path / "sn"), "-o", str(tmp_path / "r1.json")])
     assert r1.exit_code == 0, r1.output
-    one, two = (json.loads((tmp_path / f).read_text()) for f in ("r1.json", "r2.json"))
-    assert two["compute"]["world_size"] == 2 and one["data"]["data"] == str(folder.resolve())
+    one, two, four = (json.loads((tmp_path / f).read_text()) for f in ("r1.json", "r2.json", "r4.json"))
+    assert two["compute"]["world_size"] == 2 and four["compute"]["world_size"] == 4
+    assert one["data"]["data"] == str(folder.resolve())
     assert not list(tmp_path.glob("*.partial.json"))  # merged and cleaned up
-    for b1, b2 in zip(one["blocks"], two["blocks"]):
-        assert b1["candidates"].keys() == b2["candidates"].keys()
-        for k in b1["candidates"]:
-            assert b2["candidates"][k]["loss"] == pytest.approx(b1["candidates"][k]["loss"], rel=1e-5)
+    for many in (two, four):
+        for b1, b2 in zip(one["blocks"], many["blocks"]):
+            assert b1["candidates"].keys() == b2["candidates"].keys()
+            for k in b1["candidates"]:
+                assert b2["candidates"][k]["loss"] == pytest.approx(b1["candidates"][k]["loss"], rel=1e-5)
+    # every rank had work in every block: by candidates where they share evenly, else by images
+    for b in four["blocks"]:
+        assert len(b["sharding"]["work_per_rank"]) == 4 and min(b["sharding"]["work_per_rank"]) > 0
+        assert b["sharding"]["work_max_over_mean"] <= 1.15
+
+
+@pytest.fixture(scope="module")
+def folder_supernet(tmp_path_factory, folder, folder_teacher):
+    space = load_space(SPACE)
+    out = tmp_path_factory.mktemp("folder_supernet")
+    train_blocks(space, load_data(str(folder), space.input_size), load_teacher(str(folder_teacher), space), out,
+                 config=DistillConfig(epochs=1, batch_size=16), compute=CPU, show_progress=False)
+    return out
+
+
+def _rate_args(folder_teacher, supernet, out) -> list[str]:
+    return ["rate", "-s", SPACE, "--teacher", str(folder_teacher), "--supernet", str(supernet), "-o", str(out),
+            "--workers", "0", "--rate-chunk", "2", "--timeout-min", "5", "-f", "json"]
+
+
+def test_a_rank_that_fails_ends_every_rank_with_one_line_and_a_rerun_resumes(tmp_path, folder_teacher, folder_supernet):
+    """Rank 0 cannot write its partial ratings of block 1 (a folder stands where the file goes):
+    it tells rank 1, and both end at once with the same one line (rank 1 does not wait in a
+    collective for its timeout). Block 0, finished before, is kept; the rerun rates the rest."""
+    out = tmp_path / "r.json"
+    blocker = tmp_path / "r.block1.rank0-of-2.partial.json"
+    blocker.mkdir()
+    (blocker / "keep").write_text("")
+    failed = _torchrun(_rate_args(folder_teacher, folder_supernet, out))
+    assert failed.returncode != 0
+    lines = [ln for ln in failed.stderr.splitlines() if ln.startswith("error: rank 0:")]
+    assert len(lines) == 2 and "r.block1.rank0-of-2.partial.json" in lines[0], failed.stderr[-3000:]
+    assert [b["block"] for b in json.loads(out.read_text())["blocks"]] == [0]  # kept for the rerun
+    kept = json.loads(out.read_text())["blocks"][0]
+    blocker.joinpath("keep").unlink()
+    blocker.rmdir()
+    again = _torchrun(_rate_args(folder_teacher, folder_supernet, out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    table = json.loads(out.read_text())
+    assert [b["block"] for b in table["blocks"]] == [0, 1, 2] and table["blocks"][0]["candidates"] == kept["candidates"]
+    fresh = runner.invoke(app, _rate_args(folder_teacher, folder_supernet, tmp_path / "fresh.json"))
+    assert fresh.exit_code == 0, fresh.output
+    for b1, b2 in zip(json.loads((tmp_path / "fresh.json").read_text())["blocks"], table["blocks"]):
+        for k, c in b1["candidates"].items():
+            assert b2["candidates"][k]["loss"] == pytest.approx(c["loss"], rel=1e-5)
+
+
+def test_a_killed_rank_ends_the_job_and_a_rerun_resumes(tmp_path, folder_teacher, folder_supernet):
+    """SIGKILL on rank 0 in the middle of a block (as the OOM killer would): torchrun ends rank 1
+    too (no hang), and the rerun finishes with the ratings of a run never killed."""
+    import psutil
+
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dna_deploy",
+           *_rate_args(folder_teacher, folder_supernet, out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed = time.time() + 300, False
+    while time.time() < deadline and proc.poll() is None and not killed:
+        if list(tmp_path.glob("r.block*.rank0-of-2.partial.json")):  # rank 0 is inside a block
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    if child.environ().get("RANK") == "0":
+                        child.send_signal(signal.SIGKILL)
+                        killed = True
+                except psutil.Error:
+                    pass
+        time.sleep(0.05)
+    proc.wait(timeout=300)  # ends: rank 1 does not wait for the dead rank 0
+    assert killed and proc.returncode != 0
+    again = _torchrun(_rate_args(folder_teacher, folder_supernet, out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    fresh = runner.invoke(app, _rate_args(folder_teacher, folder_supernet, tmp_path / "fresh.json"))
+    assert fresh.exit_code == 0, fresh.output
+    for b1, b2 in zip(json.loads((tmp_path / "fresh.json").read_text())["blocks"], json.loads(out.read_text())["blocks"]):
+        for k, c in b1["candidates"].items():
+            assert b2["candidates"][k]["loss"] == pytest.approx(c["loss"], rel=1e-5)
 
 
 def test_disk_cache_holds_only_the_taps_asked_for_and_trains_like_the_teacher_on_the_fly(tmp_path, folder,
