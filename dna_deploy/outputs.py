@@ -195,16 +195,16 @@ def check_output(path: str | os.PathLike, *, kind: str, inputs: Iterable[str | o
 
 def _check_writable(path: Path, *, folder: bool, what: str) -> None:
     if folder and path.exists() and not path.is_dir():
-        raise OutputRefused(f"{what} {path} is a file; give a folder")
+        raise OutputRefused(f"refusing to write {what} {path}: it is a file; give a folder")
     if not folder and path.is_dir():
-        raise OutputRefused(f"{what} {path} is a folder; give a file path")
+        raise OutputRefused(f"refusing to write {what} {path}: it is a folder; give a file path")
     probe = path if folder else path.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise OutputRefused(f"cannot create {path}: {probe} is a file")
+        raise OutputRefused(f"refusing to write {what} {path}: {probe} is a file, so it cannot be created")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputRefused(f"cannot write {path}: {probe} is not writable")
+        raise OutputRefused(f"refusing to write {what} {path}: {probe} is not writable")
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")

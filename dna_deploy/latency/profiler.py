@@ -238,6 +238,7 @@ def check_manifest(manifest, where) -> dict:
         if not isinstance(manifest.get(key), kind):
             raise DataError(f"{where}: the bundle manifest lacks a valid {key!r}; rebuild it with `dna-deploy profile bundle`")
     safe_name(manifest["space"], what=f"{where}: space name")
+    DeviceSpec.from_dict(manifest["device"], source=f"{where}: device")  # it names the table: checked before unpacking
     entries = manifest["entries"]
     if not entries or len(entries) > MAX_BUNDLE_MEMBERS:
         raise DataError(f"{where}: the bundle manifest lists {len(entries)} op models (1 to {MAX_BUNDLE_MEMBERS})")
