@@ -26,7 +26,7 @@ from dna_deploy.distill.checkpoints import block_checkpoint_path
 from dna_deploy.distill.loop import EpochCheckpoint, start_block_run
 from dna_deploy.distill.student import BlockStudent, feature_distance
 from dna_deploy.distill.teacher import Teacher
-from dna_deploy.distributed import barrier, dist_info
+from dna_deploy.distributed import agree, barrier, dist_info
 from dna_deploy.errors import DataError
 from dna_deploy.io import fingerprint, write_json
 from dna_deploy.nn.supernet import FairPathSampler, sample_path
@@ -141,17 +141,26 @@ class DiskFeatures(FeatureSource):
         self.files = {t: self.folder / f"tap{t}.f16" for t in self.taps}
         rank, world = dist_info()
         if not (self.folder / "complete.json").is_file():
+            # a rank that fails here (disk full, no permission) tells the others, which would
+            # otherwise wait for it at the next barrier: `agree` is that barrier
+            error = None
             if rank == 0:
-                free = shutil.disk_usage(Path(folder).parent).free
-                if need > free:
-                    raise DataError(f"the teacher-feature cache needs {need / 1e9:.1f} GB and {folder.parent} has "
-                                    f"{free / 1e9:.1f} GB free; use --feature-cache none (teacher on the fly)")
-                self.folder.mkdir(parents=True, exist_ok=True)
-                for t, f in self.files.items():
-                    np.lib.format.open_memmap(f, mode="w+", dtype=np.float16, shape=(n, *shapes[t])).flush()
-            barrier()
-            self._build(rank, world, show_progress)
-            barrier()
+                try:
+                    free = shutil.disk_usage(Path(folder).parent).free
+                    if need > free:
+                        raise DataError(f"the teacher-feature cache needs {need / 1e9:.1f} GB and {folder.parent} has "
+                                        f"{free / 1e9:.1f} GB free; use --feature-cache none (teacher on the fly)")
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                    for t, f in self.files.items():
+                        np.lib.format.open_memmap(f, mode="w+", dtype=np.float16, shape=(n, *shapes[t])).flush()
+                except (DataError, OSError) as e:
+                    error = str(e).splitlines()[0]
+            agree(error)
+            try:
+                self._build(rank, world, show_progress)
+            except OSError as e:
+                error = f"writing the teacher-feature cache in {self.folder}: {e}"
+            agree(error)
             if rank == 0:
                 write_json(self.folder / "complete.json", {"key": key, "images": n, "taps": self.taps,
                                                            "bytes": need})
@@ -250,10 +259,12 @@ def _train_block(space, b, teacher, source, std, out_dir, config, meta, compute,
                                      "space_fingerprint": space.fingerprint,
                                      "data_fingerprint": meta["data"]["fingerprint"]}, writer=rank == 0)
     objects = {"student": student, "optimizer": opt, "scheduler": sched}
+    scaler = compute.scaler()
+    if scaler.is_enabled():  # fp16: the loss scale is state too, or a resumed run is not the same run
+        objects["scaler"] = scaler
     start_epoch, history, state = ckpt.resume(objects, enabled=resume)
     start_step, running = EpochCheckpoint.position(state)
     model = compute.ddp(student)
-    scaler = compute.scaler()
     std_dev = compute.batch(std)
     n = len(source.data.train)
     steps = EpochBatches(n, config.batch_size, seed=0, steps=config.max_steps).steps

@@ -239,11 +239,13 @@ def _train_block(space, b, data, out_dir, config, meta, aug, compute, resume, sh
                                      "inputs_fingerprint": prev.fingerprint if prev else None},
                            writer=rank == 0)
     objects = {"student": online, "target": target, "optimizer": opt, "scheduler": sched}
+    scaler = compute.scaler()
+    if scaler.is_enabled():  # fp16: the loss scale is state too, or a resumed run is not the same run
+        objects["scaler"] = scaler
     start_epoch, history, state = ckpt.resume(objects, enabled=resume)
     start_step, running = EpochCheckpoint.position(state)
     target.requires_grad_(False)
     model = compute.ddp(online)
-    scaler = compute.scaler()
     n = len(data.train)
     steps = EpochBatches(n, config.batch_size, seed=0, steps=config.max_steps, drop_last=True).steps
     if steps == 0:  # whole batches only: the variance term needs a batch

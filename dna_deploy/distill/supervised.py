@@ -73,6 +73,9 @@ def train_classifier(model: nn.Module, data: DataSplits, ckpt_path: str | Path, 
     total = config.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / max(total, 1))))
     objects = {"state_dict": model, "optimizer": opt, "scheduler": sched}
+    scaler = compute.scaler()
+    if scaler.is_enabled():  # fp16: the loss scale is state too, or a resumed run is not the same run
+        objects["scaler"] = scaler
     ckpt = EpochCheckpoint(ckpt_path, identity={"config": asdict(config), **(identity or {})}, metrics_path=metrics_path,
                            key={"what": what}, writer=rank == 0)
     start_epoch, history, state = ckpt.resume(objects, enabled=resume)
@@ -81,7 +84,6 @@ def train_classifier(model: nn.Module, data: DataSplits, ckpt_path: str | Path, 
         teacher = compute.module(teacher).eval()
     val_set = capped(data.val, config.val_images)
     net = compute.ddp(model)
-    scaler = compute.scaler()
     streamed = not data.in_memory
     with progress_bar(show_progress and rank == 0) as bar:
         task = bar.task(what, total, completed=start_epoch * steps_per_epoch + start_step)

@@ -347,3 +347,26 @@ def test_without_a_terminal_progress_is_plain_log_lines(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("[progress] teacher:")]
     assert lines and "steps/s" in lines[-1] and "img/s" in lines[-1] and "3/3 (100.0%)" in lines[-1]
     assert "ETA" in lines[0]
+
+
+def test_the_fp16_loss_scale_is_checkpointed(tmp_path, mnist32):
+    """fp16 autocast trains with a loss scaler (pre-Ampere GPUs); its scale is state like the
+    optimiser's, saved in the checkpoint so that a resumed run continues with it. On the CPU
+    here: the same code path, with fp16 autocast forced."""
+    import dataclasses
+
+    from dna_deploy.distill.supervised import train_classifier
+    from dna_deploy.nn.builder import build_network
+
+    space = load_space("tiny")
+    fp16 = dataclasses.replace(CPU, amp_dtype=torch.float16)
+    assert fp16.scaler().is_enabled() and not CPU.scaler().is_enabled()
+    net = build_network(space, space.parse_arch("k3e3.k3e3|k3e3.k3e3.k3e3|k3e3.k3e3.k3e3|k3e3.k3e3"))
+    train_classifier(net, mnist32, tmp_path / "c.pt", config=ClassifierConfig(epochs=1, max_steps=3), compute=fp16,
+                     show_progress=False)
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0 and "_growth_tracker" in state["scaler"]
+    plain = tmp_path / "plain.pt"
+    train_classifier(build_network(space, space.parse_arch("k3e3.k3e3|k3e3.k3e3.k3e3|k3e3.k3e3.k3e3|k3e3.k3e3")), mnist32,
+                     plain, config=ClassifierConfig(epochs=1, max_steps=3), compute=CPU, show_progress=False)
+    assert "scaler" not in torch.load(plain, weights_only=True)  # fp32 and bf16 runs keep their old format
