@@ -17,6 +17,7 @@ from dna_deploy.cli.common import (
     console,
     data_spec_for,
     make_compute,
+    output_lock,
     parse_blocks,
     render,
     resolve_space,
@@ -63,10 +64,11 @@ def rate(space: str = SpaceOpt,
     compute = make_compute(device, False, workers, timeout_min=timeout_min)  # ratings are computed in fp32
     d = load_data(data_spec_for(data, supernet), sp.input_size)
     t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None) if teacher else None
-    table = rate_supernet(sp, supernet, t, d, output, blocks=block_list,
-                          metric=metric, calib_images=calib_images, calib_batch=calib_batch, seed=seed,
-                          rate_images=rate_images, rate_chunk=rate_chunk, rate_memory_gb=rate_memory_gb, compute=compute, resume=resume,
-                          show_progress=fmt == "table")
+    with output_lock(output, what="rate"):  # the table and its resume files: one writer at a time
+        table = rate_supernet(sp, supernet, t, d, output, blocks=block_list,
+                              metric=metric, calib_images=calib_images, calib_batch=calib_batch, seed=seed,
+                              rate_images=rate_images, rate_chunk=rate_chunk, rate_memory_gb=rate_memory_gb,
+                              compute=compute, resume=resume, show_progress=fmt == "table")
     from dna_deploy.distributed import dist_info
 
     if dist_info()[0] != 0:

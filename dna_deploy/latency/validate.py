@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dna_deploy.errors import DataError, TableError
-from dna_deploy.io import fingerprint, read_json, write_json
+from dna_deploy.io import exclusive_lock, fingerprint, read_json, write_json
 from dna_deploy.latency.devices import DeviceSpec
 from dna_deploy.latency.table import STATISTIC, LatencyTable, is_shipped
 from dna_deploy.outputs import check_output
@@ -272,63 +272,64 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     check_output(dest, kind="latency-table", inputs=[] if in_place else [table_path], allow_shipped=beside,
                  what="calibrated table")
     check_output(work, kind="validate-work", inputs=[table_path], allow_shipped=beside, what="validation work folder")
-    work.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (work / "measurements.json").unlink(missing_ok=True)
-        (work / "artifacts.json").unlink(missing_ok=True)
-    archs = sample_networks(space, samples, seed)
-    measured, unconfirmed = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round,
-                                             warmup_s=warmup_s, show_progress=show_progress,
-                                             cache_path=work / "measurements.json", statistic=table.statistic,
-                                             max_extra_rounds=max_extra_rounds,
-                                             fastest_probe_ms=SpeedProbe.seeded([table.speed_probe_here()]).fastest_ms)
-    raw = {str(a): table.raw_ms(space, a) for a in archs}
-    macs = {str(a): network_costs(space, a)["macs"] for a in archs}
-    names = [str(a) for a in archs]
-    rng = random.Random(seed + 1)
-    order = names[2:]
-    rng.shuffle(order)
-    n_fit = max(2, round(len(names) * (1 - holdout)) - 2)
-    fit = names[:2] + order[:n_fit]  # the extremes anchor the fit; the judged networks are never fitted
-    held = order[n_fit:]
-    a, b = fit_linear([raw[k] for k in fit], [measured[k] for k in fit])
-    if a <= 0:
-        raise DataError("the fitted correction has a non-positive slope: the table does not track whole networks "
-                        "on this machine (too noisy?); re-profile with more rounds")
-    c, d = fit_linear([macs[k] for k in fit], [measured[k] for k in fit])
-    m_held = [measured[k] for k in held]
-    # the held-out networks whose figure two quiet rounds with quiet probes backed: on a machine
-    # slowed most of the time (2026-12-01, bench/latency_fidelity.py) every calibrated miss of
-    # LiteRT fp32 and int8 was an unconfirmed network measured 10-22 % slow, so this is the
-    # table's fidelity where the measurement can judge it; the figures above count every network
-    sure = [k for k in held if k not in unconfirmed]
-    report = {
-        "networks": len(names), "fit_networks": len(fit), "held_out_networks": len(held),
-        "unconfirmed_networks": len(unconfirmed), "unconfirmed_held_out": len(unconfirmed.intersection(held)),
-        "raw_sum": fidelity_metrics([raw[k] for k in held], m_held),
-        "calibrated": fidelity_metrics([a * raw[k] + b for k in held], m_held),
-        "macs_linear": fidelity_metrics([c * macs[k] + d for k in held], m_held),
-        "calibrated_confirmed": (fidelity_metrics([a * raw[k] + b for k in sure], [measured[k] for k in sure])
-                                 if sure else None),
-        "calibration": {"a": a, "b": b},
-        "measured_range_ms": [min(measured.values()), max(measured.values())], "statistic": table.statistic,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    # the calibration names the host and runtime versions whose whole-network timings it was fitted on
-    table.calibration = {"a": a, "b": b, "model": "measured_ms = a * raw_sum_ms + b", "fit_networks": len(fit),
-                         "host": host_description(device.device),
-                         "versions": runtime_versions(device.runtime, device.op_resolver)}
-    table.fidelity = {k: report[k] for k in ("networks", "held_out_networks", "unconfirmed_held_out", "raw_sum",
-                                             "calibrated", "calibrated_confirmed", "macs_linear", "statistic",
-                                             "date")}
-    table.save(dest)
-    report["table"] = str(dest)
-    write_json(work / "networks.json", [{"arch": k, "measured_ms": measured[k], "raw_sum_ms": raw[k], "macs": macs[k],
-                                         "held_out": k in held, "confirmed": k not in unconfirmed} for k in names])
-    if plot_path is not None:
-        plot_fidelity(plot_path, table, [raw[k] for k in names], [measured[k] for k in names], [k in held for k in names])
-        report["plot"] = str(plot_path)
-    return report
+    with exclusive_lock(work, what="profile validate"):  # its measurements and the table: one writer at a time
+        work.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (work / "measurements.json").unlink(missing_ok=True)
+            (work / "artifacts.json").unlink(missing_ok=True)
+        archs = sample_networks(space, samples, seed)
+        measured, unconfirmed = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round,
+                                                 warmup_s=warmup_s, show_progress=show_progress,
+                                                 cache_path=work / "measurements.json", statistic=table.statistic,
+                                                 max_extra_rounds=max_extra_rounds,
+                                                 fastest_probe_ms=SpeedProbe.seeded([table.speed_probe_here()]).fastest_ms)
+        raw = {str(a): table.raw_ms(space, a) for a in archs}
+        macs = {str(a): network_costs(space, a)["macs"] for a in archs}
+        names = [str(a) for a in archs]
+        rng = random.Random(seed + 1)
+        order = names[2:]
+        rng.shuffle(order)
+        n_fit = max(2, round(len(names) * (1 - holdout)) - 2)
+        fit = names[:2] + order[:n_fit]  # the extremes anchor the fit; the judged networks are never fitted
+        held = order[n_fit:]
+        a, b = fit_linear([raw[k] for k in fit], [measured[k] for k in fit])
+        if a <= 0:
+            raise DataError("the fitted correction has a non-positive slope: the table does not track whole networks "
+                            "on this machine (too noisy?); re-profile with more rounds")
+        c, d = fit_linear([macs[k] for k in fit], [measured[k] for k in fit])
+        m_held = [measured[k] for k in held]
+        # the held-out networks whose figure two quiet rounds with quiet probes backed: on a machine
+        # slowed most of the time (2026-12-01, bench/latency_fidelity.py) every calibrated miss of
+        # LiteRT fp32 and int8 was an unconfirmed network measured 10-22 % slow, so this is the
+        # table's fidelity where the measurement can judge it; the figures above count every network
+        sure = [k for k in held if k not in unconfirmed]
+        report = {
+            "networks": len(names), "fit_networks": len(fit), "held_out_networks": len(held),
+            "unconfirmed_networks": len(unconfirmed), "unconfirmed_held_out": len(unconfirmed.intersection(held)),
+            "raw_sum": fidelity_metrics([raw[k] for k in held], m_held),
+            "calibrated": fidelity_metrics([a * raw[k] + b for k in held], m_held),
+            "macs_linear": fidelity_metrics([c * macs[k] + d for k in held], m_held),
+            "calibrated_confirmed": (fidelity_metrics([a * raw[k] + b for k in sure], [measured[k] for k in sure])
+                                     if sure else None),
+            "calibration": {"a": a, "b": b},
+            "measured_range_ms": [min(measured.values()), max(measured.values())], "statistic": table.statistic,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        # the calibration names the host and runtime versions whose whole-network timings it was fitted on
+        table.calibration = {"a": a, "b": b, "model": "measured_ms = a * raw_sum_ms + b", "fit_networks": len(fit),
+                             "host": host_description(device.device),
+                             "versions": runtime_versions(device.runtime, device.op_resolver)}
+        table.fidelity = {k: report[k] for k in ("networks", "held_out_networks", "unconfirmed_held_out", "raw_sum",
+                                                 "calibrated", "calibrated_confirmed", "macs_linear", "statistic",
+                                                 "date")}
+        table.save(dest)
+        report["table"] = str(dest)
+        write_json(work / "networks.json", [{"arch": k, "measured_ms": measured[k], "raw_sum_ms": raw[k], "macs": macs[k],
+                                             "held_out": k in held, "confirmed": k not in unconfirmed} for k in names])
+        if plot_path is not None:
+            plot_fidelity(plot_path, table, [raw[k] for k in names], [measured[k] for k in names], [k in held for k in names])
+            report["plot"] = str(plot_path)
+        return report
 
 
 def plot_fidelity(path, table: LatencyTable, raw, measured, held) -> Path:

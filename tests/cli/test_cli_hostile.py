@@ -294,8 +294,8 @@ def test_forged_numbers_are_refused_where_they_enter(d, tmp_path):
         one_error(["search", "-r", forged[name], "-s", "tiny", "--max-mmacs", "1"], fragment)
     one_error(["search", "-r", d / "ratings.json", "-s", "tiny", "--top-k", "1000000000"], "--top-k")
 
-    entry = lambda v: lambda t: next(iter(t["entries"].values())).update(p10_ms=v, median_ms=v)  # noqa: E731
-    quantile = lambda k, v: lambda t: t["fidelity"]["calibrated"]["rel_error_quantiles"].update({k: v})  # noqa: E731
+    entry = lambda v: lambda t: next(iter(t["entries"].values())).update(p10_ms=v, median_ms=v)
+    quantile = lambda k, v: lambda t: t["fidelity"]["calibrated"]["rel_error_quantiles"].update({k: v})
     tables = {
         "entry Infinity": (entry(float("inf")), "finite"),
         "entry NaN": (entry(float("nan")), "finite"),
