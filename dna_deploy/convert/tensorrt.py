@@ -93,11 +93,12 @@ def _entropy_calibrator(trt, images: np.ndarray, batch_size: int, cache_path: Pa
 
 
 def onnx_to_tensorrt(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, precision: str = "fp16",
-                     calibration: np.ndarray | None = None, calibration_batch: int = 8,
-                     cache_dir: str | os.PathLike | None = None, workspace_mib: int = 2048,
-                     max_batch: int | None = None) -> Path:
-    """Build and serialise an engine. max_batch: a dynamic-batch ONNX gets a profile 1..max_batch.
-    cache_dir: where the timing cache (per device tag) and int8 calibration cache (per cache key) live."""
+                     calibration: np.ndarray | None = None, cache_dir: str | os.PathLike | None = None,
+                     workspace_mib: int = 2048, max_batch: int | None = None) -> Path:
+    """Build and serialise an engine (the TensorRT 10 API: pyproject pins tensorrt < 11).
+    max_batch: a dynamic-batch ONNX gets a profile 1..max_batch. cache_dir: where the timing cache
+    (per device tag) and int8 calibration cache (per cache key) live. int8 calibrates with batches
+    of the engine's own input batch (a static batch-1 graph is fed one image at a time)."""
     if precision not in ("fp32", "fp16", "int8"):
         raise DataError(f"TensorRT precision {precision!r}; choose fp32, fp16 or int8")
     if precision == "int8" and calibration is None:
@@ -119,13 +120,18 @@ def onnx_to_tensorrt(onnx_path: str | os.PathLike, engine_path: str | os.PathLik
         if not builder.platform_has_fast_fp16 and precision == "fp16":
             raise DataError("this GPU has no fast fp16; build fp32 instead")
         config.set_flag(trt.BuilderFlag.FP16)
+    calibration_cache = None
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
-        cache = None
         if cache_dir is not None:
-            cache = Path(cache_dir) / f"calibration-{cache_key(trt, onnx_bytes, precision, calibration)}.cache"
-        config.int8_calibrator = _entropy_calibrator(trt, calibration, calibration_batch, cache)
+            calibration_cache = Path(cache_dir) / f"calibration-{cache_key(trt, onnx_bytes, precision, calibration)}.cache"
     inp = network.get_input(0)
+    engine_batch = inp.shape[0] if inp.shape[0] > 0 else (max_batch or 1)
+    if precision == "int8":
+        if len(calibration) < engine_batch:
+            raise DataError(f"int8 TensorRT calibration needs at least {engine_batch} images (the engine's batch); "
+                            f"got {len(calibration)}")
+        config.int8_calibrator = _entropy_calibrator(trt, calibration, engine_batch, calibration_cache)
     if any(d == -1 for d in inp.shape):
         fixed = tuple(inp.shape)[1:]
         profile = builder.create_optimization_profile()

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dna_deploy.errors import DataError
 from dna_deploy.runtimes.base import Runner
+
+
+def calibration_file(onnx_path: Path) -> Path:
+    """Where an op model's int8 calibration images wait for the engine build on the target."""
+    return Path(onnx_path).with_suffix(".calibration.npy")
 
 
 class TensorRTRunner(Runner):
@@ -36,7 +42,12 @@ class TensorRTRunner(Runner):
                          op_resolver=None):
         from dna_deploy.convert.onnx import torch_to_onnx
 
-        return torch_to_onnx(module, example, Path(workdir) / f"{name}.onnx")
+        onnx_path = torch_to_onnx(module, example, Path(workdir) / f"{name}.onnx")
+        if precision == "int8":  # the engine is built on the target, calibrated there on these images
+            if calibration is None:  # latency does not depend on the values (as for LiteRT's op models)
+                calibration = np.random.default_rng(0).standard_normal((8, *example.shape[1:])).astype(np.float32)
+            np.save(calibration_file(onnx_path), np.ascontiguousarray(calibration, dtype=np.float32))
+        return onnx_path
 
     def _prepare(self) -> None:
         import tensorrt as trt
@@ -46,9 +57,15 @@ class TensorRTRunner(Runner):
 
         path = Path(self.model)
         if path.suffix == ".onnx":
-            engine = path.with_name(f"{path.stem}-{cache_key(trt, path.read_bytes(), self.precision)}.engine")
+            calibration = None
+            if self.precision == "int8":
+                if not calibration_file(path).is_file():
+                    raise DataError(f"int8 TensorRT needs calibration images beside {path} "
+                                    f"({calibration_file(path).name}); prepare it with TensorRTRunner.prepare_artifact")
+                calibration = np.load(calibration_file(path), allow_pickle=False)
+            engine = path.with_name(f"{path.stem}-{cache_key(trt, path.read_bytes(), self.precision, calibration)}.engine")
             if not engine.is_file():
-                onnx_to_tensorrt(path, engine, precision=self.precision, cache_dir=path.parent)
+                onnx_to_tensorrt(path, engine, precision=self.precision, calibration=calibration, cache_dir=path.parent)
             path = engine
         self.torch = torch
         self.trt_runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -56,15 +73,18 @@ class TensorRTRunner(Runner):
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         self.buffers, self.input_name, self.output_name = {}, None, None
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            shape = tuple(max(1, d) for d in self.engine.get_tensor_shape(name))
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        for name in inputs:  # input shapes first: a dynamic dimension takes the profile's optimum
+            shape = tuple(self.engine.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                shape = tuple(self.engine.get_tensor_profile_shape(name, 0)[1])
+            self.context.set_input_shape(name, shape)
+            self.input_name, self.input_shape = name, shape
+        for name in names:  # then every buffer at the shape the context resolves for it
+            shape = tuple(self.context.get_tensor_shape(name))
             dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
-            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                self.input_name = name
-                self.context.set_input_shape(name, shape)
-                self.input_shape = shape
-            else:
+            if name not in inputs:
                 self.output_name = name
             self.buffers[name] = torch.empty(shape, dtype=dtype, device="cuda")
             self.context.set_tensor_address(name, self.buffers[name].data_ptr())
