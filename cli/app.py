@@ -1,7 +1,8 @@
 """The `dna-deploy` command. Project errors become one line and exit code 1 (--debug: traceback).
 
 Three kinds of failure reach the user:
-- a DnaDeployError (bad input the library recognised): `error: ...`, exit 1;
+- a DnaDeployError (bad input the library recognised): `error: ...`, exit 1 (a deployed network
+  that clearly misses its latency budget, errors.BudgetMissed: exit 3);
 - an operating-system error on a file (a read-only folder, an output path that is a file, a full
   disk): `error: cannot write ...: <reason>`, exit 1;
 - a usage error (unknown flag, wrong type): `error: ... (see 'dna-deploy CMD --help')`, exit 2.
@@ -34,7 +35,7 @@ class _ErrorBoundary(TyperGroup):
             if _state["debug"]:
                 raise
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(e.exit_code) from None
         except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError, FileNotFoundError) as e:
             if _state["debug"]:
                 raise

@@ -19,6 +19,7 @@ from dna_deploy.cli.common import (
     check_output,
     console,
     data_spec_for,
+    err_console,
     make_compute,
     output_lock,
     render,
@@ -122,44 +123,79 @@ def verify(folders: list[Path] = typer.Argument(..., help="Export folders (each 
                                                 "not confirmed (two quiet rounds with quiet speed probes) [9]."),
            op_resolver: str = typer.Option(None, help="LiteRT kernels: xnnpack (default), builtin or reference "
                                                        "[the matching table's]."),
+           budget_ms: list[str] = typer.Option([], "--budget-ms", "-b", help="DEVICE=MS: hold the artifact of that "
+                                               "device's runtime and precision to its latency budget (a clear miss "
+                                               "exits 3); repeat for several."),
+           latency_advisory: bool = typer.Option(False, "--latency-advisory/--no-latency-advisory",
+                                                 help="A missed latency budget is a warning, not a failure."),
            fmt: OutputFormat = FormatOpt) -> None:
-    """Outputs vs PyTorch, top-1 agreement, accuracy, latency vs the table; non-zero exit on failure.
+    """Outputs vs PyTorch, top-1 agreement, accuracy, latency vs the table and the budget; non-zero exit on failure.
 
     Example: dna-deploy verify runs/export --data mnist -t latency_tables/x86-cpu-litert__tiny.json
 
     Several folders (runs/export/onnx runs/export/tflite) share one speed probe: a latency is
     confirmed only against the machine's full speed seen over all of them (and over the tables
     given, when profiled on this machine).
+
+    With --budget-ms x86-cpu-onnxruntime=0.22 the measured latency (the statistic the table sums)
+    must meet the budget; over it by more than the measurement's own noise, verify exits 3 with
+    one line per device ("x86-cpu-onnxruntime: 0.263 ms measured, budget 0.22 ms (+20 %)").
     """
     settings = VerifySettings(max_images=max_images, atol=atol, rtol=rtol, min_top1_agreement=min_top1_agreement,
                               max_accuracy_drop_pts=max_accuracy_drop_pts, max_latency_error_pct=max_latency_error_pct,
-                              max_extra_rounds=max_extra_rounds)
+                              max_extra_rounds=max_extra_rounds, latency_advisory=latency_advisory)
     _verify(folders, data=data, table=table, fmt=fmt, max_images=max_images, overrides=settings.overrides(),
-            op_resolver=op_resolver, max_extra_rounds=max_extra_rounds)
+            op_resolver=op_resolver, max_extra_rounds=max_extra_rounds, budgets=parse_budgets(budget_ms),
+            latency_advisory=latency_advisory)
+
+
+def parse_budgets(values: list[str]) -> dict[str, float]:
+    """--budget-ms DEVICE=MS values as {device: ms}."""
+    import math
+
+    from dna_deploy.errors import DataError
+
+    out = {}
+    for v in values:
+        name, sep, ms = v.rpartition("=")
+        try:
+            budget = float(ms)
+        except ValueError:
+            budget = None
+        if not sep or not name or budget is None or not (math.isfinite(budget) and budget > 0):
+            raise DataError(f"--budget-ms {v[:80]!r}: give DEVICE=MS, a device name and a positive number of "
+                            "milliseconds, e.g. x86-cpu-onnxruntime=0.22")
+        out[name] = budget
+    return out
 
 
 def _render_verify_report(folder, r: dict) -> None:
     rows = []
+    budgets = {b["artifact"]: b for b in r.get("budgets", [])}
     for a in r["artifacts"]:
         s = a["stats"]
+        b = budgets.get(a["path"])
         rows.append({"artifact": a["path"], "precision": a["precision"], "max_abs_err": s["max_abs_error"],
                      "cosine_min": s["cosine_min"], "top1_agree": s["top1_agreement"], "accuracy": s["accuracy"],
                      "drop_pts": s["accuracy_drop_pts"], "latency_ms": s.get("measured_ms", s["latency_ms"]["median_ms"]),
-                     "table_ms": s["predicted_ms"], "confirmed": s["latency_ms"].get("confirmed"), "passed": a["passed"]})
+                     "table_ms": s["predicted_ms"], "confirmed": s["latency_ms"].get("confirmed"),
+                     **({"budget_ms": b["budget_ms"], "budget": b["verdict"]} if b else {}), "passed": a["passed"]})
     render(rows, title=f"verify {r['arch']} on {r['images']} images (PyTorch accuracy {r['pytorch_accuracy']:.4f})")
     for note in r["notes"]:
         console.print(f"note: {note}", markup=False)
     console.print(f"report: {Path(folder) / 'verify.json'}")
 
 
-def _verify(folders, *, data, table, fmt, max_images=None, overrides=None, op_resolver=None, max_extra_rounds=None):
+def _verify(folders, *, data, table, fmt, max_images=None, overrides=None, op_resolver=None, max_extra_rounds=None,
+            budgets=None, latency_advisory=False):
     from dna_deploy.deploy.verify import verify_exports
-    from dna_deploy.errors import VerificationFailed
+    from dna_deploy.errors import BudgetMissed, VerificationFailed
     from dna_deploy.latency.table import LatencyTable
 
     tables = [LatencyTable.load(t) for t in table]
     reports = verify_exports(folders, data=data, tables=tables, max_images=max_images, overrides=overrides,
-                             show_progress=fmt == "table", op_resolver=op_resolver, max_extra_rounds=max_extra_rounds)
+                             show_progress=fmt == "table", op_resolver=op_resolver, max_extra_rounds=max_extra_rounds,
+                             budgets=budgets, latency_advisory=latency_advisory)
     if fmt == "json":  # one folder: its report; several: the list of their reports, in order
         render(reports[0] if len(folders) == 1 else reports, fmt="json")
     else:
@@ -168,5 +204,13 @@ def _verify(folders, *, data, table, fmt, max_images=None, overrides=None, op_re
     failed = [f"{a['path'] if len(reports) == 1 else Path(r['folder']) / a['path']}: "
               f"{', '.join(k for k, c in a['checks'].items() if not c['pass'])}"
               for r in reports for a in r["artifacts"] if not a["passed"]]
+    missed = [b["line"] for r in reports for b in r.get("budgets", []) if not b["met"]]
+    if missed and latency_advisory:
+        err_console.print("\n".join(f"warning: {line} (latency budget missed; --latency-advisory)" for line in missed),
+                          markup=False)
+    only_budget = all(k == "latency_budget" for r in reports for a in r["artifacts"] if not a["passed"]
+                      for k, c in a["checks"].items() if not c["pass"])
+    if failed and missed and only_budget:
+        raise BudgetMissed("; ".join(missed))
     if failed:
         raise VerificationFailed("verification failed: " + "; ".join(failed))

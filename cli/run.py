@@ -12,19 +12,26 @@ from dna_deploy.cli.common import FormatOpt, OutputFormat, console, render
 def _run(config: Path, out: Path | None, fmt: str) -> None:
     from rich.markup import escape
 
-    from dna_deploy.errors import VerificationFailed
+    from dna_deploy.errors import BudgetMissed, VerificationFailed
     from dna_deploy.pipeline.runner import run_pipeline
 
     log = (lambda m: console.print(f"[bold cyan]{escape(m)}[/]")) if fmt == "table" else (lambda m: None)
     r = run_pipeline(config, out=out, show_progress=fmt == "table", log=log)
     best = r["results"]["search"]["results"][0]
+    reports = r["results"]["verify"]["reports"].values()
+    budgets = [b for rep in reports for b in rep.get("budgets", [])]
     summary = {"architecture": best["arch"], "report": r["report"], "verification": r["verify_passed"],
+               **{f"latency budget {b['device']} {b['precision']}": f"{'met' if b['met'] else 'MISSED'}: {b['line']}"
+                  for b in budgets},
                **{k: v for k, v in best.items() if k.startswith("latency_ms:")},
                "pytorch accuracy": next(iter(r["results"]["verify"]["reports"].values()))["pytorch_accuracy"]}
     render(summary, fmt=fmt, title="pipeline finished")
     if len(r["rounds"]) > 1 and fmt == "table":
         render(r["rounds"], title="DNA+ rounds (each round's teacher is the previous round's network)")
     if not r["verify_passed"]:
+        failing = {k for rep in reports for a in rep["artifacts"] for k, c in a["checks"].items() if not c["pass"]}
+        if failing == {"latency_budget"}:
+            raise BudgetMissed("; ".join(b["line"] for b in budgets if not b["met"]) + f"; see {r['report']}")
         raise VerificationFailed(f"verification failed; see {r['report']}")
 
 

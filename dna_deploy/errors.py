@@ -9,6 +9,8 @@ from collections.abc import Iterable
 class DnaDeployError(Exception):
     """A user-facing problem: bad input, missing file, absent runtime. Message says how to fix it."""
 
+    exit_code = 1  # what the CLI exits with (one line on stderr)
+
 
 class SpaceError(DnaDeployError):
     """A search-space definition is invalid."""
@@ -44,6 +46,13 @@ class BadImage(DataError):
 
 class VerificationFailed(DnaDeployError):
     """An exported model did not pass verification."""
+
+
+class BudgetMissed(VerificationFailed):
+    """The shipped network passed every other check but clearly measured over its latency budget:
+    its own exit code, so that a script can tell a broken export from a slow one."""
+
+    exit_code = 3
 
 
 class InfeasibleBudget(DnaDeployError):

@@ -319,6 +319,8 @@ class VerifySettings:
     max_accuracy_drop_pts: float | None = None
     max_latency_error_pct: float | None = None
     max_extra_rounds: int | None = None  # latency: extra rounds while unconfirmed [9] (runtimes/base.time_in_rounds)
+    # a deployed network that clearly misses a device's latency budget: a warning, not a failure
+    latency_advisory: bool = False
 
     def __post_init__(self):
         _check(self, positive=("max_images", "atol", "rtol", "max_latency_error_pct"), counts=("max_extra_rounds",))
@@ -329,7 +331,7 @@ class VerifySettings:
 
     def overrides(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("max_images", "max_extra_rounds") and v is not None}
+                if k not in ("max_images", "max_extra_rounds", "latency_advisory") and v is not None}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ absolute and the relative tolerance.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -86,6 +87,45 @@ def judge(stats: dict, tol: Tolerances) -> dict:
         checks["latency_vs_table"] = {"value": stats["latency_error_pct"], "limit": f"|x| <= {tol.max_latency_error_pct} %",
                                       "pass": abs(stats["latency_error_pct"]) <= tol.max_latency_error_pct}
     return checks
+
+
+def budget_targets(budgets: dict[str, float] | None, tables=None) -> list[dict]:
+    """Each latency budget's device ({device: ms}, a device spec's name or file) as what it holds an
+    artifact to: the runtime and precision of the given table of that name, else of its device spec."""
+    from dna_deploy.latency.devices import load_device
+
+    out = []
+    for name, ms in (budgets or {}).items():
+        if not (isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) and ms > 0):
+            raise DataError(f"latency budget for {name}: {str(ms)[:40]} is not a positive number of milliseconds")
+        table = next((t for t in tables or [] if t.name == name), None)
+        if table is not None:
+            runtime, precision = table.meta["runtime"], table.meta["device"]["precision"]
+        else:
+            spec = load_device(name)
+            name, runtime, precision = spec.name, spec.runtime, spec.precision
+        out.append({"device": name, "runtime": runtime, "precision": precision, "budget_ms": float(ms)})
+    return out
+
+
+def judge_budget(device: str, budget_ms: float, measured_ms: float, band_ms: tuple[float, float]) -> dict:
+    """The measured statistic against a latency budget, within the noise band the measurement itself
+    shows (band_ms: the lowest and highest 10th percentile of its quiet rounds; interference only
+    adds time, so the fastest quiet round is the network's own speed). met: the measured figure is
+    within the budget; met within noise: it is over, but the fastest round is not; missed: even the
+    fastest round is over, a clear miss. `line` says it in one line."""
+    over = 100 * (measured_ms - budget_ms) / budget_ms
+    verdict = "met" if measured_ms <= budget_ms else "met within noise" if band_ms[0] <= budget_ms else "missed"
+    return {"device": device, "budget_ms": budget_ms, "measured_ms": measured_ms,
+            "band_ms": [float(band_ms[0]), float(band_ms[1])], "over_pct": over, "verdict": verdict,
+            "met": verdict != "missed",
+            "line": f"{device}: {measured_ms:.4g} ms measured, budget {budget_ms:.4g} ms ({over:+.0f} %)"}
+
+
+def round_band(rounds: list[list[float]]) -> tuple[float, float]:
+    """The lowest and highest 10th percentile among a measurement's quiet rounds (its noise band)."""
+    floors = [float(np.percentile(r, 10)) for r in quiet_rounds(rounds)]
+    return min(floors), max(floors)
 
 
 def _runner_for(artifact: dict, folder: Path, threads: int, op_resolver: str | None = None):
@@ -172,7 +212,8 @@ def verify_export(folder: str | Path, **kwargs) -> dict:
 def verify_exports(folders: list[str | Path], *, data: str | None = None, tables: list | None = None,
                    max_images: int | None = None, threads: int = 1, overrides: dict | None = None,
                    only: list[str] | None = None, show_progress: bool = True, op_resolver: str | None = None,
-                   max_extra_rounds: int | None = None) -> list[dict]:
+                   max_extra_rounds: int | None = None, budgets: dict[str, float] | None = None,
+                   latency_advisory: bool = False) -> list[dict]:
     """Run PyTorch and every exported artifact of each folder on the validation images; write each
     folder's verify.json. Every folder is checked (files, weights, data) before anything is timed,
     so a bad folder costs no measurement and leaves no half-written report.
@@ -187,12 +228,17 @@ def verify_exports(folders: list[str | Path], *, data: str | None = None, tables
     artifact's rounds, and once all are timed every artifact's confirmation is judged again against
     the fastest probe seen; an artifact it no longer holds is timed again (up to its round cap).
     Why: an artifact judged as soon as it was timed, wholly in a slow phase, was judged against
-    that phase (make demo, 2026-12-01: ONNX Runtime 69 % over its prediction, 'confirmed')."""
+    that phase (make demo, 2026-12-01: ONNX Runtime 69 % over its prediction, 'confirmed').
+
+    `budgets` ({device: ms}): each artifact of a budgeted device's runtime and precision is held to
+    its budget (judge_budget); a clear miss fails its `latency_budget` check, or with
+    `latency_advisory` only says so in a note. Each report's `budgets` lists the verdicts."""
     from dna_deploy.host import LITERT_OP_RESOLVERS
     from dna_deploy.progress import progress_bar
 
     if op_resolver is not None and op_resolver not in LITERT_OP_RESOLVERS:
         raise DataError(f"op resolver {op_resolver!r}: {suggest(op_resolver, LITERT_OP_RESOLVERS)}")
+    targets = budget_targets(budgets, tables)
     loaded = [_load_folder(Path(f), data=data, max_images=max_images, only=only) for f in folders]
     speed = SpeedProbe.seeded([t.speed_probe_here() for t in tables or []])
     seed_ms = speed.fastest_ms
@@ -203,7 +249,11 @@ def verify_exports(folders: list[str | Path], *, data: str | None = None, tables
         _reconfirm([c.timing for f in loaded for c in f.checked], speed, bar)
     probe = {"fastest_ms": speed.fastest_ms, "from_tables_ms": seed_ms if seed_ms < float("inf") else None,
              "tolerance": speed.tolerance}
-    return [_finish(f, speed, tables, probe) for f in loaded]
+    held = {(a["runtime"], a["precision"]) for f in loaded for a in f.artifacts}
+    unheld = [f"latency budget {t['budget_ms']:g} ms for {t['device']}: no artifact verified here runs on {t['runtime']} "
+              f"{t['precision']}; not checked (export for it and verify that folder too)"
+              for t in targets if (t["runtime"], t["precision"]) not in held]
+    return [_finish(f, speed, tables, probe, targets=targets, advisory=latency_advisory, unheld=unheld) for f in loaded]
 
 
 def _load_folder(folder: Path, *, data, max_images, only) -> _Folder:
@@ -309,10 +359,12 @@ def _reconfirm(timings: list[_Timing], speed: SpeedProbe, bar) -> None:
             bar.advance(task)
 
 
-def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict) -> dict:
-    """Latency verdicts against the tables, every check, notes; writes the folder's verify.json.
-    `probe`: the job's speed probe (its fastest, and the fastest the tables recorded)."""
-    report = {**f.report, "speed_probe": probe}
+def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict, *, targets: list[dict] = (), advisory: bool = False,
+            unheld: list[str] = ()) -> dict:
+    """Latency verdicts against the tables and budgets, every check, notes; writes the folder's
+    verify.json. `probe`: the job's speed probe (its fastest, and the fastest the tables recorded)."""
+    report = {**f.report, "speed_probe": probe, "budgets": [], "latency_advisory": advisory}
+    report["notes"] = list(report["notes"]) + list(unheld)
     for c in f.checked:
         tol, stats, intact, t = c.tolerances, c.stats, c.intact, c.timing
         art = t.artifact
@@ -356,6 +408,25 @@ def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict) -> dict:
                 report["notes"].append(f"{art['path']}: no latency table given for {art['runtime']} {art['precision']} "
                                        f"of space {f.space.name!r}; latency measured, not compared")
         checks = judge(stats, tol)
+        for target in targets:
+            if (target["runtime"], target["precision"]) != (art["runtime"], art["precision"]):
+                continue
+            verdict = {**judge_budget(target["device"], target["budget_ms"], measured, round_band(t.rounds)),
+                       "artifact": art["path"], "runtime": art["runtime"], "precision": art["precision"],
+                       "statistic": statistic, "advisory": advisory}
+            report["budgets"].append(verdict)
+            checks.setdefault("latency_budget", {"value": [], "limit": [], "pass": True, "advisory": advisory})
+            check = checks["latency_budget"]
+            check["value"].append(verdict["line"])
+            check["limit"].append(f"{target['device']}: {statistic} <= {target['budget_ms']:g} ms, or its fastest "
+                                  "quiet round within it (the measurement's noise)")
+            check["pass"] &= verdict["met"] or advisory
+            if not verdict["met"]:
+                report["notes"].append(f"{'warning: ' if advisory else ''}{verdict['line']}: the deployed network misses "
+                                       "its latency budget" + (" (--latency-advisory: not a failure)" if advisory else ""))
+            elif verdict["verdict"] == "met within noise":
+                report["notes"].append(f"{verdict['line']}: over the budget, but within the measurement's own noise "
+                                       f"(its fastest quiet round: {verdict['band_ms'][0]:.4g} ms)")
         checks["sha256"] = {"value": "matches model.json" if intact else "differs from model.json (file changed after export)",
                             "limit": "equal", "pass": intact}
         ok = all(c["pass"] for c in checks.values())

@@ -86,16 +86,22 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
         ("p", "Block ratings of the chosen network: " + ", ".join(f"{x:.4f}" for x in best["block_ratings"])),
     ] + _interval_blocks(best, budgets, R["search"].get("budget_margin", False))))
 
-    lat_rows, acc_rows = [], []
+    lat_rows, acc_rows, budget_rows = [], [], []
     for target, rep in R["verify"]["reports"].items():
+        held = {b["artifact"]: b for b in rep.get("budgets", [])}
+        budget_rows += [{"device": b["device"], "runtime": b["runtime"], "precision": b["precision"],
+                         "budget (ms)": b["budget_ms"], "measured (ms)": b["measured_ms"], "over (%)": b["over_pct"],
+                         "fastest round (ms)": b["band_ms"][0], "budget": _verdict(b)} for b in rep.get("budgets", [])]
         for a in rep["artifacts"]:
             s = a["stats"]
+            b = held.get(a["path"])
             lat_rows.append({"artifact": a["path"], "runtime": a["runtime"], "precision": a["precision"],
                              "measured (ms)": s.get("measured_ms", s["latency_ms"]["median_ms"]),
                              "median (ms)": s["latency_ms"]["median_ms"], "p90 (ms)": s["latency_ms"]["p90_ms"],
                              "table prediction (ms)": s["predicted_ms"], "error (%)": s["latency_error_pct"],
                              "confirmed": {True: "yes", False: "no: may be high"}.get(s["latency_ms"].get("confirmed"),
-                                                                                     "not recorded")})
+                                                                                     "not recorded"),
+                             **({"budget (ms)": b["budget_ms"], "budget": _verdict(b)} if b else {})})
             acc_rows.append({"artifact": a["path"], "runtime": a["runtime"], "precision": a["precision"],
                              "accuracy": s["accuracy"], "drop (points)": s["accuracy_drop_pts"],
                              "top-1 agreement": s["top1_agreement"], "max abs error": s["max_abs_error"],
@@ -108,7 +114,7 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
               "of the latency table for the same runtime and precision (an artifact with no such table among the "
               "pipeline's devices has none). 'measured' is the statistic the table sums and was calibrated with "
               "(the 10th percentile for tables that record it: other processes only add time), the median beside it."),
-        ("table", lat_rows)] + [("p", "Note: " + n) for rep in R["verify"]["reports"].values() for n in rep.get("notes", [])]))
+        ("table", lat_rows)] + _budget_blocks(budget_rows) + [("p", "Note: " + n) for rep in R["verify"]["reports"].values() for n in rep.get("notes", [])]))
     sections.append(("Accuracy per runtime", [
         ("p", f"On the {n_img} validation images (never used for training, rating or search). PyTorch: {pyt:.4f}. "
               + (f"Teacher: {R['retrain']['teacher_val_accuracy']:.4f}." if R["retrain"].get("teacher_val_accuracy") is not None
@@ -147,7 +153,28 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
     atomic_write_text(out / "report.md", _markdown(title, sections))
     atomic_write_text(out / "report.html", _html(title, sections))
     return {"arch": best["arch"], "report": str(out / "report.md"),
-            "verification_passed": all(r["verification"] == "pass" for r in acc_rows)}
+            "verification_passed": all(r["verification"] == "pass" for r in acc_rows),
+            "latency_budgets": {f"{r['device']} {r['precision']}": r["budget"] for r in budget_rows}}
+
+
+def _verdict(b: dict) -> str:
+    """A budget verdict of verify (deploy/verify.judge_budget) in the report's words."""
+    if b["verdict"] == "missed":
+        return "MISSED" + (" (advisory)" if b.get("advisory") else "")
+    return b["verdict"]
+
+
+def _budget_blocks(rows: list[dict]) -> list:
+    if not rows:
+        return [("p", "No latency budget was held to a measurement: no device of the pipeline has a budget, or no "
+                      "exported artifact runs on a budgeted device's runtime and precision.")]
+    missed = [r for r in rows if r["budget"].startswith("MISSED")]
+    head = ("Every budget met by the deployed network, measured." if not missed else
+            f"{len(missed)} of {len(rows)} budgets MISSED by the deployed network, measured: "
+            + "; ".join(f"{r['device']}: {r['measured (ms)']:.4g} ms measured, budget {r['budget (ms)']:.4g} ms "
+                        f"({r['over (%)']:+.0f} %)" for r in missed) + ".")
+    return [("p", f"Latency budgets. {head} A budget is missed when even the fastest of the measurement's quiet "
+                  "rounds is over it; over it within that noise is 'met within noise'."), ("table", rows)]
 
 
 def _baseline_blocks(b: dict) -> list:

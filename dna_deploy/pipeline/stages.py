@@ -525,16 +525,22 @@ class VerifyStage(Stage):
     name = "verify"
     deps = ("export", "tables")
 
+    @staticmethod
+    def budgets(ctx) -> dict[str, float]:
+        """Each budgeted device's budget in ms, by its spec's name: what verify holds the deployed network to."""
+        return {ctx.device_name(d): b for d, b in zip(ctx.cfg.devices, ctx.budgets()) if b is not None}
+
     def settings(self, ctx):
-        return to_mapping(ctx.cfg.verify)
+        return {**to_mapping(ctx.cfg.verify), "budgets": self.budgets(ctx)}
 
     def outputs(self, ctx):
         return [f"export/{e.to}/verify.json" for e in ctx.cfg.export]
 
     def commands(self, ctx):  # one command: the folders share one speed probe (deploy/verify.verify_exports)
         tables = [a for d in ctx.cfg.devices for a in ("-t", ctx.table_path(ctx.device_name(d)))]
+        budgets = [a for name, ms in self.budgets(ctx).items() for a in ("--budget-ms", f"{name}={ms!r}")]
         return [["verify", *(ctx.out / "export" / e.to for e in ctx.cfg.export), "--data", ctx.cfg.data, *tables,
-                 *cli_args(ctx.cfg.verify)]] if ctx.cfg.export else []
+                 *budgets, *cli_args(ctx.cfg.verify)]] if ctx.cfg.export else []
 
     def run(self, ctx):
         from dna_deploy.deploy.verify import verify_exports
@@ -542,7 +548,8 @@ class VerifyStage(Stage):
         v = ctx.cfg.verify
         reports = verify_exports([ctx.out / "export" / e.to for e in ctx.cfg.export], data=ctx.cfg.data,
                                  tables=ctx.tables, max_images=v.max_images, show_progress=ctx.show_progress,
-                                 overrides=v.overrides(), max_extra_rounds=v.max_extra_rounds)
+                                 overrides=v.overrides(), max_extra_rounds=v.max_extra_rounds,
+                                 budgets=self.budgets(ctx), latency_advisory=v.latency_advisory)
         return {"reports": {e.to: r for e, r in zip(ctx.cfg.export, reports)}}
 
 
