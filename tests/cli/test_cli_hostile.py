@@ -462,3 +462,61 @@ def test_output_rule_in_one_place():
     from dna_deploy import outputs
 
     assert "def check_output" in inspect.getsource(outputs)
+
+
+# ---------------------------------------------------------------- locks, leftovers, failed writes
+def test_a_second_writer_of_one_output_is_refused(d, tmp_path):
+    """While one process holds an output's lock, every command that writes it is refused (two
+    `train` runs on one folder duplicated metrics.jsonl records)."""
+    from dna_deploy.io import exclusive_lock
+
+    m = d / "model.pt"
+    cases = [
+        (tmp_path / "sn", ["train", "-s", "tiny", "--teacher", m, "-o", tmp_path / "sn", "--epochs", "1"]),
+        (tmp_path / "re", ["retrain", "-s", "tiny", "-a", TINY_ARCH, "-o", tmp_path / "re", "--epochs", "1"]),
+        (tmp_path / "t.pt", ["teacher", "train", "-s", "tiny", "-o", tmp_path / "t.pt", "--epochs", "1"]),
+        (tmp_path / "r.json", ["rate", "-s", "tiny", "--supernet", d / "supernet_empty", "--teacher", m, "-o",
+                               tmp_path / "r.json"]),
+        (tmp_path / "b.zip", ["profile", "bundle", "-d", "x86-cpu-torch", "-s", "tiny", "-o", tmp_path / "b.zip"]),
+        (tmp_path / "cal.validate", ["profile", "validate", "-t", d / "table.json", "-s", "tiny", "-n", "6", "-o",
+                                     tmp_path / "cal.json"]),
+    ]
+    for target, args in cases:
+        with exclusive_lock(target, what="test"):
+            one_error(args, "another")
+        assert not target.exists() or not any(target.iterdir()), f"{args}: wrote {target}"
+
+
+def test_an_export_cleans_up_what_a_killed_one_left(d, tmp_path):
+    from dna_deploy.deploy.export import LEFTOVER_MARK
+
+    left = tmp_path / ".ex.tmp-killed"
+    left.mkdir()
+    (left / LEFTOVER_MARK).touch()
+    (left / "model.onnx").write_bytes(b"half")
+    mine = tmp_path / ".ex.tmp-mine"  # a user's folder of that shape, not marked: not ours to remove
+    _user_folder(mine)
+    r = runner.invoke(app, ["export", "-w", str(d / "model.pt"), "--to", "onnx", "-o", str(tmp_path / "ex"), "-f", "json"])
+    assert r.exit_code == 0, r.output
+    assert not left.exists() and (mine / "notes.txt").read_text() == PRECIOUS
+
+
+def test_a_failed_write_names_the_file_and_keeps_the_old_one(d, tmp_path):
+    """A full disk, stood in for by a file-size limit (the write fails the same way, with an OSError
+    that carries no file name): one line naming the file, the old file intact, no temporary left."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "s.json"
+    r = runner.invoke(app, ["search", "-r", str(d / "ratings.json"), "-s", "tiny", "-o", str(out), "-f", "json"])
+    assert r.exit_code == 0, r.output
+    before = out.read_bytes()
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))  # Python ignores SIGXFSZ
+    p = subprocess.run([sys.executable, "-m", "dna_deploy", "search", "-r", str(d / "ratings.json"), "-s", "tiny",
+                        "--top-k", "50", "-o", str(out)], capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 1 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert str(out.name) in errors[0], errors[0]
+    assert out.read_bytes() == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.json"]
