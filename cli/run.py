@@ -17,6 +17,8 @@ def _run(config: Path, out: Path | None, fmt: str) -> None:
 
     log = (lambda m: console.print(f"[bold cyan]{escape(m)}[/]")) if fmt == "table" else (lambda m: None)
     r = run_pipeline(config, out=out, show_progress=fmt == "table", log=log)
+    if r.get("rank") == "follower":  # under torchrun: rank 0 prints the summary
+        return
     best = r["results"]["search"]["results"][0]
     reports = r["results"]["verify"]["reports"].values()
     budgets = [b for rep in reports for b in rep.get("budgets", [])]
