@@ -224,10 +224,14 @@ class RateSettings:
     rate_images: int | None = None  # rate on a fixed subset of this many rate-split images [all]
     rate_chunk: int | None = None  # rate-split images held on the device at once [as many as rate_memory_gb holds]
     rate_memory_gb: float = 4.0  # device memory one rating chunk may take (memory, not results)
+    centre_paths: int = 64  # DNA++: paths averaged into the rating target per block [every candidate if fewer]
 
     def __post_init__(self):
-        _check(self, positive=("calib_images", "calib_batch", "rate_images", "rate_chunk", "rate_memory_gb"),
+        _check(self, positive=("calib_images", "calib_batch", "rate_images", "rate_chunk", "rate_memory_gb", "centre_paths"),
                choices={"metric": RATING_METRICS})
+
+
+MAX_TOP_K = 10_000  # networks one search returns (each costs a row of every front it merges)
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,8 @@ class SearchSettings:
 
     def __post_init__(self):
         _check(self, positive=("top_k", "max_mmacs", "max_params"))
+        if not (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k <= MAX_TOP_K):
+            raise DataError(f"top_k must be a whole number from 1 to {MAX_TOP_K:,}, got {str(self.top_k)[:40]}")
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from dna_deploy.errors import DataError, InfeasibleBudget
-from dna_deploy.settings import SearchSettings
+from dna_deploy.settings import MAX_TOP_K, SearchSettings
 from dna_deploy.space import Arch, SearchSpace
-
-MAX_TOP_K = 10_000  # networks one search returns (each costs a row of every front it merges)
 
 
 @dataclass

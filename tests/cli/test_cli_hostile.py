@@ -292,7 +292,7 @@ def test_forged_numbers_are_refused_where_they_enter(d, tmp_path):
         forged[name].write_text(json.dumps(r))
     for name, fragment in (("neg_macs", "space gives"), ("inf_macs", "space gives"), ("str_params", "params")):
         one_error(["search", "-r", forged[name], "-s", "tiny", "--max-mmacs", "1"], fragment)
-    one_error(["search", "-r", d / "ratings.json", "-s", "tiny", "--top-k", "1000000000"], "--top-k")
+    one_error(["search", "-r", d / "ratings.json", "-s", "tiny", "--top-k", "1000000000"], "top_k")
 
     entry = lambda v: lambda t: next(iter(t["entries"].values())).update(p10_ms=v, median_ms=v)
     quantile = lambda k, v: lambda t: t["fidelity"]["calibrated"]["rel_error_quantiles"].update({k: v})
