@@ -244,9 +244,9 @@ def verify_exports(folders: list[str | Path], *, data: str | None = None, tables
     seed_ms = speed.fastest_ms
     with progress_bar(show_progress) as bar:
         for f in loaded:
-            _check_artifacts(f, bar, speed, tables=tables, threads=threads, overrides=overrides,
+            _check_artifacts(f, bar, tables=tables, threads=threads, overrides=overrides,
                              op_resolver=op_resolver, max_extra_rounds=max_extra_rounds)
-        _reconfirm([c.timing for f in loaded for c in f.checked], speed, bar)
+        time_interleaved([c.timing for f in loaded for c in f.checked], speed, bar)
     probe = {"fastest_ms": speed.fastest_ms, "from_tables_ms": seed_ms if seed_ms < float("inf") else None,
              "tolerance": speed.tolerance}
     held = {(a["runtime"], a["precision"]) for f in loaded for a in f.artifacts}
@@ -301,12 +301,10 @@ def _load_folder(folder: Path, *, data, max_images, only) -> _Folder:
     return _Folder(folder, space, arch, x.numpy(), y.numpy(), ref, arts, report)
 
 
-def _check_artifacts(f: _Folder, bar, speed: SpeedProbe, *, tables, threads, overrides, op_resolver,
-                     max_extra_rounds) -> None:
-    """Outputs and accuracy of every artifact against PyTorch, and its first latency rounds."""
+def _check_artifacts(f: _Folder, bar, *, tables, threads, overrides, op_resolver, max_extra_rounds) -> None:
+    """Outputs and accuracy of every artifact against PyTorch; its latency, still to time."""
     folder, report, x_np, y_np, ref = f.path, f.report, f.x, f.y, f.reference
     acc_ref = report["pytorch_accuracy"]
-    extra = {} if max_extra_rounds is None else {"max_extra_rounds": max_extra_rounds}
     cap = MODEL_ROUNDS + (MODEL_MAX_EXTRA_ROUNDS if max_extra_rounds is None else max_extra_rounds)
     task = bar.task(f"verifying {folder.name}", len(f.artifacts) * len(x_np))
     for art in f.artifacts:
@@ -341,22 +339,48 @@ def _check_artifacts(f: _Folder, bar, speed: SpeedProbe, *, tables, threads, ove
             stats = compare_outputs(ref, out, atol=tol.atol, rtol=tol.rtol)
             stats["accuracy"] = accuracy(out, y_np)
             stats["accuracy_drop_pts"] = 100 * (acc_ref - stats["accuracy"])
-            rounds, probes = time_in_rounds(runner, x_np[:batch], speed=speed, **extra)  # as the table was timed
-        timing = _Timing(folder, art, resolver, threads, x_np[:batch], rounds, probes, cap)
+        # timed once every artifact of the job is checked, all in turn (time_interleaved)
+        timing = _Timing(folder, art, resolver, threads, x_np[:batch], [], [], cap)
         f.checked.append(_Checked(tol, stats, intact, timing))
 
 
-def _reconfirm(timings: list[_Timing], speed: SpeedProbe, bar) -> None:
-    """Time again, in place, every artifact whose confirmation the fastest probe seen since no
-    longer holds, until each is confirmed or at its cap (a faster probe found while re-timing
-    one can undo another's confirmation, hence the loop; every pass adds rounds, so it ends)."""
-    while todo := [t for t in timings if not confirmed(t.rounds, t.probes, speed) and len(t.rounds) < t.cap]:
-        task = bar.task(f"timing {len(todo)} artifact(s) again (a faster speed probe since)", len(todo))
-        for t in todo:
-            with _runner_for(t.artifact, t.folder, t.threads, t.resolver) as runner:
-                time_in_rounds(runner, t.x, speed=speed, rounds=0, max_extra_rounds=t.cap,
+def time_interleaved(timings: list[_Timing], speed: SpeedProbe, bar, *, rounds: int = MODEL_ROUNDS,
+                     after_pass=None) -> None:
+    """Time every artifact, in place, one round of each in turn (runtimes/base.time_in_rounds: the
+    same warm-up, runs and speed probes as the tables), so that a slow phase of the machine hits all
+    of them alike: `rounds` each, then more for each whose latency is not confirmed against the
+    fastest probe seen over all of them (runtimes/base.confirmed), until it is or at its cap (a
+    faster probe found later can undo an earlier confirmation; every pass adds rounds, so it ends).
+    Timings that already hold rounds (a resumed job) are continued. verify and the search's
+    confirmation (select/confirm.py) both time with this, so their figures are alike.
+    after_pass(): called after each pass, so that a caller can save what was timed."""
+    import contextlib
+    import time
+
+    from dna_deploy.runtimes.base import wait_for_spacing
+
+    def pending(t: _Timing) -> bool:
+        return len(t.rounds) < rounds or (not confirmed(t.rounds, t.probes, speed) and len(t.rounds) < t.cap)
+
+    ended: dict[int, float] = {}
+    with contextlib.ExitStack() as stack:
+        runners: dict[int, object] = {}
+        task = bar.task(f"timing {len(timings)} artifact(s) in turn", len(timings) * rounds)
+        while todo := [i for i, t in enumerate(timings) if pending(t)]:
+            for i in todo:
+                t = timings[i]
+                if i not in runners:
+                    runners[i] = stack.enter_context(_runner_for(t.artifact, t.folder, t.threads, t.resolver))
+                if len(t.rounds) >= rounds:  # an extra round: spaced from the last (a slow phase lasts seconds)
+                    wait_for_spacing(ended.get(i))
+                elif len(todo) == 1 and t.rounds:
+                    time.sleep(0.2)  # time_in_rounds' pause between a lone model's rounds
+                time_in_rounds(runners[i], t.x, speed=speed, rounds=len(t.rounds) + 1, max_extra_rounds=0,
                                resume=(t.rounds, t.probes))
-            bar.advance(task)
+                ended[i] = time.monotonic()
+                bar.advance(task)
+            if after_pass is not None:
+                after_pass()
 
 
 def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict, *, targets: list[dict] = (), advisory: bool = False,

@@ -52,16 +52,16 @@ def test_onnx_export_sidecar_and_verify(onnx_export, tiny_model):
 
 
 def test_folders_verified_as_one_job_judge_every_latency_by_the_fastest_probe(onnx_export, tmp_path, monkeypatch):
-    """The first folder's artifact is timed wholly in a slow phase (its five rounds' speed probes
-    read 2.0 ms), the second's at full speed (1.0 ms). Judged as soon as it was timed, the first
-    passed as confirmed against its own slow phase (make demo, 2026-12-01: ONNX Runtime 69 % over
-    its prediction, 'confirmed'); in one job it is judged again once the faster probe is known and
+    """The artifacts are timed in turn, the first nine rounds in a slow phase (speed probes read
+    2.0 ms), the rest at full speed (1.0 ms). Judged as soon as it was timed, an artifact passed as
+    confirmed against its own slow phase (make demo, 2026-12-01: ONNX Runtime 69 % over its
+    prediction, 'confirmed'); in one job each is judged against the fastest probe of all and
     timed again until two rounds with quiet probes back it. The runtime runs every round for real;
     the probe's readings and the rounds' figures are scripted, so that the verdicts are known."""
     from dna_deploy.deploy.verify import verify_exports
     from dna_deploy.runtimes.base import Runner
 
-    readings = iter([2.0] * 10 + [1.0] * 100)  # the first artifact's five rounds, two probes each, then full speed
+    readings = iter([2.0] * 18 + [1.0] * 100)  # nine rounds in turn, two probes each, in a slow phase; then full speed
     timed_round = Runner.time_round
     timed = []  # which folder each round timed
 
@@ -81,10 +81,12 @@ def test_folders_verified_as_one_job_judge_every_latency_by_the_fastest_probe(on
     shutil.copytree(onnx_export, first)
     shutil.copytree(onnx_export, second)
     reports = verify_exports([first, second], show_progress=False)
-    assert timed == ["first"] * 5 + ["second"] * 5 + ["first"] * 2  # confirmed at 5 each, then the first again
+    # timed in turn; after five rounds each, the first has no round with a quiet probe and the
+    # second one: both are timed again, in turn, until two quiet rounds back each
+    assert timed == ["first", "second"] * 6 + ["first"]
     assert [r["folder"] for r in reports] == [str(first), str(second)]
     latency = [r["artifacts"][0]["stats"]["latency_ms"] for r in reports]
-    assert latency[0]["speed_probes_ms"] == [2.0] * 5 + [1.0] * 2 and latency[1]["speed_probes_ms"] == [1.0] * 5
+    assert latency[0]["speed_probes_ms"] == [2.0] * 5 + [1.0] * 2 and latency[1]["speed_probes_ms"] == [2.0] * 4 + [1.0] * 2
     assert latency[0]["confirmed"] and latency[1]["confirmed"] and latency[0]["rounds"] == 7
     assert reports[0]["speed_probe"] == {"fastest_ms": 1.0, "from_tables_ms": None, "tolerance": 0.15}
     for folder, report in zip((first, second), reports):
