@@ -402,7 +402,8 @@ def _commands():
 INPUTS = {("train", "teacher_weights"), ("rate", "supernet"), ("rate", "teacher_weights"), ("search", "ratings"),
           ("search", "table"), ("retrain", "teacher_weights"), ("retrain", "init_supernet"), ("export", "weights"),
           ("export", "table"), ("verify", "folders"), ("verify", "table"), ("run", "config"),
-          ("profile predict", "table"), ("profile validate", "table"), ("profile run-bundle", "bundle_path")}
+          ("profile predict", "table"), ("profile validate", "table"), ("profile run-bundle", "bundle_path"),
+          ("profile", "benchmark_binary")}
 
 
 def _output_cases(d: Path) -> dict:
