@@ -28,6 +28,11 @@ app = typer.Typer(help="Per-device latency lookup tables measured on real runtim
 TableOpt = typer.Option(..., "--table", "-t", help="Latency table JSON (from `dna-deploy profile`).")
 GranularityOpt = typer.Option(P.granularity, "--granularity",
                               help="layer: one entry per distinct layer; block: one per candidate of each block.")
+TargetOpt = typer.Option("local", "--target",
+                         help="Where to time: local, ssh://user@host[:port] (a Linux board: only Python 3, numpy and the "
+                              "runtime needed there), adb://SERIAL (a phone: LiteRT's benchmark_model).")
+BenchmarkBinaryOpt = typer.Option(None, "--benchmark-binary",
+                                  help="adb targets: LiteRT's benchmark_model built for the phone (pushed with the models).")
 MaxOpenOpt = typer.Option(None, "--max-open", min=1,
                           help="Op models open at once while timing; more are timed in slices [as many as half "
                                "the available memory holds].")
@@ -52,6 +57,7 @@ def profile_cmd(ctx: typer.Context,
                 resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run."),
                 force: bool = typer.Option(False, "--force", help="Allow replacing a table shipped with dna-deploy."),
                 granularity: str = GranularityOpt, max_open: int = MaxOpenOpt,
+                target: str = TargetOpt, benchmark_binary: Path = BenchmarkBinaryOpt,
                 fmt: OutputFormat = FormatOpt) -> None:
     """Time every candidate op at every layer position of a space and write a latency table.
 
@@ -59,7 +65,11 @@ def profile_cmd(ctx: typer.Context,
     tiny against 51 layers): slower to profile, and it measures what the runtime does across a
     block's layers instead of assuming their sum.
 
+    With --target ssh://user@host the op models are built here and timed on that board (a
+    dropped connection resumes where it stopped); the table records the board's identity.
+
     Example: dna-deploy profile --device x86-cpu-onnxruntime --space tiny
+    Example: dna-deploy profile --device rpi5-cpu-litert --space tiny --target ssh://pi@raspberrypi.local
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -74,10 +84,31 @@ def profile_cmd(ctx: typer.Context,
     check_output(out, kind="latency-table", inputs=[device, space], allow_shipped=force, what="latency table")
     check_output(out.with_name(out.stem + ".bundle"), kind="bundle", inputs=[device, space], allow_shipped=force,
                  what="profiling work folder")
-    table = profile(sp, dev, out, rounds=rounds, runs_per_round=runs, cv_threshold=cv_threshold, resume=resume,
-                    show_progress=fmt == "table", force=force, warmup_s=warmup_s, granularity=granularity,
-                    max_open=max_open, max_extra_rounds=max_extra_rounds)
+    where = _target(target, benchmark_binary)
+    if where.is_local:
+        table = profile(sp, dev, out, rounds=rounds, runs_per_round=runs, cv_threshold=cv_threshold, resume=resume,
+                        show_progress=fmt == "table", force=force, warmup_s=warmup_s, granularity=granularity,
+                        max_open=max_open, max_extra_rounds=max_extra_rounds)
+    else:
+        from dna_deploy.latency.on_target import profile_on_target
+
+        table = profile_on_target(sp, dev, out, where, rounds=rounds, runs_per_round=runs, cv_threshold=cv_threshold,
+                                  resume=resume, show_progress=fmt == "table", force=force, warmup_s=warmup_s,
+                                  granularity=granularity, max_extra_rounds=max_extra_rounds)
     _summary(table, out, fmt)
+
+
+def _target(text: str, benchmark_binary: Path | None):
+    """The --target, with --benchmark-binary for a phone."""
+    from dna_deploy.errors import DataError
+    from dna_deploy.targets import parse_target
+
+    where = parse_target(text)
+    if benchmark_binary is not None:
+        if not hasattr(where, "benchmark_binary"):
+            raise DataError("--benchmark-binary is for adb:// targets (phones); a Linux board runs the Python runner")
+        where.benchmark_binary = benchmark_binary
+    return where
 
 
 def _summary(table, out, fmt):
@@ -120,17 +151,21 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
              resume: bool = typer.Option(True, "--resume/--restart", help="Reuse network measurements of an interrupted run."),
              output: Path = typer.Option(None, "--output", "-o", help="Write the calibrated table here [the table itself]."),
              force: bool = typer.Option(False, "--force", help="Calibrate a copy of a shipped or foreign table beside it."),
-             fmt: OutputFormat = FormatOpt) -> None:
+             target: str = TargetOpt, fmt: OutputFormat = FormatOpt) -> None:
     """Measure random networks end to end, fit the correction, report held-out fidelity, store both.
 
     A table measured on another host (CPU model, flags, cores) or runtime version, or shipped with
     dna-deploy, is never calibrated in place: profile this machine, or pass -o / --force for a copy.
 
+    With --target, the networks are built here and timed on that target, and the table is held
+    to the target's identity (a table profiled there).
+
     Example: dna-deploy profile validate --space tiny --table latency_tables/x86-cpu-onnxruntime__tiny.json -n 30
     """
     from dna_deploy.latency.validate import calibrated_table_path, validate_table
 
-    dest = calibrated_table_path(table, output=output, force=force)
+    where = _target(target, None)
+    dest = calibrated_table_path(table, output=output, force=force, target=where)
     beside_shipped = force and output is None  # --force: a copy beside a shipped table, on purpose
     # calibrating the table itself (no -o) updates it in place by design: its entries are kept
     check_output(dest, kind="latency-table", inputs=[space] + ([table] if output is not None else []),
@@ -139,7 +174,7 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
     check_output(plot, kind="plot", inputs=[table, space], allow_shipped=beside_shipped, what="plot")
     r = validate_table(table, resolve_space(space, table), samples=samples, seed=seed, plot_path=plot,
                        show_progress=fmt == "table", resume=resume, rounds=rounds, output=dest, warmup_s=warmup_s,
-                       max_extra_rounds=max_extra_rounds)
+                       max_extra_rounds=max_extra_rounds, target=where)
     if fmt == "json":
         render(r, fmt="json")
         return

@@ -20,6 +20,7 @@ LAYERS = [
     {"nn", "data"},
     {"convert"},
     {"runtimes"},
+    {"targets"},
     {"latency"},
     {"distill"},
     {"select"},

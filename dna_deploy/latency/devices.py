@@ -22,6 +22,7 @@ class DeviceSpec:
     notes: str = ""
     op_resolver: str | None = None  # LiteRT: xnnpack (its default), builtin or reference kernels
     machine: str | None = None  # the target's architecture as platform.machine() names it (x86_64, aarch64)
+    cpu_mask: str | None = None  # phones: the taskset mask benchmark_model runs under (f0: CPUs 4-7, the big cores)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -29,6 +30,8 @@ class DeviceSpec:
             del d["op_resolver"]
         if d["machine"] is None:  # not stated: tables from before this field stay equal
             del d["machine"]
+        if d["cpu_mask"] is None:
+            del d["cpu_mask"]
         return d
 
     @classmethod
@@ -38,7 +41,8 @@ class DeviceSpec:
 
         check_keys(d, known=cls.__dataclass_fields__, required=("name", "runtime"), where=source, error=DataError)
         safe_name(d["name"], what=f"{source}: device name")  # it names the table file
-        for k in ("runtime", "device", "precision", "notes", *(("machine",) if d.get("machine") is not None else ())):
+        for k in ("runtime", "device", "precision", "notes",
+                  *(k for k in ("machine", "cpu_mask") if d.get(k) is not None)):
             if k in d and not isinstance(d[k], str):
                 raise DataError(f"{source}: {k} must be a string, got {d[k]!r}"[:200])
         spec = cls(**d)

@@ -179,16 +179,21 @@ class LatencyTable:
     def name(self) -> str:
         return self.meta.get("device", {}).get("name", str(self.path))
 
-    def foreign_reasons(self) -> list[str]:
+    def foreign_reasons(self, target=None) -> list[str]:
         """Why this table does not describe this machine ([] when it does): the host identity (CPU
-        model, flags, cores) or the runtime's package versions differ from the ones recorded."""
+        model, flags, cores) or the runtime's package versions differ from the ones recorded.
+        With a remote `target` (targets/), that target's identity and versions, read there."""
         from dna_deploy.host import host_description, host_differences, runtime_versions, version_differences
 
         device = self.meta.get("device", {})
         runtime = self.meta.get("runtime")
-        reasons = host_differences(self.meta.get("host"), host_description(device.get("device", "cpu")))
+        remote = target is not None and not target.is_local
+        here = target.host_description() if remote else host_description(device.get("device", "cpu"))
+        reasons = host_differences(self.meta.get("host"), here)
         if runtime:
-            reasons += version_differences(self.meta.get("versions"), runtime_versions(runtime, device.get("op_resolver")))
+            versions = (target.runtime_versions(runtime, device.get("op_resolver")) if remote
+                        else runtime_versions(runtime, device.get("op_resolver")))
+            reasons += version_differences(self.meta.get("versions"), versions)
         return reasons
 
     def speed_probe_here(self) -> dict | None:

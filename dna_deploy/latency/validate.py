@@ -108,7 +108,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                      runs_per_round: int = 15, warmup: int = 10, show_progress: bool = True, warmup_s: float = WARMUP_S,
                      cache_path: Path | None = None, statistic: str = STATISTIC,
                      max_extra_rounds: int = MAX_EXTRA_ROUNDS,
-                     fastest_probe_ms: float = float("inf")) -> tuple[dict[str, float], set[str]]:
+                     fastest_probe_ms: float = float("inf"), target=None) -> tuple[dict[str, float], set[str]]:
     """End-to-end latency of each network: `statistic` of the timed runs of its quiet rounds
     (runtimes/base.quiet_rounds), rounds interleaved across networks so that they are spread over
     time. A network whose fastest round is not backed by a second one, both timed while the
@@ -121,13 +121,24 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
     Network models are built in parallel processes where the runtime's conversion is slow, and a
     resumed run reuses the ones already built (recorded in work_dir/artifacts.json).
     `fastest_probe_ms`: the machine's fastest speed probe known beforehand (the table's, when it
-    was profiled here), so that networks timed before this run sees full speed are judged by it."""
+    was profiled here), so that networks timed before this run sees full speed are judged by it.
+    A remote `target` (targets/): the networks are built here and timed there, one after another
+    (latency/on_target.time_networks_on_target), resumed from work_dir's target.jsonl."""
     import torch
 
     from dna_deploy.latency.artifacts import build_artifacts, network_job
     from dna_deploy.nn.builder import build_network
 
-    cls = require_runtime(device.runtime, device.device)
+    remote = target is not None and not target.is_local
+    if remote:
+        from dna_deploy.runtimes import runner_class
+
+        cls = runner_class(device.runtime)  # the runtime runs there; here only its converter
+        if not cls.artifact_suffix:
+            raise DataError(f"{device.runtime} networks are built on the machine that times them: validate on "
+                            f"{target.url} itself")
+    else:
+        cls = require_runtime(device.runtime, device.device)
     cache = {}
     run_id = fingerprint({"device": device.to_dict(), "space": space.fingerprint, "rounds": rounds, "runs": runs_per_round,
                           "warmup_s": warmup_s, "quiet_tolerance": QUIET_TOLERANCE,
@@ -145,7 +156,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
         return len(measured_rounds) < rounds or (not confirmed(measured_rounds, probes.get(key), speed)
                                                   and len(measured_rounds) < rounds + max_extra_rounds)
 
-    todo = [a for a in archs if wanted(str(a))]
+    todo = list(archs) if remote else [a for a in archs if wanted(str(a))]  # a target keeps its own resume file
     # models are reused only when what shapes them is unchanged (not the timing settings)
     from dna_deploy import __version__
     from dna_deploy.host import runtime_versions
@@ -175,7 +186,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                 bar.advance(task, len(todo) - len(jobs))
                 build_artifacts(jobs, slow=cls.slow_to_prepare, on_done=done)
             torch.manual_seed(0)
-            for a in todo:
+            for a in ([] if remote else todo):  # a remote target times them after this (below)
                 if cls.artifact_suffix:
                     art = built[f"{model_id}:{a}"]
                 else:  # torch: the module itself
@@ -192,7 +203,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
             rng = random.Random(0)
             last_round_end: dict[str, float] = {}
             total = len(todo) * (rounds + 1)
-            while True:  # one round of every network still short of `rounds`, then extra rounds
+            while not remote:  # one round of every network still short of `rounds`, then extra rounds
                 order = [k for k in runners if len(cache[k]) < rounds]
                 if not order:
                     order = [k for k in runners if wanted(k)]
@@ -215,13 +226,25 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
     finally:
         for r, _ in runners.values():
             r.close()
+    if remote:
+        return _measure_on_target(target, device, {str(a): Path(built[f"{model_id}:{a}"]) for a in archs}, work_dir,
+                                  rounds=rounds, runs_per_round=runs_per_round, warmup_s=warmup_s,
+                                  max_extra_rounds=max_extra_rounds, statistic=statistic, show_progress=show_progress)
     recorded = SpeedProbe.resumed(probes)
     recorded.fastest_ms = min(recorded.fastest_ms, fastest_probe_ms)
     unconfirmed = {str(a) for a in archs if not confirmed(cache[str(a)], probes[str(a)], recorded)}
     return {str(a): getattr(quiet_stats(cache[str(a)]), statistic) for a in archs}, unconfirmed
 
 
-def calibrated_table_path(table_path: str | Path, *, output: str | Path | None = None, force: bool = False) -> Path:
+def _measure_on_target(target, device, artifacts, work_dir, **timing) -> tuple[dict[str, float], set[str]]:
+    from dna_deploy.latency.on_target import time_networks_on_target
+
+    figures, unconfirmed, _ = time_networks_on_target(target, device, artifacts, work_dir / "target.jsonl", **timing)
+    return figures, unconfirmed
+
+
+def calibrated_table_path(table_path: str | Path, *, output: str | Path | None = None, force: bool = False,
+                          target=None) -> Path:
     """Where validation stores the calibration: the table itself when it was measured on this host
     and is the user's own; a new file for a shipped table or one measured elsewhere, and only when
     asked (-o, or --force to write `<table>.<this host>.json` beside it). A table's op timings and
@@ -232,7 +255,7 @@ def calibrated_table_path(table_path: str | Path, *, output: str | Path | None =
     if output is not None:
         return Path(output)
     table = LatencyTable.load(table_path)
-    reasons = table.foreign_reasons()
+    reasons = table.foreign_reasons(target)
     shipped = is_shipped(table_path)
     if not reasons and not shipped:
         return table_path
@@ -251,9 +274,11 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
                    seed: int = 0, plot_path: str | Path | None = None, work_dir: str | Path | None = None,
                    show_progress: bool = True, rounds: int = 3, runs_per_round: int = 15, resume: bool = True,
                    output: str | Path | None = None, force: bool = False, warmup_s: float = WARMUP_S,
-                   max_extra_rounds: int = MAX_EXTRA_ROUNDS) -> dict:
+                   max_extra_rounds: int = MAX_EXTRA_ROUNDS, target=None) -> dict:
     """Measure `samples` networks, fit the calibration on 1 - holdout of them, report on the rest,
-    and store calibration + fidelity (atomically) in the table, or in a copy (calibrated_table_path)."""
+    and store calibration + fidelity (atomically) in the table, or in a copy (calibrated_table_path).
+    A remote `target` (targets/): the networks are timed there, and the table is held to that
+    target's identity instead of this machine's."""
     from dna_deploy.host import host_description, runtime_versions
     from dna_deploy.nn.builder import network_costs
 
@@ -261,7 +286,8 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
         raise DataError("--samples must be at least 6 (some to fit the correction, some held out to judge it)")
     table = LatencyTable.load(table_path)
     table.check_space(space)
-    dest = calibrated_table_path(table_path, output=output, force=force)
+    dest = calibrated_table_path(table_path, output=output, force=force, target=target)
+    remote = target is not None and not target.is_local
     missing = table.missing_entries(space)
     if missing:
         raise DataError(f"latency table lacks {len(missing)} entries ({', '.join(missing[:3])} ...); re-profile it")
