@@ -22,7 +22,10 @@ def _run(config: Path, out: Path | None, fmt: str) -> None:
     best = r["results"]["search"]["results"][0]
     reports = r["results"]["verify"]["reports"].values()
     budgets = [b for rep in reports for b in rep.get("budgets", [])]
+    confirmation = r["results"]["search"].get("confirmation")
     summary = {"architecture": best["arch"], "report": r["report"], "verification": r["verify_passed"],
+               **({"confirmed in the search": f"#{confirmation['shipped']} of {confirmation['top']} shipped: "
+                                              f"{confirmation['why']}"} if confirmation else {}),
                **{f"latency budget {b['device']} {b['precision']}": f"{'met' if b['met'] else 'MISSED'}: {b['line']}"
                   for b in budgets},
                **{k: v for k, v in best.items() if k.startswith("latency_ms:")},

@@ -91,6 +91,10 @@ def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating tab
            budget_margin: bool = typer.Option(S.budget_margin, "--budget-margin/--no-budget-margin",
                                               help="Search so that the upper end of each prediction's 90 % interval "
                                                    "(the table's held-out errors) meets its budget."),
+           confirm_top: int = typer.Option(0, "--confirm-top", min=0, max=100,
+                                           help="Time the K best candidates under the budgets on each budgeted "
+                                                "runtime here, exported as they ship, and return the best-rated one "
+                                                "measured within every budget (0: trust the tables)."),
            pareto_out: Path = typer.Option(None, "--pareto", help="Write the Pareto front (rating vs the first table's latency, within every limit): PATH.csv and PATH.png."),
            output: Path = typer.Option(None, "--output", "-o", help="Write the result as JSON."),
            fmt: OutputFormat = FormatOpt) -> None:
@@ -114,13 +118,19 @@ def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating tab
     if len(budget_ms) > len(tables):
         raise DataError(f"{len(budget_ms)} --budget-ms values but {len(tables)} --table: give one table per budget")
     budgets = list(budget_ms) + [None] * (len(tables) - len(budget_ms))
-    settings = SearchSettings(top_k=top_k, max_mmacs=max_mmacs, max_params=max_params, budget_margin=budget_margin)
-    result = run_search(sp, r, tables, budgets, settings, output=output, pareto_path=pareto_out)
+    settings = SearchSettings(top_k=top_k, max_mmacs=max_mmacs, max_params=max_params, budget_margin=budget_margin,
+                              confirm_top=confirm_top)
+    log = (lambda m: console.print(m, markup=False)) if fmt == "table" else None
+    confirm_dir = output.with_name(output.stem + ".confirm") if output is not None and confirm_top else None
+    result = run_search(sp, r, tables, budgets, settings, output=output, pareto_path=pareto_out,
+                        confirm_dir=confirm_dir, show_progress=fmt == "table", log=log)
     rows = result["results"]
     if fmt == "json":
         render(result, fmt="json")
         return
     print_result(result)
+    if "confirmation" in result:
+        print_confirmation(result["confirmation"])
     console.print(f"best: {rows[0]['arch']}")
     console.print(f"block ratings of the best: {', '.join(f'{x:.4f}' for x in rows[0]['block_ratings'])}")
     if pareto_out is not None:
@@ -136,6 +146,18 @@ def _latency_cell(row: dict, device: str, budget: float | None) -> str:
         holds = row.get(f"budget_holds_at_upper_end:{device}")
         text += f"\nbudget {budget:g}" + ("" if holds is None else ": holds" if holds else ": upper end over")
     return text
+
+
+def print_confirmation(c: dict) -> None:
+    """The confirmed candidates: predicted and measured latency per budgeted device, which shipped and why."""
+    rows = [{"#": x["rank"], "architecture": x["arch"], "rating": x["rating"],
+             **{f"{n} predicted / measured ms": f"{x['predicted_ms'][n]:.4f} / {x['measured_ms'][n]:.4f}"
+                + ("" if x["meets"][n] else " (over)") for n in c["budgets_ms"]},
+             "shipped": "yes" if x["rank"] == c["shipped"] else ""} for x in c["candidates"]]
+    render(rows, title=f"confirmed on this machine ({c['statistic']}, budgets "
+                       + ", ".join(f"{n} {b:g} ms" for n, b in c["budgets_ms"].items()) + ")")
+    console.print(f"shipped: {c['why']}; confirmation took {c['seconds']:.0f} s ({c['timed']} timed, "
+                  f"{c['reused']} from earlier timings)", markup=False)
 
 
 def print_result(result: dict) -> None:

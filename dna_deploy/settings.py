@@ -240,9 +240,15 @@ class SearchSettings:
     max_mmacs: float | None = None
     max_params: float | None = None
     budget_margin: bool = False  # search so that the upper end of each prediction's 90 % interval meets its budget
+    # time the K best candidates under the budgets on each budgeted runtime here and ship the best-rated
+    # one measured within every budget (select/confirm.py); None: the pipeline's choice (4 where every
+    # budgeted device is a CPU runtime of this machine, else 0), `dna-deploy search`'s 0
+    confirm_top: int | None = None
 
     def __post_init__(self):
-        _check(self, positive=("top_k", "max_mmacs", "max_params"))
+        _check(self, positive=("top_k", "max_mmacs", "max_params"), counts=("confirm_top",))
+        if self.confirm_top is not None and self.confirm_top > 100:
+            raise DataError(f"confirm_top is the number of candidates to time, at most 100; got {self.confirm_top}")
         if not (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k <= MAX_TOP_K):
             raise DataError(f"top_k must be a whole number from 1 to {MAX_TOP_K:,}, got {str(self.top_k)[:40]}")
 

@@ -84,7 +84,8 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
         ("table", [{"rank": i + 1, "arch": r["arch"], "rating": r["rating"], "MMACs": r["mmacs"], "params (M)": r["params_m"],
                     **{k: v for k, v in r.items() if k.startswith("latency_ms:")}} for i, r in enumerate(R["search"]["results"])]),
         ("p", "Block ratings of the chosen network: " + ", ".join(f"{x:.4f}" for x in best["block_ratings"])),
-    ] + _interval_blocks(best, budgets, R["search"].get("budget_margin", False))))
+    ] + _interval_blocks(best, budgets, R["search"].get("budget_margin", False))
+        + _confirmation_blocks(R["search"].get("confirmation"))))
 
     lat_rows, acc_rows, budget_rows = [], [], []
     for target, rep in R["verify"]["reports"].items():
@@ -155,6 +156,22 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
     return {"arch": best["arch"], "report": str(out / "report.md"),
             "verification_passed": all(r["verification"] == "pass" for r in acc_rows),
             "latency_budgets": {f"{r['device']} {r['precision']}": r["budget"] for r in budget_rows}}
+
+
+def _confirmation_blocks(c: dict | None) -> list:
+    """The confirmed candidates (select/confirm.py): predicted and measured per budgeted device, which shipped and why."""
+    if not c:
+        return [("p", "The budgets were not confirmed by measurement during the search (search.confirm_top: 0, or "
+                      "no budgeted device is a CPU runtime of this machine): the network was chosen on its prediction.")]
+    rows = [{"rank by rating": x["rank"], "arch": x["arch"], "rating": x["rating"],
+             **{f"{n} predicted (ms)": x["predicted_ms"][n] for n in c["budgets_ms"]},
+             **{f"{n} measured (ms)": x["measured_ms"][n] for n in c["budgets_ms"]},
+             "within every budget": "yes" if x["meets_all"] else "no",
+             "shipped": "yes" if x["rank"] == c["shipped"] else ""} for x in c["candidates"]]
+    return [("p", f"Confirmed on this machine before retraining: the {c['top']} best-rated candidates under the budgets, "
+                  f"each exported as it ships (random weights) and timed on every budgeted runtime, in turn, as verify "
+                  f"times ({c['statistic']}). Shipped: {c['why']}. The confirmation took {c['seconds']:.0f} s "
+                  f"({c['timed']} candidate(s) timed, {c['reused']} from earlier timings)."), ("table", rows)]
 
 
 def _verdict(b: dict) -> str:

@@ -335,8 +335,19 @@ class SearchStage(Stage):
     name = "search"
     deps = ("rate", "tables")
 
+    @staticmethod
+    def search_settings(ctx):
+        """The search section with confirm_top resolved: unset, the K best are confirmed where timing
+        them is cheap (every budgeted device a CPU runtime of this machine), else none."""
+        from dna_deploy.select.confirm import PIPELINE_CONFIRM_TOP, cheap_here
+
+        s = ctx.cfg.search
+        if s.confirm_top is None:
+            s = dataclasses.replace(s, confirm_top=0 if cheap_here(ctx.tables, ctx.budgets()) else PIPELINE_CONFIRM_TOP)
+        return s
+
     def settings(self, ctx):
-        return {**to_mapping(ctx.cfg.search), "budgets": ctx.budgets()}
+        return {**to_mapping(self.search_settings(ctx)), "budgets": ctx.budgets()}
 
     def outputs(self, ctx):
         return ["search.json", "pareto.png"]
@@ -347,17 +358,31 @@ class SearchStage(Stage):
         for d in ctx.ordered_devices():  # budgeted tables first, so each -b pairs with its own -t
             args += ["-t", ctx.table_path(ctx.device_name(d))]
         args += [a for d in ctx.ordered_devices() if budgets[d.device] is not None for a in ("-b", repr(budgets[d.device]))]
-        return [args + cli_args(ctx.cfg.search) + ["--pareto", ctx.out / "pareto", "-o", ctx.out / "search.json"]]
+        return [args + cli_args(self.search_settings(ctx)) + ["--pareto", ctx.out / "pareto", "-o", ctx.out / "search.json"]]
 
     def run(self, ctx):
         from dna_deploy.select.rate import load_ratings
         from dna_deploy.select.search import run_search
 
         order = [ctx.cfg.devices.index(d) for d in ctx.ordered_devices()]  # as the reproduce command orders them
+        from dna_deploy.select.confirm import cheap_here
+
         tables, budgets = ctx.tables, ctx.budgets()
+        settings = self.search_settings(ctx)
+        if settings.confirm_top:
+            ctx.log(f"[search] confirming the {settings.confirm_top} best candidates on this machine: each exported as "
+                    "it ships and timed on every budgeted runtime (seconds each with ONNX Runtime, about 20 s more to "
+                    "convert for LiteRT; set search.confirm_top: 0 to trust the tables)")
+        elif ctx.cfg.search.confirm_top is None:
+            ctx.log(f"[search] the budgets are not confirmed by measurement: {cheap_here(tables, budgets)}")
         res = run_search(ctx.space, load_ratings(ctx.out / "ratings.json", ctx.space), [tables[i] for i in order],
-                         [budgets[i] for i in order],
-                         ctx.cfg.search, output=ctx.out / "search.json", pareto_path=ctx.out / "pareto")
+                         [budgets[i] for i in order], settings, output=ctx.out / "search.json",
+                         pareto_path=ctx.out / "pareto", confirm_dir=ctx.out / "confirm",
+                         show_progress=ctx.show_progress, log=ctx.log)
+        if "confirmation" in res:
+            c = res["confirmation"]
+            ctx.log(f"[search] confirmation took {c['seconds']:.0f} s ({c['timed']} candidate(s) timed, {c['reused']} "
+                    f"from earlier timings); shipped #{c['shipped']}: {c['why']}")
         return res
 
 

@@ -369,14 +369,22 @@ def pareto(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list[flo
 
 
 def run_search(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list[float | None],
-               settings: SearchSettings = SearchSettings(), *, output=None, pareto_path=None) -> dict:
+               settings: SearchSettings = SearchSettings(), *, output=None, pareto_path=None, confirm_dir=None,
+               show_progress: bool = True, log=None) -> dict:
     """`dna-deploy search` and the pipeline's search stage: the top-k, optionally the Pareto front
-    (PATH.csv + PATH.png) under the same limits, and the result as JSON at `output`."""
+    (PATH.csv + PATH.png) under the same limits, and the result as JSON at `output`.
+
+    With settings.confirm_top K, the K best candidates are timed on each budgeted runtime here
+    (select/confirm.py; what was timed is kept in `confirm_dir`, so a resumed search times nothing
+    twice) and the best-rated one measured within every budget comes first in `results`, the others
+    after it in rating order; `confirmation` says which shipped and why. When none of the K meets
+    every budget, the result is written and InfeasibleBudget says what to try."""
     import time
 
     from dna_deploy.io import write_json
 
     check_top_k(settings.top_k)
+    confirm_top = settings.confirm_top or 0
     searched = budgets_ms
     if settings.budget_margin:
         missing = [t.name for t, b in zip(tables, budgets_ms) if b is not None and t.error_quantiles() is None]
@@ -386,7 +394,7 @@ def run_search(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list
         searched = [t.upper_end_budget(b) if b is not None else None for t, b in zip(tables, budgets_ms)]
     t0 = time.perf_counter()
     rows = search(space, ratings, tables, searched, max_mmacs=settings.max_mmacs, max_params=settings.max_params,
-                  top_k=settings.top_k)
+                  top_k=max(settings.top_k, confirm_top))
     seconds = time.perf_counter() - t0
     for row in rows:  # the measured latency to expect: a 90 % interval per table, and the budget at its upper end
         for t, b in zip(tables, budgets_ms):
@@ -396,6 +404,16 @@ def run_search(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list
                 row[f"latency_interval_coverage:{t.name}"] = t.interval_coverage()
                 if b is not None:
                     row[f"budget_holds_at_upper_end:{t.name}"] = bool(iv[1] <= b + 1e-12)
+    confirmation = None
+    if confirm_top:
+        confirmation = _confirm(space, rows, tables, budgets_ms, confirm_top, confirm_dir, show_progress, log)
+        timed = {c["arch"]: c for c in confirmation["candidates"]}
+        for rank, row in enumerate(rows, 1):
+            row["rank_by_rating"] = rank
+            if row["arch"] in timed:
+                row.update({f"measured_ms:{n}": v for n, v in timed[row["arch"]]["measured_ms"].items()})
+        if confirmation["shipped"] is not None:  # the network to ship first, the rest in rating order
+            rows.insert(0, rows.pop(confirmation["shipped"] - 1))
     largest = space.largest_arch()
     result = {"space": space.name, "exact": True, "metric": ratings.get("metric"),
               "constraints": {**{f"budget_ms:{t.name}": b for t, b in zip(tables, budgets_ms)},
@@ -406,17 +424,38 @@ def run_search(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list
               "results": rows, "search_seconds": seconds,
               "largest": str(largest),
               "largest_predicted_ms": {t.name: t.predict(space, largest)["predicted_ms"] for t in tables}}
+    if confirmation is not None:
+        result["confirmation"] = confirmation
     if pareto_path is not None:
         front = pareto(space, ratings, tables, searched, max_mmacs=settings.max_mmacs, max_params=settings.max_params)
         csv, png = Path(pareto_path).with_suffix(".csv"), Path(pareto_path).with_suffix(".png")
-        write_front(front, csv, png, tables[0].name)
+        write_front(front, csv, png, tables[0].name, budget_ms=budgets_ms[0], shipped=rows[0],
+                    confirmation=confirmation)
         result["pareto"] = {"csv": str(csv), "png": str(png), "points": len(front)}
     if output is not None:
         write_json(output, result)
+    if confirmation is not None and confirmation["shipped"] is None:
+        raise InfeasibleBudget(f"confirmation: {confirmation['why']}" + (f" (the candidates: {output})" if output else ""))
     return result
 
 
-def write_front(rows: list[dict], csv_path, png_path, table_name: str) -> None:
+def _confirm(space, rows, tables, budgets_ms, top, confirm_dir, show_progress, log) -> dict:
+    import tempfile
+
+    from dna_deploy.select.confirm import confirm_candidates
+
+    if confirm_dir is not None:
+        return confirm_candidates(space, rows, tables, budgets_ms, top=top, work_dir=confirm_dir,
+                                  show_progress=show_progress, log=log)
+    with tempfile.TemporaryDirectory(prefix="dna-deploy-confirm-") as work:
+        return confirm_candidates(space, rows, tables, budgets_ms, top=top, work_dir=work,
+                                  show_progress=show_progress, log=log)
+
+
+def write_front(rows: list[dict], csv_path, png_path, table_name: str, *, budget_ms: float | None = None,
+                shipped: dict | None = None, confirmation: dict | None = None) -> None:
+    """The front as CSV and a plot: the budget line, the network to ship, and each confirmed
+    candidate's measured latency beside its prediction (an arrow from one to the other)."""
     import csv
     import io
 
@@ -432,8 +471,23 @@ def write_front(rows: list[dict], csv_path, png_path, table_name: str) -> None:
 
     key = f"latency_ms:{table_name}"
     fig, ax = new_figure()
-    ax.step([r[key] for r in rows], [r["rating"] for r in rows], where="post", marker="o", ms=3)
-    ax.set_xlabel(f"predicted latency on {table_name} (ms)")
+    ax.step([r[key] for r in rows], [r["rating"] for r in rows], where="post", marker="o", ms=3, label="Pareto front")
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="tab:red", ls="--", lw=1, label=f"budget {budget_ms:.4g} ms")
+    for c in (confirmation or {}).get("candidates", []):
+        if table_name in c["measured_ms"]:
+            pred, meas = c["predicted_ms"][table_name], c["measured_ms"][table_name]
+            ax.annotate("", xy=(meas, c["rating"]), xytext=(pred, c["rating"]),
+                        arrowprops={"arrowstyle": "->", "color": "tab:gray", "lw": 0.8})
+            ax.plot([meas], [c["rating"]], "x", color="tab:green" if c["meets"][table_name] else "tab:red", ms=6)
+    if confirmation and confirmation.get("candidates"):
+        ax.plot([], [], "x", color="tab:gray", label="confirmed candidates: measured (arrow from predicted)")
+    if shipped is not None and key in shipped:
+        x = shipped.get(f"measured_ms:{table_name}", shipped[key])
+        ax.plot([x], [shipped["rating"]], "*", color="tab:orange", ms=14, label="shipped network"
+                + (" (measured)" if f"measured_ms:{table_name}" in shipped else " (predicted)"))
+    ax.legend(fontsize=8)
+    ax.set_xlabel(f"latency on {table_name} (ms): predicted; measured where confirmed")
     ax.set_ylabel("summed block rating (lower is better)")
     ax.set_title(f"Pareto front: {len(rows)} networks")
     ax.grid(alpha=0.3)
