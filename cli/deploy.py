@@ -128,6 +128,8 @@ def verify(folders: list[Path] = typer.Argument(..., help="Export folders (each 
                                                "exits 3); repeat for several."),
            latency_advisory: bool = typer.Option(False, "--latency-advisory/--no-latency-advisory",
                                                  help="A missed latency budget is a warning, not a failure."),
+           target: str = typer.Option("local", "--target", help="Where latency is measured: local or "
+                                      "ssh://user@host[:port] (outputs are checked here)."),
            fmt: OutputFormat = FormatOpt) -> None:
     """Outputs vs PyTorch, top-1 agreement, accuracy, latency vs the table and the budget; non-zero exit on failure.
 
@@ -146,7 +148,7 @@ def verify(folders: list[Path] = typer.Argument(..., help="Export folders (each 
                               max_extra_rounds=max_extra_rounds, latency_advisory=latency_advisory)
     _verify(folders, data=data, table=table, fmt=fmt, max_images=max_images, overrides=settings.overrides(),
             op_resolver=op_resolver, max_extra_rounds=max_extra_rounds, budgets=parse_budgets(budget_ms),
-            latency_advisory=latency_advisory)
+            latency_advisory=latency_advisory, target=target)
 
 
 def parse_budgets(values: list[str]) -> dict[str, float]:
@@ -187,15 +189,16 @@ def _render_verify_report(folder, r: dict) -> None:
 
 
 def _verify(folders, *, data, table, fmt, max_images=None, overrides=None, op_resolver=None, max_extra_rounds=None,
-            budgets=None, latency_advisory=False):
+            budgets=None, latency_advisory=False, target=None):
     from dna_deploy.deploy.verify import verify_exports
+    from dna_deploy.targets import parse_target
     from dna_deploy.errors import BudgetMissed, VerificationFailed
     from dna_deploy.latency.table import LatencyTable
 
     tables = [LatencyTable.load(t) for t in table]
     reports = verify_exports(folders, data=data, tables=tables, max_images=max_images, overrides=overrides,
                              show_progress=fmt == "table", op_resolver=op_resolver, max_extra_rounds=max_extra_rounds,
-                             budgets=budgets, latency_advisory=latency_advisory)
+                             budgets=budgets, latency_advisory=latency_advisory, target=parse_target(target))
     if fmt == "json":  # one folder: its report; several: the list of their reports, in order
         render(reports[0] if len(folders) == 1 else reports, fmt="json")
     else:

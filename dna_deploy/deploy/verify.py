@@ -213,7 +213,7 @@ def verify_exports(folders: list[str | Path], *, data: str | None = None, tables
                    max_images: int | None = None, threads: int = 1, overrides: dict | None = None,
                    only: list[str] | None = None, show_progress: bool = True, op_resolver: str | None = None,
                    max_extra_rounds: int | None = None, budgets: dict[str, float] | None = None,
-                   latency_advisory: bool = False) -> list[dict]:
+                   latency_advisory: bool = False, target=None) -> list[dict]:
     """Run PyTorch and every exported artifact of each folder on the validation images; write each
     folder's verify.json. Every folder is checked (files, weights, data) before anything is timed,
     so a bad folder costs no measurement and leaves no half-written report.
@@ -232,7 +232,10 @@ def verify_exports(folders: list[str | Path], *, data: str | None = None, tables
 
     `budgets` ({device: ms}): each artifact of a budgeted device's runtime and precision is held to
     its budget (judge_budget); a clear miss fails its `latency_budget` check, or with
-    `latency_advisory` only says so in a note. Each report's `budgets` lists the verdicts."""
+    `latency_advisory` only says so in a note. Each report's `budgets` lists the verdicts.
+
+    A remote `target` (targets/): outputs are checked here, latency is measured there
+    (_time_on_target), against the target's own speed probe, and tables are held to its identity."""
     from dna_deploy.host import LITERT_OP_RESOLVERS
     from dna_deploy.progress import progress_bar
 
@@ -246,14 +249,45 @@ def verify_exports(folders: list[str | Path], *, data: str | None = None, tables
         for f in loaded:
             _check_artifacts(f, bar, tables=tables, threads=threads, overrides=overrides,
                              op_resolver=op_resolver, max_extra_rounds=max_extra_rounds)
-        time_interleaved([c.timing for f in loaded for c in f.checked], speed, bar)
-    probe = {"fastest_ms": speed.fastest_ms, "from_tables_ms": seed_ms if seed_ms < float("inf") else None,
-             "tolerance": speed.tolerance}
+        if target is not None and not target.is_local:
+            speed, seed_ms = _time_on_target(target, [c.timing for f in loaded for c in f.checked], show_progress), None
+        else:
+            time_interleaved([c.timing for f in loaded for c in f.checked], speed, bar)
+    probe = {"fastest_ms": speed.fastest_ms, "from_tables_ms": seed_ms if seed_ms and seed_ms < float("inf") else None,
+             "tolerance": speed.tolerance, **({"target": target.url} if target is not None and not target.is_local else {})}
     held = {(a["runtime"], a["precision"]) for f in loaded for a in f.artifacts}
     unheld = [f"latency budget {t['budget_ms']:g} ms for {t['device']}: no artifact verified here runs on {t['runtime']} "
               f"{t['precision']}; not checked (export for it and verify that folder too)"
               for t in targets if (t["runtime"], t["precision"]) not in held]
-    return [_finish(f, speed, tables, probe, targets=targets, advisory=latency_advisory, unheld=unheld) for f in loaded]
+    return [_finish(f, speed, tables, probe, targets=targets, advisory=latency_advisory, unheld=unheld, target=target)
+            for f in loaded]
+
+
+def _time_on_target(target, timings: list[_Timing], show_progress: bool) -> SpeedProbe:
+    """Every artifact timed on the target as verify times here (MODEL_ROUNDS rounds of 20 runs,
+    then extra rounds while unconfirmed, up to each one's cap), grouped by what runs them; the
+    target's speed probe over all of them."""
+    import tempfile
+
+    from dna_deploy.latency.devices import DeviceSpec
+    from dna_deploy.latency.on_target import runner_settings
+    from dna_deploy.runtimes.base import WARMUP_S
+
+    groups: dict[tuple, list[_Timing]] = {}
+    for t in timings:
+        groups.setdefault((t.artifact["runtime"], t.artifact["precision"], t.threads, t.resolver, t.cap), []).append(t)
+    with tempfile.TemporaryDirectory(prefix="dna-deploy-verify-") as tmp:
+        for i, ((runtime, precision, threads, resolver, cap), ts) in enumerate(groups.items()):
+            target.configure(DeviceSpec(name="verify", runtime=runtime, precision=precision, threads=threads,
+                                        op_resolver=resolver))
+            settings = runner_settings(rounds=MODEL_ROUNDS, runs_per_round=20, warmup_s=WARMUP_S,
+                                       max_extra_rounds=max(0, cap - MODEL_ROUNDS))
+            results = target.time_models({str(j): t.folder / t.artifact["path"] for j, t in enumerate(ts)},
+                                         runtime=runtime, threads=threads, op_resolver=resolver, settings=settings,
+                                         partial=Path(tmp) / f"{i}.jsonl", show_progress=show_progress, label="artifacts")
+            for j, t in enumerate(ts):
+                t.rounds[:], t.probes[:] = results[str(j)]["rounds"], results[str(j)]["probes"]
+    return SpeedProbe.resumed([t.probes for t in timings])
 
 
 def _load_folder(folder: Path, *, data, max_images, only) -> _Folder:
@@ -384,7 +418,7 @@ def time_interleaved(timings: list[_Timing], speed: SpeedProbe, bar, *, rounds: 
 
 
 def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict, *, targets: list[dict] = (), advisory: bool = False,
-            unheld: list[str] = ()) -> dict:
+            unheld: list[str] = (), target=None) -> dict:
     """Latency verdicts against the tables and budgets, every check, notes; writes the folder's
     verify.json. `probe`: the job's speed probe (its fastest, and the fastest the tables recorded)."""
     report = {**f.report, "speed_probe": probe, "budgets": [], "latency_advisory": advisory}
@@ -417,7 +451,7 @@ def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict, *, targets: list
             if "interval90_ms" in pred:  # the measured latency against the table's own error bars
                 lo, hi = pred["interval90_ms"]
                 stats.update(predicted_interval90_ms=[lo, hi], within_interval90=bool(lo <= measured <= hi))
-            foreign = table.foreign_reasons()
+            foreign = table.foreign_reasons(target)
             if foreign:
                 report["notes"].append(f"{art['path']}: table {table.path} was measured on another host or runtime "
                                        f"({'; '.join(foreign[:2])}): its prediction is not this machine's")
