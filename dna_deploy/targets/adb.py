@@ -44,6 +44,9 @@ def parse_benchmark_output(text: str) -> dict:
     `count=N curr=X` (no min/max/avg): those are filled from curr."""
     if _RUN_HEADER not in text:
         raise TargetError("benchmark_model printed no timed runs: " + _last_error(text))
+    if text.count(_RUN_HEADER) < 2:  # the warm-up's header only: stopped before its timed runs
+        raise TargetError("benchmark_model printed no statistics for its timed runs (it stopped after its warm-up): "
+                          + _last_error(text))
     block = text.rsplit(_RUN_HEADER, 1)[1]
     line = next((ln for ln in block.splitlines() if re.search(r"\bcount=\d+", ln)), None)
     if line is None:
@@ -70,7 +73,7 @@ def round_figure_ms(stats: dict) -> float:
 def _last_error(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "ERROR" in ln or "rror" in ln or "ailed" in ln]
-    return (errors or lines or ["no output"])[-1][:200]
+    return (errors[:1] or lines[-1:] or ["no output"])[0][:200]  # the first error is the cause
 
 
 def benchmark_command(binary: str, model: str, *, threads: int, cpu_mask: str | None = None, delegate: str = "xnnpack",

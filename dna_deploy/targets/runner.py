@@ -9,13 +9,17 @@ Why a second timing loop, and not dna_deploy/runtimes/base.py: that module impor
 keeps the same discipline in a few lines, and the host computes every statistic from the raw
 samples with base.py's own functions (quiet_stats, confirmed), so a table profiled through this
 runner and one profiled locally sum the same statistic:
-  - each model is timed in rounds (time_in_rounds): every round warms up for at least `warmup_s`
-    and 2 runs, reads the speed probe, times `runs_per_round` runs with perf_counter_ns, reads the
-    probe again (the slower of the two is the round's);
-  - rounds `pause_s` apart; then extra rounds, at least `spacing_s` apart, while the fastest round
-    is not backed by a second within `quiet_tolerance` whose probe was within `probe_tolerance` of
-    the fastest probe of the job (base.confirmed), or the quiet spread exceeds `cv_threshold`;
-  - the speed probe is base.SpeedProbe's loop (LOOP iterations, fastest of 3).
+  - the models are timed round by round, in a shuffled order each round (as
+    latency/profiler.measure_bundle does), every round of a model warming up for at least
+    `warmup_s` and `warmup_runs` runs, reading the speed probe, timing `runs_per_round` runs with
+    perf_counter_ns and reading the probe again (the slower of the two is the round's);
+  - after `rounds` rounds, extra rounds (at most `max_extra_rounds`, each at least `spacing_s`
+    after the model's previous one) for models whose fastest round is not backed by a second within
+    `quiet_tolerance` whose probe was within `probe_tolerance` of the job's fastest probe
+    (base.confirmed), or whose quiet spread exceeds `cv_threshold`;
+  - the speed probe is base.SpeedProbe's loop (LOOP iterations, fastest of 3);
+  - every round is printed as one JSON line as soon as it is timed; given the rounds already back
+    (a resume), a model continues from them.
 The host sends the settings; if base.py changes them, they change here too.
 
 Commands (every reply is JSON on stdout; errors are one JSON line on stderr with exit status 3):
@@ -23,9 +27,9 @@ Commands (every reply is JSON on stdout; errors are one JSON line on stderr with
                        module versions, free bytes in DIR)
   have --dir DIR       {file name: sha256} of the files in DIR
   time --dir DIR --jobs FILE
-                       time the models FILE lists, one JSON line per model as each is done
-                       (flushed at once), then {"done": true}; a model whose file does not match
-                       its sha256 (a push cut short) is refused, never timed.
+                       time the models FILE lists, one JSON line per round ({key, samples,
+                       probe}, flushed at once), then {"done": true}; a model whose file does not
+                       match its sha256 (a push cut short) is refused before anything is timed.
 """
 
 import argparse
