@@ -354,8 +354,12 @@ class DeviceBudget:
     device: str
     budget_ms: float | None = None
     budget_fraction: float | None = None
+    # where the device is profiled and verified: local, ssh://user@host[:port], adb://SERIAL (targets/)
+    target: str | None = None
 
     def __post_init__(self):
+        if self.target is not None and not isinstance(self.target, str):
+            raise DataError(f"device {self.device!r}: target must be a string like ssh://user@host, got {self.target!r}"[:200])
         if self.budget_ms is not None and self.budget_fraction is not None:
             raise DataError(f"device {self.device!r}: give budget_ms or budget_fraction, not both")
         if self.budget_ms is not None and not (math.isfinite(self.budget_ms) and self.budget_ms > 0):

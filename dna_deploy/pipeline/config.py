@@ -117,6 +117,10 @@ def check_references(cfg: PipelineConfig, *, where: str) -> None:
     load_space(cfg.space)
     for d in cfg.devices:
         load_device(d.device)
+        if d.target is not None:
+            from dna_deploy.targets import parse_target
+
+            parse_target(d.target)  # a malformed target fails here, before any stage runs
     if cfg.data not in DATASETS and not Path(cfg.data).is_dir():
         raise DataError(f"{where}: data {cfg.data!r} is neither one of {', '.join(DATASETS)} nor a folder with "
                         "train/ and val/")

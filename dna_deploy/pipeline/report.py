@@ -75,7 +75,10 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
     budgets = R["search"]["budgets_ms"]
     sections.append(("Chosen architecture", [
         ("code", best["arch"]),
-        ("p", f"Exact optimum of the summed block ratings ({R['rate']['metric']}) over "
+        ("p", (f"The best-rated of the {R['search']['confirmation']['top']} confirmed candidates measured within every "
+               f"budget (#{R['search']['confirmation']['shipped']} by rating; see below). The search: "
+               if (R["search"].get("confirmation") or {}).get("shipped", 1) != 1 else "")
+              + f"Exact optimum of the summed block ratings ({R['rate']['metric']}) over "
               f"{ctx.space.count_architectures():,} networks of space `{ctx.space.name}`, found in "
               f"{R['search']['search_seconds'] * 1000:.1f} ms, under: "
               + "; ".join(f"{k} <= {v:.4g} ms" for k, v in budgets.items() if v is not None)
