@@ -235,10 +235,12 @@ class TablesStage(Stage):
             timing = (["--rounds", p.rounds] if p.rounds is not None else []) + \
                 (["--warmup-s", repr(p.warmup_s)] if p.granularity == "layer" else [])
             extra = ["--max-extra-rounds", p.max_extra_rounds] if p.max_extra_rounds is not None else []
+            where = ["--target", d.target] if d.target not in (None, "local") else []
             cmds.append(["profile", "--device", d.device, "--space", ctx.cfg.space, "-o", table, *timing,
-                         "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}", "--granularity", p.granularity, *extra])
+                         "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}", "--granularity", p.granularity, *extra,
+                         *where])
             cmds.append(["profile", "validate", "--table", table, "--space", ctx.cfg.space, "-n", p.validate_samples,
-                         "--rounds", p.validate_rounds, "--warmup-s", repr(p.warmup_s), *extra])
+                         "--rounds", p.validate_rounds, "--warmup-s", repr(p.warmup_s), *extra, *where])
         return cmds
 
     def run(self, ctx):
@@ -252,6 +254,9 @@ class TablesStage(Stage):
         for d in ctx.cfg.devices:
             dev = load_device(d.device)
             dst = ctx.table_path(dev.name)
+            if d.target not in (None, "local"):  # a board or phone: profiled and validated there
+                res[dev.name] = self._on_target(ctx, d, dev, dst)
+                continue
             shipped, why = shipped_table_for_host(dev, ctx.space, granularity=p.granularity) if p.use_shipped in ("auto", True) else (None, None)
             if shipped is None and p.use_shipped is True:
                 from dna_deploy.errors import TableError
@@ -278,6 +283,24 @@ class TablesStage(Stage):
                              "fidelity": LatencyTable.load(dst).fidelity,
                              "validate": {k: rep[k] for k in ("raw_sum", "calibrated", "macs_linear")}}
         return res
+
+    @staticmethod
+    def _on_target(ctx, d, dev, dst) -> dict:
+        from dna_deploy.latency.on_target import profile_on_target
+        from dna_deploy.latency.table import LatencyTable
+        from dna_deploy.latency.validate import validate_table
+        from dna_deploy.targets import parse_target
+
+        p, target = ctx.cfg.profile, parse_target(d.target)
+        ctx.log(f"[tables] profiling {dev.name} on {target.url}")
+        profile_on_target(ctx.space, dev, dst, target, rounds=p.rounds, runs_per_round=p.runs,
+                          cv_threshold=p.cv_threshold, show_progress=ctx.show_progress, granularity=p.granularity,
+                          warmup_s=p.warmup_s if p.granularity == "layer" else None, max_extra_rounds=p.max_extra_rounds)
+        rep = validate_table(dst, ctx.space, samples=p.validate_samples, plot_path=dst.with_suffix(".fidelity.png"),
+                             show_progress=ctx.show_progress, rounds=p.validate_rounds, warmup_s=p.warmup_s, target=target,
+                             **({"max_extra_rounds": p.max_extra_rounds} if p.max_extra_rounds is not None else {}))
+        return {"table": str(dst), "source": f"measured on {target.url}", "fidelity": LatencyTable.load(dst).fidelity,
+                "validate": {k: rep[k] for k in ("raw_sum", "calibrated", "macs_linear")}}
 
 
 class TrainStage(Stage):
