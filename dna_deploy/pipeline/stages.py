@@ -569,6 +569,10 @@ class ExportStage(Stage):
         return res
 
 
+# The runtime that runs each export format: a device's target times the folders of its runtime.
+EXPORT_RUNTIME = {"onnx": "onnxruntime", "tflite": "litert", "tensorrt": "tensorrt"}
+
+
 class VerifyStage(Stage):
     name = "verify"
     deps = ("export", "tables")
@@ -584,21 +588,46 @@ class VerifyStage(Stage):
     def outputs(self, ctx):
         return [f"export/{e.to}/verify.json" for e in ctx.cfg.export]
 
-    def commands(self, ctx):  # one command: the folders share one speed probe (deploy/verify.verify_exports)
+    @staticmethod
+    def groups(ctx) -> list[tuple[str | None, list[int]]]:
+        """The export folders by where they are timed: here (None, one job sharing one speed probe),
+        or the target of the devices that run their format (a device entry's `target:`)."""
+        from dna_deploy.errors import DataError
+        from dna_deploy.latency.devices import load_device
+
+        out: dict[str | None, list[int]] = {}
+        for i, e in enumerate(ctx.cfg.export):
+            named = {d.target for d in ctx.cfg.devices if d.target not in (None, "local")
+                     and load_device(d.device).runtime == EXPORT_RUNTIME.get(e.to)}
+            if len(named) > 1:
+                raise DataError(f"export {e.to!r} runs on devices of {len(named)} targets ({', '.join(sorted(named))}); "
+                                "verify times a folder on one target: give those devices separate pipelines")
+            out.setdefault(named.pop() if named else None, []).append(i)
+        return list(out.items())
+
+    def commands(self, ctx):  # one command per target: a target's folders share one speed probe (verify_exports)
         tables = [a for d in ctx.cfg.devices for a in ("-t", ctx.table_path(ctx.device_name(d)))]
         budgets = [a for name, ms in self.budgets(ctx).items() for a in ("--budget-ms", f"{name}={ms!r}")]
-        return [["verify", *(ctx.out / "export" / e.to for e in ctx.cfg.export), "--data", ctx.cfg.data, *tables,
-                 *budgets, *cli_args(ctx.cfg.verify)]] if ctx.cfg.export else []
+        return [["verify", *(ctx.out / "export" / ctx.cfg.export[i].to for i in idx), "--data", ctx.cfg.data, *tables,
+                 *budgets, *cli_args(ctx.cfg.verify), *(["--target", target] if target else [])]
+                for target, idx in self.groups(ctx)] if ctx.cfg.export else []
 
     def run(self, ctx):
         from dna_deploy.deploy.verify import verify_exports
+        from dna_deploy.targets import parse_target
 
         v = ctx.cfg.verify
-        reports = verify_exports([ctx.out / "export" / e.to for e in ctx.cfg.export], data=ctx.cfg.data,
-                                 tables=ctx.tables, max_images=v.max_images, show_progress=ctx.show_progress,
-                                 overrides=v.overrides(), max_extra_rounds=v.max_extra_rounds,
-                                 budgets=self.budgets(ctx), latency_advisory=v.latency_advisory)
-        return {"reports": {e.to: r for e, r in zip(ctx.cfg.export, reports)}}
+        reports: dict[int, dict] = {}
+        for target, idx in self.groups(ctx):
+            done = verify_exports([ctx.out / "export" / ctx.cfg.export[i].to for i in idx], data=ctx.cfg.data,
+                                  tables=ctx.tables, max_images=v.max_images, show_progress=ctx.show_progress,
+                                  overrides=v.overrides(), max_extra_rounds=v.max_extra_rounds,
+                                  budgets=self.budgets(ctx), latency_advisory=v.latency_advisory,
+                                  target=parse_target(target),
+                                  # on a target, only the artifacts of the runtime its devices run
+                                  only=[EXPORT_RUNTIME[ctx.cfg.export[idx[0]].to]] if target else None)
+            reports.update(zip(idx, done))
+        return {"reports": {e.to: reports[i] for i, e in enumerate(ctx.cfg.export)}}
 
 
 class ReportStage(Stage):
