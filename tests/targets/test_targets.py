@@ -211,3 +211,31 @@ def test_profile_on_a_phone_end_to_end():
             reason = "a phone is connected, but this test does not know its benchmark_model binary; run it by hand (docs/targets.md)"
     print(f"SKIPPED: {reason}", file=sys.stderr)
     pytest.skip(reason)
+
+
+def test_a_pipeline_device_may_name_its_target(tmp_path):
+    """target: on a device entry: checked when the file is read; the tables stage's commands and
+    the verify stage's groups carry it (a folder of that device's runtime is timed there)."""
+    from types import SimpleNamespace
+
+    from dna_deploy.pipeline.config import load_pipeline
+    from dna_deploy.pipeline.stages import TablesStage, VerifyStage
+
+    text = (Path(__file__).resolve().parents[1] / "pipeline" / "smoke.yaml").read_text()
+    board = "ssh://pi@raspberrypi.local:2222"
+    mine = text.replace("  - device: x86-cpu-onnxruntime\n    budget_fraction: 0.5\n",
+                        "  - device: x86-cpu-onnxruntime\n    budget_fraction: 0.5\n"
+                        f"  - device: rpi5-cpu-litert\n    budget_ms: 5.0\n    target: {board}\n")
+    mine = mine.replace("  - {to: onnx}\n", "  - {to: onnx}\n  - {to: tflite}\n")
+    (tmp_path / "p.yaml").write_text(mine)
+    cfg = load_pipeline(tmp_path / "p.yaml")
+    assert [d.target for d in cfg.devices] == [None, board]
+    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, space=SimpleNamespace(name="tiny"), budgets=lambda: [None, 5.0],
+                          device_name=lambda d: d.device, table_path=lambda name: tmp_path / f"{name}.json")
+    assert VerifyStage.groups(ctx) == [(None, [0]), (board, [1])]
+    cmds = VerifyStage().commands(ctx)
+    assert "--target" not in cmds[0] and cmds[1][-2:] == ["--target", board]
+    assert [c[-2:] for c in TablesStage().commands(ctx)[2:]] == [["--target", board]] * 2
+    (tmp_path / "bad.yaml").write_text(mine.replace(board, "ftp://pi@raspberrypi.local"))
+    with pytest.raises(DataError, match="ftp://"):
+        load_pipeline(tmp_path / "bad.yaml")
