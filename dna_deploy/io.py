@@ -50,13 +50,20 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise DataError(f"{what} {path} is {size:,} bytes; dna-deploy's JSON files are at most {MAX_JSON_BYTES:,}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{what} {path} is corrupt or truncated ({e}); delete it or regenerate it") from e
+        raise DataError(f"{what} {path} is corrupt or truncated ({str(e)[:200]}); delete it or regenerate it") from None
+    except RecursionError:  # "[[[[...": nested deeper than any file of ours
+        raise DataError(f"{what} {path} is nested too deeply to be a dna-deploy file") from None
 
 
+MAX_JSON_BYTES = 2**30  # tables, ratings, manifests and reports: a few MB at most
 MAX_STRUCTURED_BYTES = 16 * 2**20  # a pipeline, space or device file is a few KB
+MAX_YAML_DEPTH = 64  # a settings file nests a few levels
 MAX_YAML_ALIASES = 100  # anchors reused this often are a "billion laughs" bomb, not a settings file
 MAX_YAML_NODES = 100_000  # values the document holds once every alias is expanded (a pipeline: a few hundred)
 
@@ -90,18 +97,20 @@ def read_structured(path: str | os.PathLike, *, what: str = "file") -> Any:
     except DataError:
         raise
     except Exception as e:  # parser errors of three libraries: report them as one kind, never the value
-        raise DataError(f"{what} {path} cannot be parsed: {str(e).splitlines()[0][:200]}") from None
+        raise DataError(f"{what} {path} cannot be parsed: {' '.join(str(e).split())[:200]}") from None
 
 
 def _check_yaml_expansion(text: str, path: Path, what: str) -> None:
-    """Count a YAML document's aliases, and the nodes it holds once they are expanded, from its
-    event stream (nothing is built), so a "billion laughs" file is refused in microseconds."""
+    """Count a YAML document's aliases, its nesting, and the nodes it holds once they are expanded,
+    from its event stream (nothing is built), so a "billion laughs" file is refused in microseconds.
+    libyaml's parser where installed (it refuses thousands of nested brackets at once; the pure
+    Python one takes minutes over them)."""
     import yaml
 
     sizes: dict[str, int] = {}  # anchor -> expanded node count
     stack: list[list] = []  # open collections: [anchor, nodes so far]
     aliases = total = 0
-    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+    for ev in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
         if isinstance(ev, yaml.AliasEvent):
             aliases += 1
             if aliases > MAX_YAML_ALIASES:
@@ -110,6 +119,8 @@ def _check_yaml_expansion(text: str, path: Path, what: str) -> None:
             n = sizes.get(ev.anchor, 1)
         elif isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             stack.append([ev.anchor, 1])
+            if len(stack) > MAX_YAML_DEPTH:
+                raise DataError(f"{what} {path} nests more than {MAX_YAML_DEPTH} levels deep; not a settings file")
             continue
         elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
             anchor, n = stack.pop()

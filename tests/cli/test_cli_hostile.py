@@ -244,6 +244,27 @@ def test_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path):
     assert "lol" not in line
 
 
+def test_deep_or_huge_files_are_refused_before_they_are_read(d, tmp_path):
+    """Nesting a parser takes minutes or its recursion limit over, and sizes no file of ours has
+    (sparse files: nothing is written to disk), are one line each."""
+    (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    (tmp_path / "deep.yaml").write_text("[" * 200_000 + "]" * 200_000)
+    (tmp_path / "nested.yaml").write_text("- " * 3000 + "x\n")
+    for path in ("deep.json", "deep.yaml", "nested.yaml"):
+        refused_and_intact(["run", tmp_path / path], path, tmp_path)
+        refused_and_intact(["space", "show", "--space", tmp_path / path], path, tmp_path)
+    refused_and_intact(["search", "-r", tmp_path / "deep.json", "-s", "tiny"], "nested too deeply", tmp_path)
+    refused_and_intact(["profile", "predict", "-t", tmp_path / "deep.json", TINY_ARCH], "nested too deeply", tmp_path)
+    huge = tmp_path / "huge"  # not hashed: that would read them
+    huge.mkdir()
+    for name, size in (("huge.json", 2**30 + 1), ("huge.yaml", 2**25)):
+        with open(huge / name, "wb") as f:
+            f.truncate(size)
+    one_error(["search", "-r", huge / "huge.json", "-s", "tiny"], "bytes")
+    one_error(["run", huge / "huge.yaml"], "bytes")
+    assert sorted(p.name for p in huge.iterdir()) == ["huge.json", "huge.yaml"]
+
+
 def test_hostile_bundles_are_one_clean_line_and_leave_nothing(d, tmp_path):
     m = json.loads((d / "manifest.json").read_text())
     forged = {
