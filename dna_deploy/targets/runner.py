@@ -42,6 +42,9 @@ import sys
 import time
 
 PROBE_LOOP = 20000  # runtimes/base.SpeedProbe.LOOP
+# as runtimes/onnxruntime.py; session.run returns host arrays, so a timed run includes the device's work
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
 def emit(obj, stream=None):
@@ -101,7 +104,7 @@ def sha256(path):
 
 # ---------------------------------------------------------------- runtimes
 class Model:
-    def __init__(self, path, runtime, threads, op_resolver):
+    def __init__(self, path, runtime, threads, op_resolver, device="cpu"):
         try:
             import numpy as np
         except ImportError:
@@ -118,7 +121,13 @@ class Model:
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.log_severity_level = 3
-            self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            providers = PROVIDERS.get(device)
+            if providers is None:
+                fail("runtime-unsupported", "onnxruntime device %r: the runner knows cpu, cuda, tensorrt" % device)
+            if providers[0] not in ort.get_available_providers():
+                fail("runtime-missing", "onnxruntime on the target has no %s (it has %s)"
+                     % (providers[0], ", ".join(ort.get_available_providers())), pip="pip install onnxruntime-gpu numpy")
+            self.session = ort.InferenceSession(path, so, providers=providers)
             inp = self.session.get_inputs()[0]
             self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
             shape = [d if isinstance(d, int) else 1 for d in inp.shape]
@@ -287,7 +296,7 @@ def time_jobs(directory, jobs_file):
         models = {}
         for m in chunk:
             models[m["key"]] = Model(os.path.join(directory, m["file"]), jobs["runtime"], jobs["threads"],
-                                     jobs.get("op_resolver"))
+                                     jobs.get("op_resolver"), jobs.get("device", "cpu"))
             models[m["key"]].run()  # first run: lazy initialisation
         time_interleaved(models, state, speed, s, seed=jobs.get("seed", 0) + i)
         models.clear()

@@ -41,6 +41,10 @@ class SshTarget(Target):
         self.url = f"ssh://{user + '@' if user else ''}{host}{':' + str(port) if port else ''}"
         self._identity: dict | None = None
         self.attempts = 0  # connections that timed models in the last time_models (1 = never dropped)
+        self.device = "cpu"
+
+    def configure(self, device) -> None:
+        self.device = device.device  # onnxruntime: cpu, or cuda / tensorrt (its execution providers there)
 
     # ---------------------------------------------------------------- plumbing
     @property
@@ -158,7 +162,7 @@ class SshTarget(Target):
         self.check_runtime(runtime)
         shas = {k: sha256_file(p) for k, p in models.items()}
         names = {k: f"{shas[k][:20]}{Path(p).suffix}" for k, p in models.items()}
-        run_id = fingerprint({"runtime": runtime, "threads": threads, "op_resolver": op_resolver, "settings": settings,
+        run_id = fingerprint({"runtime": runtime, "device": self.device, "threads": threads, "op_resolver": op_resolver, "settings": settings,
                               "models": shas, "target": self.url, "identity": self.host_description()})
         done = read_partial(partial, run_id, set(models))
         back = sum(len(r["rounds"]) for r in done.values())
@@ -204,7 +208,7 @@ class SshTarget(Target):
             raise TargetError(f"{self.url}: the disk is full: {size / 2**20:.1f} MiB of models to push and "
                               f"{free / 2**20:.1f} MiB free in {self.remote_dir}; free space there or give another folder "
                               f"({self.url}?dir=/path/with/space)")
-        jobs = {"runtime": runtime, "threads": threads, "op_resolver": op_resolver, "settings": settings,
+        jobs = {"runtime": runtime, "device": self.device, "threads": threads, "op_resolver": op_resolver, "settings": settings,
                 "fastest_probe_ms": fastest, "max_open": max_open,
                 "models": [{"key": k, "file": names[k], "sha256": shas[k], **done[k]} for k in models]}
         with tempfile.TemporaryDirectory() as tmp:
