@@ -46,7 +46,12 @@ def load_model(path: str | Path, *, arch: str | None = None):
     ckpt = load_checkpoint(path, what="model weights")
     if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
         raise DataError(f"{path} is not a dna-deploy model (make one with `dna-deploy retrain`)")
+    _check_model(ckpt, path)
     space = SearchSpace.from_dict(ckpt["space"], source=str(path))
+    if ckpt["num_classes"] != space.num_classes or ckpt["input"]["shape"][1:] != [space.in_channels, space.input_size,
+                                                                                 space.input_size]:
+        raise DataError(f"model {path}: its input shape {ckpt['input']['shape']} or num_classes {ckpt['num_classes']} "
+                        f"differs from its space's; make it again with `dna-deploy retrain`")
     if arch is not None and str(space.parse_arch(arch)) != ckpt["arch"]:
         raise DataError(f"weights {path} are for architecture {ckpt['arch']!r}, not {arch!r}")
     a = space.parse_arch(ckpt["arch"])
@@ -56,6 +61,25 @@ def load_model(path: str | Path, *, arch: str | None = None):
     except RuntimeError as e:
         raise DataError(f"weights {path} do not fit architecture {a}: {str(e).splitlines()[0][:300]}") from None
     return space, a, net.eval(), ckpt
+
+
+def _check_model(ckpt: dict, path) -> None:
+    """A model checkpoint read as a file a user could have edited: each key export and verify use,
+    of the right type, so a forged one is one line and never a KeyError or TypeError."""
+    import torch
+
+    shape = (ckpt.get("input") or {}).get("shape") if isinstance(ckpt.get("input"), dict) else None
+    state = ckpt.get("state_dict")
+    checks = [("space", isinstance(ckpt.get("space"), dict)), ("arch", isinstance(ckpt.get("arch"), str)),
+              ("state_dict", isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                             for k, v in state.items())),
+              ("num_classes", isinstance(ckpt.get("num_classes"), int) and not isinstance(ckpt["num_classes"], bool)),
+              ("input", isinstance(shape, list) and len(shape) == 4
+               and all(isinstance(n, int) and not isinstance(n, bool) for n in shape)
+               and all(isinstance(ckpt["input"].get(k), (list, type(None))) for k in ("mean", "std")))]
+    for key, ok in checks:
+        if not ok:
+            raise DataError(f"model {path} lacks a valid {key!r}; make it again with `dna-deploy retrain`")
 
 
 def check_supernet_data(supernet_dir: str | Path, data, *, what: str) -> None:
