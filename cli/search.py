@@ -43,6 +43,8 @@ def rate(space: str = SpaceOpt,
          rate_chunk: int = typer.Option(R.rate_chunk, min=1, help="Rate-split images on the device at once (memory only) "
                                         "[as many as --rate-memory-gb holds]."),
          rate_memory_gb: float = typer.Option(R.rate_memory_gb, min=0.001, help="Device memory one rating chunk may take."),
+         centre_paths: int = typer.Option(R.centre_paths, min=1, help="DNA++: paths averaged into each block's rating "
+                                          "target (every candidate when the block has no more)."),
          device: str = DeviceOpt, workers: int = WorkersOpt, timeout_min: float = TimeoutOpt,
          resume: bool = typer.Option(True, "--resume/--restart"), fmt: OutputFormat = FormatOpt) -> None:
     """Rate every candidate of every block on the held-out rate split (BN re-estimated per candidate).
@@ -60,7 +62,7 @@ def rate(space: str = SpaceOpt,
     block_list = parse_blocks(blocks)
     check_output(output, kind="ratings", inputs=[supernet, teacher, teacher_weights, data, space], what="rating table")
     RateSettings(metric=metric, calib_images=calib_images, calib_batch=calib_batch, rate_images=rate_images,
-                 rate_chunk=rate_chunk, rate_memory_gb=rate_memory_gb)
+                 rate_chunk=rate_chunk, rate_memory_gb=rate_memory_gb, centre_paths=centre_paths)
     compute = make_compute(device, False, workers, timeout_min=timeout_min)  # ratings are computed in fp32
     d = load_data(data_spec_for(data, supernet), sp.input_size)
     t = load_teacher(teacher, sp, weights=teacher_weights, taps=taps.split(",") if taps else None) if teacher else None

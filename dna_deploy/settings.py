@@ -224,7 +224,7 @@ class RateSettings:
     rate_images: int | None = None  # rate on a fixed subset of this many rate-split images [all]
     rate_chunk: int | None = None  # rate-split images held on the device at once [as many as rate_memory_gb holds]
     rate_memory_gb: float = 4.0  # device memory one rating chunk may take (memory, not results)
-    centre_paths: int = 64  # DNA++: paths averaged into the rating target per block [every candidate if fewer]
+    centre_paths: int = 32  # DNA++: paths averaged into the rating target per block [every candidate if fewer]
 
     def __post_init__(self):
         _check(self, positive=("calib_images", "calib_batch", "rate_images", "rate_chunk", "rate_memory_gb", "centre_paths"),

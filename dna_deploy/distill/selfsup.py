@@ -23,6 +23,7 @@ the population centre on two fixed views of the rate split, after re-estimating 
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from pathlib import Path
@@ -44,10 +45,14 @@ from dna_deploy.settings import DistillConfig
 from dna_deploy.space import SearchSpace
 
 METHOD = "dna++"
-# Augmentation per kind of data: (area scale range, max shift as a fraction of the side, flips, jitter)
+# Augmentation per kind of data: area scale range, max shift as a fraction of the side, flips,
+# brightness/contrast jitter, and for natural images BYOL's colour jitter (saturation), random
+# grayscale and Gaussian blur, whose absence lets a self-supervised target lean on colour alone.
+# Digits keep their strokes: no flips, no colour, no blur.
 AUGMENTATIONS = {
     "digits": {"scale": (0.75, 1.0), "shift": 0.1, "flip": False, "jitter": 0.2},
-    "natural": {"scale": (0.35, 1.0), "shift": 0.0, "flip": True, "jitter": 0.4},
+    "natural": {"scale": (0.35, 1.0), "shift": 0.0, "flip": True, "jitter": 0.4, "saturation": 0.4, "grayscale": 0.2,
+                "blur": 0.5},
 }
 
 
@@ -79,7 +84,36 @@ def random_view(x: torch.Tensor, aug: dict, generator: torch.Generator) -> torch
         c = 1 + u(-aug["jitter"], aug["jitter"]).to(x.device).view(-1, 1, 1, 1)
         b = u(-aug["jitter"], aug["jitter"]).to(x.device).view(-1, 1, 1, 1)
         v = v * c + b
+    # what supernets trained before these keys recorded: none of them (.get keeps their views)
+    if aug.get("saturation") and v.shape[1] == 3:
+        gray = v.mean(1, keepdim=True)
+        sat = 1 + u(-aug["saturation"], aug["saturation"]).to(x.device).view(-1, 1, 1, 1)
+        v = gray + (v - gray) * sat
+    if aug.get("grayscale") and v.shape[1] == 3:
+        to_gray = (torch.rand(n, generator=generator) < aug["grayscale"]).to(x.device).view(-1, 1, 1, 1)
+        v = torch.where(to_gray, v.mean(1, keepdim=True).expand_as(v), v)
+    if aug.get("blur"):
+        v = _random_blur(v, torch.rand(n, generator=generator) < aug["blur"], u(0.1, 2.0))
     return v
+
+
+def _random_blur(x: torch.Tensor, which: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """A Gaussian blur (sigma per image, in pixels at 224 px, scaled to this size) on the chosen images."""
+    if not bool(which.any()):
+        return x
+    n, c, h, _ = x.shape
+    sigma = (sigma * h / 224).clamp_min(0.05)
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x.dtype)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).to(x.device)  # [n, taps]: one kernel per image
+    pad = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    flat = pad.reshape(1, n * c, *pad.shape[2:])
+    kern = k.repeat_interleave(c, 0)  # [n*c, taps]
+    y = F.conv2d(flat, kern[:, None, None, :], groups=n * c)  # along the width
+    y = F.conv2d(y, kern[:, None, :, None], groups=n * c)  # along the height
+    blurred = y.reshape(n, c, *x.shape[2:])
+    return torch.where(which.to(x.device).view(-1, 1, 1, 1), blurred, x)
 
 
 def two_views(x: torch.Tensor, aug: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +209,10 @@ class PopulationCentre:
             target.load_state_dict(state["target"])
             self.blocks.append(_batch_statistics_only(target))
             k = paths_per_block or state["config"]["ensemble_paths"]
-            self.paths.append(fixed_paths(space, b, k, state["config"]["seed"]))
+            if paths_per_block and space.block_candidate_count(b) <= paths_per_block:
+                self.paths.append(space.block_candidates(b))  # the whole population: no candidate favoured
+            else:
+                self.paths.append(fixed_paths(space, b, k, state["config"]["seed"]))
         # rating: over every trained block in the folder, so rating some blocks now and others later
         # agrees; training: over the blocks it feeds on only, so a block's own checkpoint never
         # changes the identity it resumes under
@@ -186,16 +223,20 @@ class PopulationCentre:
         self.channels = [space.blocks[b].out_channels for b in range(n)]
         self.description = {"kind": "population-centre", "method": METHOD, "supernet": str(supernet_dir),
                             "blocks": n}
-        self.fingerprint = fingerprint({"method": METHOD, "blocks": hashes})
+        # rating's centre (paths_per_block given) is part of what its ratings mean; training's keeps
+        # the identity its checkpoints were written under
+        self.fingerprint = fingerprint({"method": METHOD, "blocks": hashes, **({"paths": paths_per_block}
+                                                                                 if paths_per_block else {})})
 
     def to(self, compute) -> "PopulationCentre":
         self.blocks = [compute.module(t) for t in self.blocks]
         return self
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """The centres of blocks 0..upto-1 (all by default): rating block b needs no later ones."""
         out = []
-        for target, paths in zip(self.blocks, self.paths):
+        for target, paths in list(zip(self.blocks, self.paths))[:upto]:
             x = population_centre(target, x, paths)
             out.append(x)
         return out

@@ -349,7 +349,8 @@ class RateStage(Stage):
         table = rate_supernet(ctx.space, ctx.out / "supernet", teacher, ctx.data, ctx.out / "ratings.json",
                               metric=r.metric, calib_images=r.calib_images, calib_batch=r.calib_batch,
                               seed=ctx.cfg.seed, rate_images=r.rate_images, rate_chunk=r.rate_chunk,
-                              rate_memory_gb=r.rate_memory_gb, compute=dataclasses.replace(ctx.compute, amp_dtype=None),  # ratings in fp32
+                              rate_memory_gb=r.rate_memory_gb, centre_paths=r.centre_paths,
+                              compute=dataclasses.replace(ctx.compute, amp_dtype=None),  # ratings in fp32
                               show_progress=ctx.show_progress)
         return {"candidates": sum(len(b["candidates"]) for b in table["blocks"]), "metric": table["metric"]}
 

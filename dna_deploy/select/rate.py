@@ -31,6 +31,7 @@ from dna_deploy import __version__
 from dna_deploy.compute import Compute
 from dna_deploy.data import DataSplits, capped, stack
 from dna_deploy.distill.checkpoints import block_checkpoint_path, check_supernet_data
+from dna_deploy.distill.selfsup import PopulationCentre
 from dna_deploy.distill.student import BlockStudent, feature_distance, load_block
 from dna_deploy.distill.teacher import Teacher
 from dna_deploy.distributed import agree, all_gather, barrier, dist_info
@@ -356,9 +357,11 @@ def _chunk_inputs(teacher, x: torch.Tensor, segments: list[int], block: int, com
     """The block's input and target on chunk `x`: one teacher (or population-centre) forward per
     image, batch by batch as `segments` cut the rows; only the two taps the block needs are kept."""
     ins, targets = [], []
+    # a DNA++ population centre stops at the block's own tap (each later block costs its paths)
+    kw = {"upto": block + 1} if isinstance(teacher, PopulationCentre) else {}
     for i, n in zip(itertools.accumulate([0] + segments), segments):
         with compute.autocast():
-            f = teacher.features(x[i:i + n])
+            f = teacher.features(x[i:i + n], **kw)
         if block > 0:
             ins.append(f[block - 1].float())
         targets.append(f[block].float())
@@ -391,13 +394,16 @@ def _unit_name(unit: tuple) -> str:
 def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher | None, data: DataSplits,
                   out_path: str | Path, *, blocks: list[int] | None = None, metric: str = "l1-norm", calib_images: int = 256,
                   calib_batch: int = 64, seed: int = 0, rate_images: int | None = None, rate_chunk: int | None = None,
-                  rate_memory_gb: float = 4.0, compute: Compute | None = None, resume: bool = True,
-                  show_progress: bool = True) -> dict:
+                  rate_memory_gb: float = 4.0, centre_paths: int = 32, compute: Compute | None = None,
+                  resume: bool = True, show_progress: bool = True) -> dict:
     """Rate every candidate of every block; writes the rating table (and a partial file per block
     and rank while it works).
 
     A DNA supernet is rated against its teacher (`metric`); a DNA++ supernet against its own
-    population centre on two fixed views of the rate split (metric ssl-cosine; no teacher).
+    population centre on two fixed views of the rate split (metric ssl-cosine; no teacher): the
+    mean of `centre_paths` fixed paths per block, or of every candidate when the block has no more
+    (training's centre of 4 paths would favour the candidates that share their layers), with BN
+    re-estimated on views like those it is rated on.
     `rate_images` caps the rate split at a fixed subset, read once per block in chunks of
     `rate_chunk` images (default: as many as `rate_memory_gb` of device memory holds). Under
     torchrun the block's candidates are cut into units (two-layer prefixes), shared among the ranks
@@ -416,7 +422,7 @@ def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher
         aug = read_json(supernet_dir / "supernet.json", what="supernet metadata")["augmentation"]
         aug = {**aug, "scale": tuple(aug["scale"])}
         # block b needs the centres of blocks 0..b: its input and its target
-        teacher = PopulationCentre(space, supernet_dir, upto=max(blocks) + 1)
+        teacher = PopulationCentre(space, supernet_dir, upto=max(blocks) + 1, paths_per_block=centre_paths)
         metric, metrics, swap = "ssl-cosine", ("ssl-cosine",), swap_views
         views = lambda x, s: rating_views(x, aug, s)  # noqa: E731
     elif teacher is None:
@@ -425,6 +431,10 @@ def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher
         raise DataError(f"unknown rating metric {metric!r}; choose {', '.join(METRICS)}")
     teacher.to(compute)
     x_cal = compute.batch(calibration_images(data, calib_images, seed))
+    if views is not None:  # BN is re-estimated on views like the rated ones: one view of each image
+        both = views(x_cal, seed * 100003 - 1)
+        half = len(x_cal)
+        x_cal = torch.cat([both[:half][:half // 2], both[half:][half // 2:]])
     with torch.no_grad(), compute.autocast():
         f_cal = [torch.cat(f).float() for f in zip(*(teacher.features(x_cal[i:i + 256]) for i in range(0, len(x_cal), 256)))]
     chunks = {b: rate_chunk or chunk_images(space, b, x_cal, f_cal, memory_gb=rate_memory_gb, views=views is not None)
@@ -435,7 +445,8 @@ def rate_supernet(space: SearchSpace, supernet_dir: str | Path, teacher: Teacher
              "space_definition": space.to_dict(), "metric": metric, "calibration_seed": seed,
              "teacher_fingerprint": teacher.fingerprint,
              "data": {**data.summary(), "rated_on": "rate split", "rate_images": len(split.dataset)},
-             "bn_calibration": {"images": len(x_cal), "batch": cb}, "tool_version": __version__, "blocks": [],
+             "bn_calibration": {"images": len(x_cal), "batch": cb, **({"on": "rating views"} if views else {})},
+             **({"centre_paths": centre_paths} if method == "dna++" else {}), "tool_version": __version__, "blocks": [],
              "compute": {**compute.describe(), "world_size": world}}
     if resume and out_path.is_file():
         old = read_json(out_path, what="rating table")

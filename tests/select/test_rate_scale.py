@@ -5,6 +5,7 @@ The multi-process checks (1, 2 and 4 gloo ranks agree; a failed or killed rank e
 are in tests/distill/test_scale.py beside the folder data they run on."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -74,16 +75,42 @@ def test_each_block_reads_every_rate_image_once_and_chunks_change_nothing(tmp_pa
         assert four[k] == pytest.approx(one[k], rel=1e-5)
 
 
-def test_dnapp_ratings_do_not_depend_on_the_chunk_size(tmp_path, tiny, mnist32):
+@pytest.fixture(scope="module")
+def dnapp_supernet(tmp_path_factory, mnist32):
+    tiny = load_space("tiny")
+    out = tmp_path_factory.mktemp("dnapp")
+    train_blocks_selfsup(tiny, mnist32, out, config=DistillConfig(method="dna++", epochs=1, max_steps=4),
+                         compute=CPU, show_progress=False)
+    return out
+
+
+def test_dnapp_ratings_do_not_depend_on_the_chunk_size(tmp_path, tiny, mnist32, dnapp_supernet):
     """DNA++'s population centre normalises with batch statistics: its batches follow the view
     groups, never the chunk, so a memory budget cannot change a rating."""
-    train_blocks_selfsup(tiny, mnist32, tmp_path / "pp", config=DistillConfig(method="dna++", epochs=1, max_steps=2),
-                         compute=CPU, show_progress=False)
-    tables = [_losses(rate_supernet(tiny, tmp_path / "pp", None, mnist32, tmp_path / f"pp{c}.json", calib_images=32,
-                                    rate_images=600, rate_chunk=c, compute=CPU, show_progress=False))
+    tables = [_losses(rate_supernet(tiny, dnapp_supernet, None, mnist32, tmp_path / f"pp{c}.json", calib_images=32,
+                                    rate_images=600, rate_chunk=c, centre_paths=4, compute=CPU, show_progress=False))
               for c in (None, 256)]
     for k in tables[0]:
         assert tables[1][k] == pytest.approx(tables[0][k], rel=1e-5)
+    table = json.loads((tmp_path / "pp256.json").read_text())
+    assert table["bn_calibration"]["on"] == "rating views" and table["centre_paths"] == 4
+
+
+def test_the_dnapp_rating_centre_is_the_population_not_the_training_paths(tiny, dnapp_supernet):
+    """Training's target is the mean of 4 fixed paths; rating's is the mean of `centre_paths`
+    (32) of them, or of every candidate where a block has no more, so the few training paths do
+    not make up the target the candidates are rated against."""
+    from dna_deploy.distill.selfsup import PopulationCentre
+
+    trained = PopulationCentre(tiny, dnapp_supernet)
+    rating = PopulationCentre(tiny, dnapp_supernet, paths_per_block=32)
+    whole = PopulationCentre(tiny, dnapp_supernet, paths_per_block=42)
+    assert [len(p) for p in trained.paths] == [4] * 4 and [len(p) for p in rating.paths] == [32] * 4
+    assert [len(p) for p in whole.paths] == [42] * 4  # blocks 0 and 3 whole (42 candidates), 1 and 2 sampled
+    assert set(whole.paths[0]) == set(tiny.block_candidates(0)) and set(whole.paths[3]) == set(tiny.block_candidates(3))
+    assert len({trained.fingerprint, rating.fingerprint, whole.fingerprint}) == 3  # a table says which centre it used
+    x = torch.randn(2, 3, 32, 32)
+    assert len(rating.features(x, upto=2)) == 2 and len(rating.features(x)) == 4
 
 
 @pytest.mark.parametrize("world", [4, 8])
