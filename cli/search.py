@@ -70,7 +70,7 @@ def rate(space: str = SpaceOpt,
         table = rate_supernet(sp, supernet, t, d, output, blocks=block_list,
                               metric=metric, calib_images=calib_images, calib_batch=calib_batch, seed=seed,
                               rate_images=rate_images, rate_chunk=rate_chunk, rate_memory_gb=rate_memory_gb,
-                              compute=compute, resume=resume, show_progress=fmt == "table")
+                              centre_paths=centre_paths, compute=compute, resume=resume, show_progress=fmt == "table")
     from dna_deploy.distributed import dist_info
 
     if dist_info()[0] != 0:
