@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Lower layers never import higher ones. A newcomer follows an architecture string from `space`
 # to `deploy` through these folder names; `pipeline` chains them and `cli` only wires.
 LAYERS = [
-    {"errors", "io", "progress", "display", "host", "distributed", "settings", "compute"},
+    {"errors", "io", "outputs", "progress", "display", "host", "distributed", "settings", "compute"},
     {"space"},
     {"nn", "data"},
     {"convert"},
