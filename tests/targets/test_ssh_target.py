@@ -169,3 +169,24 @@ def test_errors_say_what_to_do(sshd, remote, tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     r = _cli([*base, "--target", f"ssh://{user}@127.0.0.1:{port}?python={bare}/bin/python"], env, tmp_path)
     assert r.returncode == 1 and "not installed on ssh://" in r.stderr and "pip install" in r.stderr, r.stderr
+
+
+def test_a_litert_model_is_timed_through_ssh_with_ai_edge_litert_there(remote, tmp_path, monkeypatch):
+    """The LiteRT route of the runner on the remote venv (a table of LiteRT op models is profiled the
+    same way; one model keeps this test short)."""
+    import torch
+
+    from dna_deploy.latency.on_target import runner_settings
+    from dna_deploy.runtimes.base import quiet_stats
+    from dna_deploy.runtimes.litert import LiteRTRunner
+    from dna_deploy.targets import parse_target
+
+    target, env, url = remote
+    monkeypatch.setenv("DNA_DEPLOY_SSH_CONFIG", env["DNA_DEPLOY_SSH_CONFIG"])
+    model = LiteRTRunner.prepare_artifact(torch.nn.Conv2d(3, 8, 3).eval(), torch.randn(1, 3, 16, 16), tmp_path, name="conv")
+    where = parse_target(target)
+    assert where.identity()["versions"]["ai-edge-litert"]
+    got = where.time_models({"conv": Path(model)}, runtime="litert", threads=1, op_resolver=None,
+                            settings=runner_settings(rounds=3, runs_per_round=10, warmup_s=0.02, max_extra_rounds=1),
+                            partial=tmp_path / "p.jsonl", show_progress=False)
+    assert 3 <= len(got["conv"]["rounds"]) <= 4 and quiet_stats(got["conv"]["rounds"]).p10_ms > 0
