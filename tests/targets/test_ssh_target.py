@@ -190,3 +190,29 @@ def test_a_litert_model_is_timed_through_ssh_with_ai_edge_litert_there(remote, t
                             settings=runner_settings(rounds=3, runs_per_round=10, warmup_s=0.02, max_extra_rounds=1),
                             partial=tmp_path / "p.jsonl", show_progress=False)
     assert 3 <= len(got["conv"]["rounds"]) <= 4 and quiet_stats(got["conv"]["rounds"]).p10_ms > 0
+
+
+def test_a_full_disk_and_an_unknown_host_key_are_one_line(remote, sshd, tmp_path, monkeypatch):
+    """A target whose free space (read there) cannot hold the models is refused before the push;
+    an unknown host key is named. (A disk filled for real would need a small filesystem mounted
+    for the test: not done here.)"""
+    from dna_deploy.latency.on_target import runner_settings
+    from dna_deploy.targets import TargetError, parse_target
+
+    target, env, url = remote
+    port, config, user = sshd
+    monkeypatch.setenv("DNA_DEPLOY_SSH_CONFIG", env["DNA_DEPLOY_SSH_CONFIG"])
+    where = parse_target(target)
+    where.identity()["free_bytes"] = 10  # as if the target's disk held 10 bytes free
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"0" * 4096)
+    with pytest.raises(TargetError, match="the disk is full.*dir="):
+        where.time_models({"m": model}, runtime="onnxruntime", threads=1, op_resolver=None,
+                          settings=runner_settings(rounds=1, runs_per_round=1, warmup_s=0, max_extra_rounds=0),
+                          partial=tmp_path / "p.jsonl", show_progress=False)
+    (tmp_path / "known_hosts").write_text("")
+    (tmp_path / "config").write_text(config.read_text().replace(str(config.parent / "known_hosts"),
+                                                                str(tmp_path / "known_hosts")))
+    monkeypatch.setenv("DNA_DEPLOY_SSH_CONFIG", str(tmp_path / "config"))
+    with pytest.raises(TargetError, match="host key is unknown or changed"):
+        parse_target(target).identity()
