@@ -242,6 +242,8 @@ def verify_exports(folders: list[str | Path], *, data: str | None = None, tables
     if op_resolver is not None and op_resolver not in LITERT_OP_RESOLVERS:
         raise DataError(f"op resolver {op_resolver!r}: {suggest(op_resolver, LITERT_OP_RESOLVERS)}")
     targets = budget_targets(budgets, tables)
+    if target is not None and not target.is_local and only is None:  # what the target can run (a phone: LiteRT)
+        only = list(target.runtimes)
     loaded = [_load_folder(Path(f), data=data, max_images=max_images, only=only) for f in folders]
     speed = SpeedProbe.seeded([t.speed_probe_here() for t in tables or []])
     seed_ms = speed.fastest_ms

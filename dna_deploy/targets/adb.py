@@ -109,6 +109,7 @@ def delegate_for(device: str, op_resolver: str | None) -> str:
 
 
 class AdbTarget(Target):
+    runtimes = ("litert",)  # benchmark_model runs .tflite models
     def __init__(self, serial: str, *, benchmark_binary: Path | None = None, cpu_mask: str | None = None):
         self.serial, self.benchmark_binary, self.cpu_mask = serial, benchmark_binary, cpu_mask
         self.url = f"adb://{serial}"

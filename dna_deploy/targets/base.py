@@ -37,6 +37,7 @@ class Target(ABC):
 
     url: str
     is_local: bool = False
+    runtimes: tuple[str, ...] = ("onnxruntime", "litert")  # what it times (verify times only those there)
 
     @abstractmethod
     def identity(self) -> dict:
