@@ -261,7 +261,7 @@ def verify_exports(folders: list[str | Path], *, data: str | None = None, tables
     unheld = [f"latency budget {t['budget_ms']:g} ms for {t['device']}: no artifact verified here runs on {t['runtime']} "
               f"{t['precision']}; not checked (export for it and verify that folder too)"
               for t in targets if (t["runtime"], t["precision"]) not in held]
-    return [_finish(f, speed, tables, probe, targets=targets, advisory=latency_advisory, unheld=unheld, target=target)
+    return [_finish(f, speed, tables, probe, targets=targets, advisory=latency_advisory, unheld=unheld, where=target)
             for f in loaded]
 
 
@@ -420,7 +420,7 @@ def time_interleaved(timings: list[_Timing], speed: SpeedProbe, bar, *, rounds: 
 
 
 def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict, *, targets: list[dict] = (), advisory: bool = False,
-            unheld: list[str] = (), target=None) -> dict:
+            unheld: list[str] = (), where=None) -> dict:
     """Latency verdicts against the tables and budgets, every check, notes; writes the folder's
     verify.json. `probe`: the job's speed probe (its fastest, and the fastest the tables recorded)."""
     report = {**f.report, "speed_probe": probe, "budgets": [], "latency_advisory": advisory}
@@ -453,7 +453,7 @@ def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict, *, targets: list
             if "interval90_ms" in pred:  # the measured latency against the table's own error bars
                 lo, hi = pred["interval90_ms"]
                 stats.update(predicted_interval90_ms=[lo, hi], within_interval90=bool(lo <= measured <= hi))
-            foreign = table.foreign_reasons(target)
+            foreign = table.foreign_reasons(where)  # where: the target (targets/), if any
             if foreign:
                 report["notes"].append(f"{art['path']}: table {table.path} was measured on another host or runtime "
                                        f"({'; '.join(foreign[:2])}): its prediction is not this machine's")
