@@ -227,6 +227,11 @@ def load_teacher(spec: str, space: SearchSpace, *, weights: str | Path | None = 
     if missing:
         raise DataError(f"teacher checkpoint {spec} lacks {', '.join(repr(k) for k in missing)}; make a new one with "
                         "`dna-deploy teacher train`")
+    state = ckpt["state_dict"]
+    for key, ok in (("space", isinstance(ckpt["space"], dict)), ("arch", isinstance(ckpt["arch"], str)),
+                    ("state_dict", isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()))):
+        if not ok:  # a forged or broken file: one line, never a TypeError
+            raise DataError(f"teacher checkpoint {spec} has no valid {key!r}; make a new one with `dna-deploy teacher train`")
     t_space = _S.from_dict(ckpt["space"], source=str(spec))
     if (t_space.input_size, t_space.in_channels) != (space.input_size, space.in_channels):
         # its features would still fit after the strides, but distilling from a network that never saw
