@@ -543,3 +543,24 @@ def test_a_failed_write_names_the_file_and_keeps_the_old_one(d, tmp_path):
     assert str(out.name) in errors[0], errors[0]
     assert out.read_bytes() == before
     assert sorted(x.name for x in tmp_path.iterdir()) == ["s.json"]
+
+
+def test_forged_checkpoints_are_one_clean_line(d, tmp_path):
+    import torch
+
+    ckpt = torch.load(d / "model.pt", weights_only=True)
+    forged = {
+        "no_space": ({k: v for k, v in ckpt.items() if k != "space"}, "'space'"),
+        "arch_int": ({**ckpt, "arch": 5}, "'arch'"),
+        "weights_list": ({**ckpt, "state_dict": [1, 2]}, "'state_dict'"),
+        "input_string": ({**ckpt, "input": "x"}, "'input'"),
+        "classes_string": ({**ckpt, "num_classes": "ten"}, "'num_classes'"),
+        "huge_space": ({**ckpt, "space": {**ckpt["space"], "input_size": 10**9}}, "input_size"),
+    }
+    for name, (payload, fragment) in forged.items():
+        torch.save(payload, tmp_path / f"{name}.pt")
+        refused_and_intact(["export", "-w", tmp_path / f"{name}.pt", "--to", "onnx", "-o", tmp_path / f"ex_{name}"],
+                           fragment, tmp_path)
+        if name in ("arch_int", "weights_list", "no_space"):
+            refused_and_intact(["train", "-s", "tiny", "--teacher", tmp_path / f"{name}.pt", "-o", tmp_path / "sn",
+                                "--epochs", "1"], fragment, tmp_path)
