@@ -172,6 +172,12 @@ class EpochBatches(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return max(self.steps - self.start, 0)
 
+    def set_epoch(self, seed: int, start: int = 0) -> "EpochBatches":
+        """The next epoch's batches from the same sampler, so a loader built once per stage (and
+        its persistent workers) serves every epoch; the loader reads it at each new iteration."""
+        self.seed, self.start = seed, start
+        return self
+
     def order(self) -> torch.Tensor:
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed))
 

@@ -61,6 +61,15 @@ class FeatureSource(abc.ABC):
 
     def __init__(self, teacher: Teacher, data: DataSplits, compute: Compute):
         self.teacher, self.data, self.compute = teacher, data, compute
+        self._loaders: dict[int, tuple] = {}
+
+    def loader_for(self, dataset, sampler):
+        """One loader per sampler (a block's EpochBatches, moved on each epoch): its persistent
+        workers serve every epoch instead of being started anew."""
+        key = id(sampler)
+        if key not in self._loaders or self._loaders[key][0] is not sampler:
+            self._loaders = {key: (sampler, self.compute.loader(dataset, batch_sampler=sampler))}
+        return self._loaders[key][1]
 
     def channel_stds(self, blocks: list[int]) -> dict[int, torch.Tensor]:
         """Per-channel std of the teacher's feature at the end of each block (on the CPU), from a
@@ -115,7 +124,7 @@ class MemoryFeatures(FeatureSource):
 
 class OnlineFeatures(FeatureSource):
     def batches(self, block, sampler):
-        for x, _ in self.compute.loader(self.data.train, batch_sampler=sampler):
+        for x, _ in self.loader_for(self.data.train, sampler):
             x = self.compute.batch(x)
             with self.compute.autocast():
                 feats = self.teacher.features(x)
@@ -195,7 +204,7 @@ class DiskFeatures(FeatureSource):
             for idx in sampler:
                 yield self._rows(block - 1, idx), self._rows(block, idx)
             return
-        for x, idx in self.compute.loader(_Indexed(self.data.train), batch_sampler=sampler):
+        for x, idx in self.loader_for(_Indexed(self.data.train), sampler):
             yield self.compute.batch(x), self._rows(block, idx.tolist())
 
 
@@ -275,9 +284,9 @@ def _train_block(space, b, teacher, source, std, out_dir, config, meta, compute,
     extra = {"block": b, "teacher_channels": teacher.channels, "channel_std": std}
     with progress_bar(show_progress and rank == 0) as bar:
         task = bar.task(f"block {b}", config.epochs * steps, completed=start_epoch * steps + start_step)
-        for epoch in range(start_epoch, config.epochs):
-            batches = EpochBatches(n, config.batch_size, seed=config.seed * 1000 + epoch * 31 + b, rank=rank, world=world,
-                                   start=start_step, steps=config.max_steps)
+        batches = EpochBatches(n, config.batch_size, seed=0, rank=rank, world=world, steps=config.max_steps)
+        for epoch in range(start_epoch, config.epochs):  # one sampler (and loader) for every epoch of the block
+            batches.set_epoch(config.seed * 1000 + epoch * 31 + b, start=start_step)
             student.train()
             t0 = time.time()
             total, count = float(running.get("loss_sum", 0.0)), int(running.get("images", 0))

@@ -299,17 +299,18 @@ def _train_block(space, b, data, out_dir, config, meta, aug, compute, resume, sh
         [sample_path(space, b, ens_rng) for _ in range(config.ensemble_paths)]
     with progress_bar(show_progress and rank == 0) as bar:
         task = bar.task(f"block {b} (DNA++)", config.epochs * steps, completed=start_epoch * steps + start_step)
+        batches = EpochBatches(n, config.batch_size, seed=0, rank=rank, world=world, steps=config.max_steps,
+                               drop_last=True)
+        loader = compute.loader(data.train, batch_sampler=batches, streamed=not data.in_memory)  # once per block
         for epoch in range(start_epoch, config.epochs):
-            batches = EpochBatches(n, config.batch_size, seed=config.seed * 1000 + epoch * 31 + b, rank=rank, world=world,
-                                   start=start_step, steps=config.max_steps, drop_last=True)
+            batches.set_epoch(config.seed * 1000 + epoch * 31 + b, start=start_step)
             # the views of step k come from their own seed, so a resumed epoch draws the same views
             view_seed = (config.seed * 2000 + epoch * 37 + b) * 100003 + rank
             online.train()
             t0 = time.time()
             totals = {k: float(running.get(k, 0.0)) for k in ("loss", "predict", "variance", "spread")}
             count = int(running.get("images", 0))
-            for step, (x, _) in enumerate(compute.loader(data.train, batch_sampler=batches, streamed=not data.in_memory),
-                                          start=start_step):
+            for step, (x, _) in enumerate(loader, start=start_step):
                 x = compute.batch(x)
                 v1, v2 = two_views(x, aug, torch.Generator().manual_seed(view_seed + step * 7))
                 with compute.autocast():

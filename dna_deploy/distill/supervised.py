@@ -23,15 +23,21 @@ from dna_deploy.settings import ClassifierConfig
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, *, batch_size: int = 256, compute: Compute | None = None) -> dict:
-    """Accuracy and loss; under torchrun each rank scores its share and the counts are summed."""
+def eval_loader(dataset, compute: Compute, batch_size: int = 256):
+    """This rank's share of `dataset` for `evaluate`, built once where it is used every epoch."""
+    rank, world = dist_info()
+    mine = list(range(rank, len(dataset), world))
+    return compute.loader(Subset(dataset, mine), batch_size=batch_size, streamed=not _in_memory(dataset))
+
+
+def evaluate(model: nn.Module, dataset, *, batch_size: int = 256, compute: Compute | None = None, loader=None) -> dict:
+    """Accuracy and loss; under torchrun each rank scores its share and the counts are summed.
+    `loader`: from `eval_loader` (the same dataset), reused across calls."""
     if compute is None:  # where the model already is, in fp32
         compute = Compute(next(model.parameters()).device, None, False, 0)
-    rank, world = dist_info()
     model.eval()
-    mine = list(range(rank, len(dataset), world))
     sums = torch.zeros(3, dtype=torch.float64, device=compute.device)  # correct, loss, n
-    for x, y in compute.loader(Subset(dataset, mine), batch_size=batch_size, streamed=not _in_memory(dataset)):
+    for x, y in loader if loader is not None else eval_loader(dataset, compute, batch_size):
         x, y = compute.batch(x), y.to(compute.device)
         with compute.autocast():
             logits = model(x)
@@ -39,7 +45,7 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 256, compute: Compu
         sums[0] += (logits.argmax(1) == y).sum()
         sums[1] += F.cross_entropy(logits, y, reduction="sum")
         sums[2] += len(y)
-    if world > 1:
+    if dist_info()[1] > 1:
         torch.distributed.all_reduce(sums)
     correct, loss, total = sums.tolist()
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1), "n": int(total)}
@@ -85,17 +91,19 @@ def train_classifier(model: nn.Module, data: DataSplits, ckpt_path: str | Path, 
     val_set = capped(data.val, config.val_images)
     net = compute.ddp(model)
     streamed = not data.in_memory
+    # one loader per stage (persistent workers for folders), its sampler moved on each epoch
+    batches = EpochBatches(len(train_set), config.batch_size, seed=0, rank=rank, world=world, steps=config.max_steps)
+    loader = compute.loader(train_set, batch_sampler=batches, streamed=streamed)
+    val_loader = eval_loader(val_set, compute)
     with progress_bar(show_progress and rank == 0) as bar:
         task = bar.task(what, total, completed=start_epoch * steps_per_epoch + start_step)
         for epoch in range(start_epoch, config.epochs):
-            batches = EpochBatches(len(train_set), config.batch_size, seed=config.seed * 1000 + epoch, rank=rank,
-                                   world=world, start=start_step, steps=config.max_steps)
+            batches.set_epoch(config.seed * 1000 + epoch, start=start_step)
             model.train()
             t0 = time.time()
             seen, run_loss, run_correct = (int(running.get("seen", 0)), float(running.get("loss", 0.0)),
                                            int(running.get("correct", 0)))
-            for step, (x, y) in enumerate(compute.loader(train_set, batch_sampler=batches, streamed=streamed),
-                                          start=start_step):
+            for step, (x, y) in enumerate(loader, start=start_step):
                 x, y = compute.batch(x), y.to(compute.device, non_blocking=True)
                 with compute.autocast():
                     logits = net(x)
@@ -123,7 +131,7 @@ def train_classifier(model: nn.Module, data: DataSplits, ckpt_path: str | Path, 
                     ckpt.save(objects, epoch=epoch, history=history, step=done,
                               running={"seen": seen, "loss": run_loss, "correct": run_correct})
             start_step, running = 0, {}
-            val = evaluate(model, val_set, compute=compute)
+            val = evaluate(model, val_set, compute=compute, loader=val_loader)
             rec = {"epoch": epoch + 1, "train_loss": run_loss / max(seen, 1), "train_accuracy": run_correct / max(seen, 1),
                    "val_accuracy": val["accuracy"], "val_loss": val["loss"], "val_images": val["n"],
                    "seconds": time.time() - t0, "images_per_s": seen * world / max(time.time() - t0, 1e-9)}
