@@ -159,8 +159,8 @@ class LatencyTable:
                 x = v.get(field_) if isinstance(v, dict) else None
                 # Infinity and NaN parse as JSON numbers here: a forged entry is refused by name
                 if not isinstance(x, (int, float)) or isinstance(x, bool) or not (math.isfinite(x) and x >= 0):
-                    raise TableError(f"latency table {path}: entry {str(k)[:80]!r} has {field_} {str(x)[:40]}, not a "
-                                     "finite number >= 0; regenerate it")
+                    raise TableError(f"latency table {path}: entry {str(k)[:80]!r} has no valid {field_} ({str(x)[:40]}: "
+                                     "not a finite number >= 0); regenerate it")
         device = d["meta"].get("device")
         if not isinstance(device, dict) or not all(isinstance(device.get(k), str) for k in ("name", "runtime", "precision")):
             raise TableError(f"latency table {path}: meta.device must name the device spec (name, runtime, precision); "
