@@ -99,19 +99,25 @@ class FeatureSource(abc.ABC):
 
 
 class MemoryFeatures(FeatureSource):
-    def __init__(self, teacher, data, compute, *, show_progress: bool = False):
+    """Only the taps the chosen blocks read (b - 1 and b) are kept: `feature_source` takes this
+    path only when they fit in memory_fraction_limit of this machine's RAM, with every local rank
+    holding its own copy."""
+
+    def __init__(self, teacher, data, compute, *, blocks: list[int] | None = None, show_progress: bool = False):
         super().__init__(teacher, data, compute)
         x, _ = stack(data.train)
-        feats: list[list[torch.Tensor]] = [[] for _ in teacher.taps]
+        keep = set(range(len(teacher.taps))) if blocks is None else {t for b in blocks for t in (b - 1, b) if t >= 0}
+        feats: list[list[torch.Tensor] | None] = [[] if j in keep else None for j in range(len(teacher.taps))]
         with progress_bar(show_progress) as bar:
             task = bar.task("teacher features", math.ceil(len(x) / 256))
             for i in range(0, len(x), 256):
                 with compute.autocast():
                     out = teacher.features(compute.batch(x[i:i + 256]))
                 for j, f in enumerate(out):
-                    feats[j].append(f.float().cpu())
+                    if feats[j] is not None:
+                        feats[j].append(f.float().cpu())
                 bar.advance(task, images=len(out[0]))
-        self.x, self.feats = x, [torch.cat(f) for f in feats]
+        self.x, self.feats = x, [torch.cat(f) if f is not None else None for f in feats]
 
     def channel_stds(self, blocks):
         return {b: relative_floor(self.feats[b].transpose(0, 1).flatten(1).std(1)) for b in blocks}
@@ -218,13 +224,33 @@ def relative_floor(std: torch.Tensor, fraction: float = 1e-2) -> torch.Tensor:
     return std.clamp_min(floor)
 
 
+RAM_FRACTION = 0.5  # of physical memory the in-RAM teacher features may take, all local ranks together
+
+
+def _features_fit_in_ram(teacher: Teacher, data: DataSplits, compute: Compute, blocks: list[int]) -> bool:
+    """Whether the fp32 taps the blocks need, for every training image and every local rank, fit
+    in RAM_FRACTION of this machine's memory; else `auto` runs the teacher on the fly."""
+    import os
+
+    with torch.no_grad():
+        probe = teacher.features(compute.batch(data.train[0][0][None]))
+    taps = {t for b in blocks for t in (b - 1, b) if t >= 0}
+    need = len(data.train) * sum(probe[t][0].numel() for t in taps) * 4
+    need *= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return True
+    return need <= RAM_FRACTION * ram
+
+
 def feature_source(teacher: Teacher, data: DataSplits, compute: Compute, config: DistillConfig, out_dir: Path,
                    blocks: list[int], show_progress: bool) -> FeatureSource:
     mode = config.feature_cache
     if mode == "auto":
-        mode = "memory" if data.in_memory else "none"
+        mode = "memory" if data.in_memory and _features_fit_in_ram(teacher, data, compute, blocks) else "none"
     if mode == "memory":
-        return MemoryFeatures(teacher, data, compute, show_progress=show_progress)
+        return MemoryFeatures(teacher, data, compute, blocks=blocks, show_progress=show_progress)
     if mode == "disk":
         return DiskFeatures(teacher, data, compute, out_dir / "feature_cache", blocks, max_gb=config.feature_cache_gb,
                             show_progress=show_progress)

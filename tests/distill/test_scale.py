@@ -370,3 +370,16 @@ def test_the_fp16_loss_scale_is_checkpointed(tmp_path, mnist32):
     train_classifier(build_network(space, space.parse_arch("k3e3.k3e3|k3e3.k3e3.k3e3|k3e3.k3e3.k3e3|k3e3.k3e3")), mnist32,
                      plain, config=ClassifierConfig(epochs=1, max_steps=3), compute=CPU, show_progress=False)
     assert "scaler" not in torch.load(plain, weights_only=True)  # fp32 and bf16 runs keep their old format
+
+
+def test_in_ram_teacher_features_keep_only_the_taps_the_blocks_read(tmp_path, mnist32, tiny_teacher):
+    """Training block 2 reads taps 1 and 2: the others are not held (every local rank holds its
+    own copy); and `auto` keeps them in RAM only when they fit."""
+    from dna_deploy.distill.blockwise import MemoryFeatures, _features_fit_in_ram, feature_source
+
+    space = load_space("tiny")
+    teacher = load_teacher(str(tiny_teacher[0]), space)
+    source = feature_source(teacher, mnist32, CPU, DistillConfig(), tmp_path, [2], False)
+    assert isinstance(source, MemoryFeatures)
+    assert [f is not None for f in source.feats] == [False, True, True, False]
+    assert _features_fit_in_ram(teacher, mnist32, CPU, [0, 1, 2, 3])
