@@ -134,5 +134,6 @@ def test_cli_bad_inputs(tmp_path):
     assert r.exit_code == 1 and "not found" in r.output
     evil = tmp_path / "evil.pt"
     evil.write_bytes(b"\x80\x04\x95not a real pickle")
-    r = runner.invoke(app, ["train", "-s", "tiny", "--teacher", str(evil), "-o", str(tmp_path)])
+    # -o a fresh folder: the user's folder holding evil.pt is itself refused as an output (issue 35)
+    r = runner.invoke(app, ["train", "-s", "tiny", "--teacher", str(evil), "-o", str(tmp_path / "out")])
     assert r.exit_code == 1 and "is not a dna-deploy checkpoint" in r.output and "weights_only" not in r.output
