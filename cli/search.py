@@ -124,8 +124,10 @@ def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating tab
                               confirm_top=confirm_top)
     log = (lambda m: console.print(m, markup=False)) if fmt == "table" else None
     confirm_dir = output.with_name(output.stem + ".confirm") if output is not None and confirm_top else None
+    from dna_deploy.deploy.confirm import confirm_candidates
+
     result = run_search(sp, r, tables, budgets, settings, output=output, pareto_path=pareto_out,
-                        confirm_dir=confirm_dir, show_progress=fmt == "table", log=log)
+                        confirm_dir=confirm_dir, confirm=confirm_candidates, show_progress=fmt == "table", log=log)
     rows = result["results"]
     if fmt == "json":
         render(result, fmt="json")

@@ -241,7 +241,7 @@ class SearchSettings:
     max_params: float | None = None
     budget_margin: bool = False  # search so that the upper end of each prediction's 90 % interval meets its budget
     # time the K best candidates under the budgets on each budgeted runtime here and ship the best-rated
-    # one measured within every budget (select/confirm.py); None: the pipeline's choice (4 where every
+    # one measured within every budget (deploy/confirm.py); None: the pipeline's choice (4 where every
     # budgeted device is a CPU runtime of this machine, else 0), `dna-deploy search`'s 0
     confirm_top: int | None = None
 

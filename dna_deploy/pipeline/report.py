@@ -162,7 +162,7 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
 
 
 def _confirmation_blocks(c: dict | None) -> list:
-    """The confirmed candidates (select/confirm.py): predicted and measured per budgeted device, which shipped and why."""
+    """The confirmed candidates (deploy/confirm.py): predicted and measured per budgeted device, which shipped and why."""
     if not c:
         return [("p", "The budgets were not confirmed by measurement during the search (search.confirm_top: 0, or "
                       "no budgeted device is a CPU runtime of this machine): the network was chosen on its prediction.")]

@@ -363,7 +363,7 @@ class SearchStage(Stage):
     def search_settings(ctx):
         """The search section with confirm_top resolved: unset, the K best are confirmed where timing
         them is cheap (every budgeted device a CPU runtime of this machine), else none."""
-        from dna_deploy.select.confirm import PIPELINE_CONFIRM_TOP, cheap_here
+        from dna_deploy.deploy.confirm import PIPELINE_CONFIRM_TOP, cheap_here
 
         s = ctx.cfg.search
         if s.confirm_top is None:
@@ -389,7 +389,7 @@ class SearchStage(Stage):
         from dna_deploy.select.search import run_search
 
         order = [ctx.cfg.devices.index(d) for d in ctx.ordered_devices()]  # as the reproduce command orders them
-        from dna_deploy.select.confirm import cheap_here
+        from dna_deploy.deploy.confirm import cheap_here
 
         tables, budgets = ctx.tables, ctx.budgets()
         settings = self.search_settings(ctx)
@@ -399,10 +399,12 @@ class SearchStage(Stage):
                     "convert for LiteRT; set search.confirm_top: 0 to trust the tables)")
         elif ctx.cfg.search.confirm_top is None:
             ctx.log(f"[search] the budgets are not confirmed by measurement: {cheap_here(tables, budgets)}")
+        from dna_deploy.deploy.confirm import confirm_candidates
+
         res = run_search(ctx.space, load_ratings(ctx.out / "ratings.json", ctx.space), [tables[i] for i in order],
                          [budgets[i] for i in order], settings, output=ctx.out / "search.json",
                          pareto_path=ctx.out / "pareto", confirm_dir=ctx.out / "confirm",
-                         show_progress=ctx.show_progress, log=ctx.log)
+                         confirm=confirm_candidates, show_progress=ctx.show_progress, log=ctx.log)
         if "confirmation" in res:
             c = res["confirmation"]
             ctx.log(f"[search] confirmation took {c['seconds']:.0f} s ({c['timed']} candidate(s) timed, {c['reused']} "

@@ -370,12 +370,13 @@ def pareto(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list[flo
 
 def run_search(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list[float | None],
                settings: SearchSettings = SearchSettings(), *, output=None, pareto_path=None, confirm_dir=None,
-               show_progress: bool = True, log=None) -> dict:
+               confirm=None, show_progress: bool = True, log=None) -> dict:
     """`dna-deploy search` and the pipeline's search stage: the top-k, optionally the Pareto front
     (PATH.csv + PATH.png) under the same limits, and the result as JSON at `output`.
 
-    With settings.confirm_top K, the K best candidates are timed on each budgeted runtime here
-    (select/confirm.py; what was timed is kept in `confirm_dir`, so a resumed search times nothing
+    With settings.confirm_top K, the K best candidates are timed on each budgeted runtime here by
+    `confirm` (deploy.confirm.confirm_candidates, passed in by the caller: building and timing
+    networks is the deploy layer's, above this one; what was timed is kept in `confirm_dir`, so a resumed search times nothing
     twice) and the best-rated one measured within every budget comes first in `results`, the others
     after it in rating order; `confirmation` says which shipped and why. When none of the K meets
     every budget, the result is written and InfeasibleBudget says what to try."""
@@ -406,7 +407,9 @@ def run_search(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list
                     row[f"budget_holds_at_upper_end:{t.name}"] = bool(iv[1] <= b + 1e-12)
     confirmation = None
     if confirm_top:
-        confirmation = _confirm(space, rows, tables, budgets_ms, confirm_top, confirm_dir, show_progress, log)
+        if confirm is None:
+            raise DataError("confirm_top needs the confirmer: pass confirm=dna_deploy.deploy.confirm.confirm_candidates")
+        confirmation = _confirm(confirm, space, rows, tables, budgets_ms, confirm_top, confirm_dir, show_progress, log)
         timed = {c["arch"]: c for c in confirmation["candidates"]}
         for rank, row in enumerate(rows, 1):
             row["rank_by_rating"] = rank
@@ -439,10 +442,8 @@ def run_search(space: SearchSpace, ratings: dict, tables: list, budgets_ms: list
     return result
 
 
-def _confirm(space, rows, tables, budgets_ms, top, confirm_dir, show_progress, log) -> dict:
+def _confirm(confirm_candidates, space, rows, tables, budgets_ms, top, confirm_dir, show_progress, log) -> dict:
     import tempfile
-
-    from dna_deploy.select.confirm import confirm_candidates
 
     if confirm_dir is not None:
         return confirm_candidates(space, rows, tables, budgets_ms, top=top, work_dir=confirm_dir,

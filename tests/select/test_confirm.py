@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dna_deploy.deploy.confirm import confirm_candidates
 from dna_deploy.io import shipped_dir
 from dna_deploy.runtimes.base import Runner
 from dna_deploy.select.search import run_search
@@ -59,7 +60,7 @@ def test_confirmation_ships_the_next_candidate_when_the_first_misses_and_never_t
     ratings = ratings_two_apart(tiny)
     work = tmp_path / "confirm"
     first = run_search(tiny, ratings, [table_here], [1000.0], SearchSettings(top_k=1, confirm_top=2),
-                       output=tmp_path / "search.json", pareto_path=tmp_path / "pareto", confirm_dir=work,
+                       output=tmp_path / "search.json", pareto_path=tmp_path / "pareto", confirm=confirm_candidates, confirm_dir=work,
                        show_progress=False)
     c = first["confirmation"]
     assert [x["rank"] for x in c["candidates"]] == [1, 2] and c["shipped"] == 1 and c["timed"] == 2
@@ -75,7 +76,7 @@ def test_confirmation_ships_the_next_candidate_when_the_first_misses_and_never_t
     monkeypatch.setattr(Runner, "time_round", lambda self, *a, **k: rounds.append(self) or pytest.fail("timed again"))
     budget = (measured[0] + measured[1]) / 2  # between the two measurements
     second = run_search(tiny, ratings, [table_here], [budget], SearchSettings(top_k=1, confirm_top=2),
-                        output=tmp_path / "search2.json", confirm_dir=work, show_progress=False)
+                        output=tmp_path / "search2.json", confirm=confirm_candidates, confirm_dir=work, show_progress=False)
     c = second["confirmation"]
     assert rounds == [] and c["timed"] == 0 and c["reused"] == 2
     assert c["shipped"] == 2 and [x["meets"][DEVICE] for x in c["candidates"]] == [False, True]
@@ -88,7 +89,7 @@ def test_confirmation_ships_the_next_candidate_when_the_first_misses_and_never_t
     with pytest.raises(InfeasibleBudget, match=r"none of the 2 candidates measured within every budget.*Try: a budget "
                                                r"of at least .* ms on x86-cpu-onnxruntime"):
         run_search(tiny, ratings, [table_here], [min(measured) / 2], SearchSettings(top_k=1, confirm_top=2),
-                   output=tmp_path / "search3.json", confirm_dir=work, show_progress=False)
+                   output=tmp_path / "search3.json", confirm=confirm_candidates, confirm_dir=work, show_progress=False)
     assert json.loads((tmp_path / "search3.json").read_text())["confirmation"]["shipped"] is None
 
 
@@ -100,7 +101,7 @@ def test_confirmation_refuses_a_table_of_another_machine(tiny, tmp_path):
     t.meta = {**t.meta, "host": {**t.meta.get("host", {}), "cpu": "a CPU this is not"}}
     with pytest.raises(DataError, match="describes another"):
         run_search(tiny, ratings_two_apart(tiny), [t], [1000.0], SearchSettings(confirm_top=2),
-                   confirm_dir=tmp_path / "c", show_progress=False)
+                   confirm=confirm_candidates, confirm_dir=tmp_path / "c", show_progress=False)
 
 
 def test_a_pipeline_with_confirm_top_resumes_without_timing_again(tiny, table_here, tmp_path, monkeypatch):
