@@ -241,7 +241,7 @@ def verify_exports(folders: list[str | Path], *, data: str | None = None, tables
 
     if op_resolver is not None and op_resolver not in LITERT_OP_RESOLVERS:
         raise DataError(f"op resolver {op_resolver!r}: {suggest(op_resolver, LITERT_OP_RESOLVERS)}")
-    targets = budget_targets(budgets, tables)
+    held_to = budget_targets(budgets, tables)  # the budgets, by runtime and precision
     if target is not None and not target.is_local and only is None:  # what the target can run (a phone: LiteRT)
         only = list(target.runtimes)
     loaded = [_load_folder(Path(f), data=data, max_images=max_images, only=only) for f in folders]
@@ -260,8 +260,8 @@ def verify_exports(folders: list[str | Path], *, data: str | None = None, tables
     held = {(a["runtime"], a["precision"]) for f in loaded for a in f.artifacts}
     unheld = [f"latency budget {t['budget_ms']:g} ms for {t['device']}: no artifact verified here runs on {t['runtime']} "
               f"{t['precision']}; not checked (export for it and verify that folder too)"
-              for t in targets if (t["runtime"], t["precision"]) not in held]
-    return [_finish(f, speed, tables, probe, targets=targets, advisory=latency_advisory, unheld=unheld, where=target)
+              for t in held_to if (t["runtime"], t["precision"]) not in held]
+    return [_finish(f, speed, tables, probe, held_to=held_to, advisory=latency_advisory, unheld=unheld, where=target)
             for f in loaded]
 
 
@@ -388,7 +388,7 @@ def time_interleaved(timings: list[_Timing], speed: SpeedProbe, bar, *, rounds: 
     fastest probe seen over all of them (runtimes/base.confirmed), until it is or at its cap (a
     faster probe found later can undo an earlier confirmation; every pass adds rounds, so it ends).
     Timings that already hold rounds (a resumed job) are continued. verify and the search's
-    confirmation (select/confirm.py) both time with this, so their figures are alike.
+    confirmation (deploy/confirm.py) both time with this, so their figures are alike.
     after_pass(): called after each pass, so that a caller can save what was timed."""
     import contextlib
     import time
@@ -419,7 +419,7 @@ def time_interleaved(timings: list[_Timing], speed: SpeedProbe, bar, *, rounds: 
                 after_pass()
 
 
-def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict, *, targets: list[dict] = (), advisory: bool = False,
+def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict, *, held_to: list[dict] = (), advisory: bool = False,
             unheld: list[str] = (), where=None) -> dict:
     """Latency verdicts against the tables and budgets, every check, notes; writes the folder's
     verify.json. `probe`: the job's speed probe (its fastest, and the fastest the tables recorded)."""
@@ -468,17 +468,17 @@ def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict, *, targets: list
                 report["notes"].append(f"{art['path']}: no latency table given for {art['runtime']} {art['precision']} "
                                        f"of space {f.space.name!r}; latency measured, not compared")
         checks = judge(stats, tol)
-        for target in targets:
-            if (target["runtime"], target["precision"]) != (art["runtime"], art["precision"]):
+        for budget in held_to:
+            if (budget["runtime"], budget["precision"]) != (art["runtime"], art["precision"]):
                 continue
-            verdict = {**judge_budget(target["device"], target["budget_ms"], measured, round_band(t.rounds)),
+            verdict = {**judge_budget(budget["device"], budget["budget_ms"], measured, round_band(t.rounds)),
                        "artifact": art["path"], "runtime": art["runtime"], "precision": art["precision"],
                        "statistic": statistic, "advisory": advisory}
             report["budgets"].append(verdict)
             checks.setdefault("latency_budget", {"value": [], "limit": [], "pass": True, "advisory": advisory})
             check = checks["latency_budget"]
             check["value"].append(verdict["line"])
-            check["limit"].append(f"{target['device']}: {statistic} <= {target['budget_ms']:g} ms, or its fastest "
+            check["limit"].append(f"{budget['device']}: {statistic} <= {budget['budget_ms']:g} ms, or its fastest "
                                   "quiet round within it (the measurement's noise)")
             check["pass"] &= verdict["met"] or advisory
             if not verdict["met"]:

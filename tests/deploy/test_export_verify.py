@@ -191,9 +191,14 @@ def test_litert_fp32_fp16_int8_pass_verify(tiny_model, tmp_path):
     # each precision is compared with its own table: int8 with the int8 one, with its 90 % interval
     tables = Path(__file__).resolve().parents[2] / "latency_tables"
     r = runner.invoke(app, ["verify", str(tmp_path), "-t", str(tables / "x86-cpu-litert-int8__tiny.json"),
-                            "-t", str(tables / "x86-cpu-litert__tiny.json"), "--max-extra-rounds", "1", "-f", "json"])
+                            "-t", str(tables / "x86-cpu-litert__tiny.json"), "--max-extra-rounds", "1", "-f", "json",
+                            "--budget-ms", "x86-cpu-litert=1000", "--budget-ms", "x86-cpu-litert-int8=1000"])
     assert r.exit_code == 0, r.output[-2000:]
-    by = {a["path"]: a["stats"] for a in json.loads((tmp_path / "verify.json").read_text())["artifacts"]}
+    report = json.loads((tmp_path / "verify.json").read_text())
+    # each budget holds the artifact of its device's runtime and precision (a second of budget: met)
+    assert {(b["device"], b["artifact"], b["verdict"]) for b in report["budgets"]} == {
+        ("x86-cpu-litert", "model_fp32.tflite", "met"), ("x86-cpu-litert-int8", "model_int8.tflite", "met")}
+    by = {a["path"]: a["stats"] for a in report["artifacts"]}
     assert by["model_int8.tflite"]["latency_table"].endswith("x86-cpu-litert-int8__tiny.json")
     assert by["model_fp32.tflite"]["latency_table"].endswith("x86-cpu-litert__tiny.json")
     lo, hi = by["model_int8.tflite"]["predicted_interval90_ms"]
