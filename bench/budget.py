@@ -5,12 +5,14 @@ For each of >= 20 budgets spread across the feasible range of each device (ONNX 
 fp32), the search runs three ways on the same ratings and table:
   - plain: the exact optimum under the predicted budget;
   - margin: search.budget_margin (the upper end of each prediction's 90 % interval meets the budget);
-  - confirm: search.confirm_top K (the K best candidates exported and timed here; the best-rated one
-    measured within the budget ships).
+  - confirm: search.confirm_top K (K candidates, the best under the budget and under K-1 rungs
+    confirm_step below it, exported and timed here; the best-rated one clearly within ships).
 Every network shipped by any of them is then exported (random weights: latency does not depend on
 them) and measured the way `dna-deploy verify` measures, in one job separate from the search's
 confirmation (deploy/verify.verify_exports), and held to each budget strictly: met when the
-measured statistic (p10_ms, what the table sums) is within it. Also recorded: the rating cost of each method (summed block rating of the
+measured statistic (p10_ms, what the table sums) is within it (met_share, with its 95 % Wilson
+interval), and by verify's own verdict (verify_met_share: not a clear miss, i.e. its fastest quiet
+round within the budget). Also recorded: the rating cost of each method (summed block rating of the
 shipped network minus the plain optimum's: > 0 is worse), and the wall time of each confirmation
 (timings are shared between budgets through one confirmation folder, so later budgets reuse
 candidates timed for earlier ones: `timed` counts what each one timed).
@@ -107,17 +109,45 @@ def searched(space, ratings, table, budget, settings, confirm_dir) -> dict:
     return out
 
 
+def plot(result: dict, path: Path) -> Path:
+    """Per device: each budget's shipped network, measured by verify, as % over (+) or under (-) the
+    budget, for the three methods; above the zero line is a broken promise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = result["devices"]
+    fig, axes = plt.subplots(1, len(devices), figsize=(6 * len(devices), 4), squeeze=False)
+    for ax, (name, d) in zip(axes[0], devices.items()):
+        for m, marker in (("plain", "o"), ("margin", "s"), ("confirm", "*")):
+            pts = [(r["budget_ms"], r[m]["over_pct"]) for r in d["rows"] if r[m].get("arch")]
+            share = d["summary"][m]["met_share"]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, label=f"{m}: {100 * share:.0f} % met", alpha=0.8)
+        ax.axhline(0, color="k", lw=1)
+        ax.set(title=name, xlabel="budget (ms)", ylabel="verify's measurement vs budget (%)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="ONNX Runtime only, 4 budgets, confirm_top 4, small tables")
     ap.add_argument("--budgets", type=int, default=None, help="budgets per device [20; --quick 4]")
     ap.add_argument("--confirm-top", type=int, default=None, help="[8; --quick 4]")
+    ap.add_argument("--confirm-step", type=float, default=None, help="rung spacing [settings' 0.025]")
     ap.add_argument("--ratings", type=Path, default=None, help="a run's ratings.json [synthetic ratings of tiny]")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-budget", help="tables, exports, timings")
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args()
 
-    from dna_deploy.deploy.verify import verify_exports
+    from dna_deploy.deploy.verify import judge_budget, verify_exports
+    from dna_deploy.latency.validate import wilson_interval
     from dna_deploy.select.rate import load_ratings
     from dna_deploy.select.search import synthetic_ratings
     from dna_deploy.settings import SearchSettings
@@ -131,11 +161,12 @@ def main() -> None:
     work = args.work / ("quick" if args.quick else "full")
     t_start = time.perf_counter()
     tables = tables_here(space, devices, work, args.quick)
+    step = SearchSettings().confirm_step if args.confirm_step is None else args.confirm_step
     methods = {"plain": SearchSettings(top_k=1, confirm_top=0),
                "margin": SearchSettings(top_k=1, budget_margin=True, confirm_top=0),
-               "confirm": SearchSettings(top_k=1, confirm_top=top)}
+               "confirm": SearchSettings(top_k=1, confirm_top=top, confirm_step=step)}
     result = {"space": space.name, "ratings": str(args.ratings) if args.ratings else "synthetic (seed 0)",
-              "confirm_top": top, "quick": args.quick, "devices": {}}
+              "confirm_top": top, "confirm_step": step, "quick": args.quick, "devices": {}}
     for table in tables:
         lo = table.predict(space, space.smallest_arch())["predicted_ms"]
         hi = table.predict(space, space.largest_arch())["predicted_ms"]
@@ -162,7 +193,7 @@ def main() -> None:
                     for a, rep in zip(folders, reports)}
         summary = {}
         for m in methods:
-            met_strict = n = 0
+            met_strict = met_verify = n = 0
             costs, seconds = [], []
             for r in rows:
                 x = r[m]
@@ -170,20 +201,31 @@ def main() -> None:
                     x["verdict"] = "nothing shipped"
                     continue
                 s = measured[x["arch"]]
+                verdict = judge_budget(table.name, r["budget_ms"], s["measured_ms"], s["latency_ms"]["band_ms"])
                 x.update(verify_measured_ms=s["measured_ms"], verify_confirmed=s["latency_ms"]["confirmed"],
+                         verify_band_ms=s["latency_ms"]["band_ms"], verify_verdict=verdict["verdict"],
                          strict_met=bool(s["measured_ms"] <= r["budget_ms"]),
                          over_pct=100 * (s["measured_ms"] - r["budget_ms"]) / r["budget_ms"])
                 n += 1
                 met_strict += x["strict_met"]
+                met_verify += verdict["met"]
                 costs.append(x["rating"] - r["plain"]["rating"])
                 if "confirm_seconds" in x:
                     seconds.append(x["confirm_seconds"])
             summary[m] = {"budgets": len(rows), "shipped": n,
                           "met_share": met_strict / len(rows),  # a budget nothing shipped for is not met
+                          "met_share_95": list(wilson_interval(met_strict, len(rows))),
+                          # verify's verdict: not a clear miss (its fastest quiet round within the budget)
+                          "verify_met_share": met_verify / len(rows),
                           "rating_cost_mean": float(np.mean(costs)) if costs else None,
                           "rating_cost_max": float(np.max(costs)) if costs else None,
                           "over_pct_mean": float(np.mean([r[m]["over_pct"] for r in rows if r[m]["arch"]]))
                           if n else None}
+            agree = [100 * (r[m]["verify_measured_ms"] - r[m]["confirm_measured_ms"]) / r[m]["confirm_measured_ms"]
+                     for r in rows if r[m].get("arch") and "confirm_measured_ms" in r[m]]
+            if agree:  # the search's figure for the shipped network against verify's, measured minutes later
+                summary[m].update(verify_vs_confirm_pct_median=float(np.median(agree)),
+                                  verify_vs_confirm_pct_abs_max=float(np.max(np.abs(agree))))
             if seconds:
                 timed = sum(r[m].get("timed", 0) for r in rows)
                 summary[m].update(confirm_seconds_total=float(np.sum(seconds)), confirm_seconds_max=float(np.max(seconds)),
@@ -196,9 +238,10 @@ def main() -> None:
                                                         for m, s in summary.items()}), flush=True)
     from dna_deploy.host import host_description
 
+    out = args.output or ROOT / "bench" / "results" / ("budget_quick.json" if args.quick else "budget.json")
+    result["plot"] = plot(result, out.with_suffix(".png")).name  # beside the JSON
     result["host"] = host_description()
     result["seconds"] = time.perf_counter() - t_start
-    out = args.output or ROOT / "bench" / "results" / ("budget_quick.json" if args.quick else "budget.json")
     write_json(out, result)
     print(f"[budget] wrote {out} ({result['seconds']:.0f} s)")
 

@@ -191,9 +191,9 @@ def _render_verify_report(folder, r: dict) -> None:
 def _verify(folders, *, data, table, fmt, max_images=None, overrides=None, op_resolver=None, max_extra_rounds=None,
             budgets=None, latency_advisory=False, target=None):
     from dna_deploy.deploy.verify import verify_exports
-    from dna_deploy.targets import parse_target
     from dna_deploy.errors import BudgetMissed, VerificationFailed
     from dna_deploy.latency.table import LatencyTable
+    from dna_deploy.targets import parse_target
 
     tables = [LatencyTable.load(t) for t in table]
     reports = verify_exports(folders, data=data, tables=tables, max_images=max_images, overrides=overrides,

@@ -15,10 +15,10 @@ def list_(fmt: OutputFormat = FormatOpt) -> None:
 
     Example: dna-deploy devices list
     """
+    from rich.markup import escape
+
     from dna_deploy.latency.devices import list_devices
     from dna_deploy.runtimes import runner_class
-
-    from rich.markup import escape
 
     rows = []
     for d in list_devices():

@@ -94,9 +94,12 @@ def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating tab
                                               help="Search so that the upper end of each prediction's 90 % interval "
                                                    "(the table's held-out errors) meets its budget."),
            confirm_top: int = typer.Option(0, "--confirm-top", min=0, max=100,
-                                           help="Time the K best candidates under the budgets on each budgeted "
-                                                "runtime here, exported as they ship, and return the best-rated one "
+                                           help="Time K candidates (the best under the budgets, then under rungs "
+                                                "below them: --confirm-step) on each budgeted runtime here, exported as they ship, and return the best-rated one "
                                                 "measured within every budget (0: trust the tables)."),
+           confirm_step: float = typer.Option(S.confirm_step, "--confirm-step", min=0.0, max=0.2,
+                                              help="The candidates confirmed are the best under the budgets and under "
+                                                   "K-1 rungs below them, each this fraction of the budget lower."),
            pareto_out: Path = typer.Option(None, "--pareto", help="Write the Pareto front (rating vs the first table's latency, within every limit): PATH.csv and PATH.png."),
            output: Path = typer.Option(None, "--output", "-o", help="Write the result as JSON."),
            fmt: OutputFormat = FormatOpt) -> None:
@@ -121,7 +124,7 @@ def search(ratings: Path = typer.Option(..., "--ratings", "-r", help="Rating tab
         raise DataError(f"{len(budget_ms)} --budget-ms values but {len(tables)} --table: give one table per budget")
     budgets = list(budget_ms) + [None] * (len(tables) - len(budget_ms))
     settings = SearchSettings(top_k=top_k, max_mmacs=max_mmacs, max_params=max_params, budget_margin=budget_margin,
-                              confirm_top=confirm_top)
+                              confirm_top=confirm_top, confirm_step=confirm_step)
     log = (lambda m: console.print(m, markup=False)) if fmt == "table" else None
     confirm_dir = output.with_name(output.stem + ".confirm") if output is not None and confirm_top else None
     from dna_deploy.deploy.confirm import confirm_candidates

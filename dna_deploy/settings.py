@@ -244,11 +244,19 @@ class SearchSettings:
     # one measured within every budget (deploy/confirm.py); None: the pipeline's choice (4 where every
     # budgeted device is a CPU runtime of this machine, else 0), `dna-deploy search`'s 0
     confirm_top: int | None = None
+    # the K candidates are the best under K rungs of the budgets, each this fraction of the budget below
+    # the last (select/search.confirmation_ladder): K x step is how much slower than its table this host
+    # may run and still ship a confirmed network; 0: the K best under the budgets themselves
+    confirm_step: float = 0.025
 
     def __post_init__(self):
         _check(self, positive=("top_k", "max_mmacs", "max_params"), counts=("confirm_top",))
         if self.confirm_top is not None and self.confirm_top > 100:
             raise DataError(f"confirm_top is the number of candidates to time, at most 100; got {self.confirm_top}")
+        if not (isinstance(self.confirm_step, (int, float)) and not isinstance(self.confirm_step, bool)
+                and 0 <= self.confirm_step <= 0.2):
+            raise DataError(f"confirm_step is a fraction of the budget from 0 to 0.2 (0.025: 2.5 %), got "
+                            f"{str(self.confirm_step)[:40]}")
         if not (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k <= MAX_TOP_K):
             raise DataError(f"top_k must be a whole number from 1 to {MAX_TOP_K:,}, got {str(self.top_k)[:40]}")
 

@@ -39,6 +39,7 @@ NOT_MEASURED = [
     r"\bmore than 10 %",
     r"\b0\.(?:25|1|02|01) s\b",                     # warm-up settings
     r"\bevery 30 s\b",                              # the progress log period
+    r"\(?2\.5 %\)?(?= of the budget| apart|\) of the budget)|× 2\.5 %",  # the confirmation's rung spacing (confirm_step)
     r"\b1\.15× the mean",                            # rating's balance rule (rate.MAX_IMBALANCE)
     r"\b\d+(?:\.\d+)? ms\b(?= \()?(?=.*(?:budget|at most|-b ))",  # budgets a user chooses
 ]

@@ -431,6 +431,7 @@ def _finish(f: _Folder, speed: SpeedProbe, tables, probe: dict, *, held_to: list
         timing = quiet_stats(t.rounds)
         # confirmed: two quiet rounds, both timed while the machine's speed probe was quiet
         stats["latency_ms"] = {**timing.to_dict(), "rounds": len(t.rounds), "rounds_kept": len(quiet_rounds(t.rounds)),
+                               "band_ms": list(round_band(t.rounds)),  # the quiet rounds' lowest and highest p10
                                "confirmed": confirmed(t.rounds, t.probes, speed)}
         stats["latency_ms"]["speed_probes_ms"] = t.probes  # each round's; the job's fastest: report["speed_probe"]
         if not stats["latency_ms"]["confirmed"]:

@@ -287,7 +287,6 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
     table = LatencyTable.load(table_path)
     table.check_space(space)
     dest = calibrated_table_path(table_path, output=output, force=force, target=target)
-    remote = target is not None and not target.is_local
     missing = table.missing_entries(space)
     if missing:
         raise DataError(f"latency table lacks {len(missing)} entries ({', '.join(missing[:3])} ...); re-profile it")

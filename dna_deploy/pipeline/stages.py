@@ -361,7 +361,7 @@ class SearchStage(Stage):
 
     @staticmethod
     def search_settings(ctx):
-        """The search section with confirm_top resolved: unset, the K best are confirmed where timing
+        """The search section with confirm_top resolved: unset, 4 candidates are confirmed where timing
         them is cheap (every budgeted device a CPU runtime of this machine), else none."""
         from dna_deploy.deploy.confirm import PIPELINE_CONFIRM_TOP, cheap_here
 
@@ -394,7 +394,8 @@ class SearchStage(Stage):
         tables, budgets = ctx.tables, ctx.budgets()
         settings = self.search_settings(ctx)
         if settings.confirm_top:
-            ctx.log(f"[search] confirming the {settings.confirm_top} best candidates on this machine: each exported as "
+            ctx.log(f"[search] confirming {settings.confirm_top} candidates on this machine (the best under the budgets "
+                    f"and under rungs {100 * settings.confirm_step:g} % apart below them): each exported as "
                     "it ships and timed on every budgeted runtime (seconds each with ONNX Runtime, about 20 s more to "
                     "convert for LiteRT; set search.confirm_top: 0 to trust the tables)")
         elif ctx.cfg.search.confirm_top is None:

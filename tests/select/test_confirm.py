@@ -80,7 +80,7 @@ def test_confirmation_ships_the_next_candidate_when_the_first_misses_and_never_t
     c = second["confirmation"]
     assert rounds == [] and c["timed"] == 0 and c["reused"] == 2
     assert c["shipped"] == 2 and [x["meets"][DEVICE] for x in c["candidates"]] == [False, True]
-    assert second["results"][0]["arch"] == c["candidates"][1]["arch"] and second["results"][0]["rank_by_rating"] == 2
+    assert second["results"][0]["arch"] == c["candidates"][1]["arch"] and second["results"][0]["confirm_rank"] == 2
     assert second["results"][0][f"measured_ms:{DEVICE}"] == measured[1]
     assert "#2 is the best-rated candidate measured within every budget" in c["why"] and "#1:" in c["why"]
 
@@ -91,6 +91,30 @@ def test_confirmation_ships_the_next_candidate_when_the_first_misses_and_never_t
         run_search(tiny, ratings, [table_here], [min(measured) / 2], SearchSettings(top_k=1, confirm_top=2),
                    output=tmp_path / "search3.json", confirm=confirm_candidates, confirm_dir=work, show_progress=False)
     assert json.loads((tmp_path / "search3.json").read_text())["confirmation"]["shipped"] is None
+
+
+def test_the_ladder_reaches_below_the_budget_without_giving_up_the_optimum(tiny):
+    """The confirmed candidates: the exact optimum under the budget first, then the best under rungs
+    2.5 % apart below it, each a different network, best rating first; step 0 gives the K best."""
+    from dna_deploy.latency.table import LatencyTable
+    from dna_deploy.select.search import confirmation_ladder, search, synthetic_ratings
+
+    table = LatencyTable.load(shipped_dir("latency_tables") / f"{DEVICE}__tiny.json")
+    ratings = synthetic_ratings(tiny, seed=0)
+    lo, hi = (table.predict(tiny, a)["predicted_ms"] for a in (tiny.smallest_arch(), tiny.largest_arch()))
+    budget = (lo + hi) / 2
+    key = f"latency_ms:{DEVICE}"
+    ladder = confirmation_ladder(tiny, ratings, [table], [budget], SearchSettings(confirm_step=0.025), 8)
+    best = search(tiny, ratings, [table], [budget], top_k=8)
+    assert len(ladder) == 8 and len({r["arch"] for r in ladder}) == 8
+    assert ladder[0]["arch"] == best[0]["arch"]  # nothing better-rated is given up unless it measures over
+    assert [r["rating"] for r in ladder] == sorted(r["rating"] for r in ladder)
+    for r in ladder:  # each within its rung
+        assert r[key] <= budget * r["rung_budget_scale"] + 1e-12
+    assert min(r[key] for r in ladder) <= budget * (1 - 7 * 0.025) + 1e-12
+    assert max(r[key] for r in best) > budget * 0.99  # why the rungs: the K best crowd at the budget
+    top = confirmation_ladder(tiny, ratings, [table], [budget], SearchSettings(confirm_step=0.0), 8)
+    assert [r["arch"] for r in top] == [r["arch"] for r in best]
 
 
 def test_confirmation_refuses_a_table_of_another_machine(tiny, tmp_path):
@@ -142,8 +166,19 @@ def test_a_pipeline_with_confirm_top_resumes_without_timing_again(tiny, table_he
     c = res["confirmation"]
     total = sum(len(e["rounds"]) for e in json.loads((out / "confirm" / "timings.json").read_text())["timings"].values())
     assert len(calls) == total - 4 and c["shipped"] == 1 and c["timed"] == 2  # continued, none repeated
-    assert any("confirming the 2 best candidates" in m for m in logs) and any("confirmation took" in m for m in logs)
+    assert any("confirming 2 candidates" in m for m in logs) and any("confirmation took" in m for m in logs)
 
     calls.clear()
     res = SearchStage().run(ctx)  # run again (a later stage changed, a larger top_k...): nothing timed
     assert calls == [] and res["confirmation"]["reused"] == 2 and res["confirmation"]["timed"] == 0
+
+
+@pytest.mark.parametrize("field, value, message", [("confirm_top", 101, "at most 100"),
+                                                   ("confirm_step", 0.5, "from 0 to 0.2"),
+                                                   ("confirm_step", -0.01, "from 0 to 0.2"),
+                                                   ("confirm_step", "2%", "from 0 to 0.2")])
+def test_confirmation_settings_out_of_range_are_refused_in_one_line(field, value, message):
+    from dna_deploy.errors import DataError
+
+    with pytest.raises(DataError, match=message):
+        SearchSettings(**{field: value})
