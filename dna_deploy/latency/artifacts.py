@@ -35,12 +35,52 @@ def network_job(space: dict, arch: str, batch: int, *, runtime: str, precision: 
             "work_dir": str(work_dir), "name": name, "op_resolver": op_resolver}
 
 
+def share_conversions(job: dict, share: dict | None) -> dict:
+    """`job`, converted together with the other precisions `share` lists ({"dir": folder,
+    "precisions": [...]}) when its runtime converts several at once: the fp32 and int8 LiteRT tables
+    of one pipeline time the same op models and validation networks (same specs, same seeded
+    weights), and one onnx2tf run writes both precisions for little more than one. The first job
+    of a model converts all and leaves the others in share's folder, keyed by what shapes the model;
+    the other table's job takes its file from there."""
+    if not share or job["precision"] not in share["precisions"] or len(share["precisions"]) < 2:
+        return job
+    return {**job, "share": {"dir": str(share["dir"]), "precisions": sorted(share["precisions"])}}
+
+
+def _shared_key(job: dict) -> str:
+    """What shapes a model apart from its precision: its layers or network, input, runtime, kernels,
+    and the tool and converter versions that built it."""
+    from dna_deploy import __version__
+    from dna_deploy.host import runtime_versions
+    from dna_deploy.io import fingerprint
+
+    what = {k: v for k, v in job.items() if k not in ("precision", "work_dir", "name", "share")}
+    return fingerprint({**what, "tool": __version__, "versions": runtime_versions(job["runtime"], job.get("op_resolver"))})
+
+
+def _copy_atomically(src: Path, dst: Path) -> Path:
+    import shutil
+
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
 def build_artifact(job: dict) -> str:
     """One job -> the path of the runtime's artifact (weights seeded, so a rebuild is identical)."""
     import torch
 
     from dna_deploy.runtimes import runner_class
     from dna_deploy.space import LayerSpec
+
+    cls = runner_class(job["runtime"])
+    share = job.get("share") if cls.converts_precisions_together else None
+    if share:  # converted with the other precisions before: take this one's file
+        folder = Path(share["dir"]) / _shared_key(job)
+        kept = folder / f"{job['precision']}{cls.artifact_suffix}"
+        if kept.is_file():
+            return str(_copy_atomically(kept, Path(job["work_dir"]) / f"{job['name']}_{job['precision']}{cls.artifact_suffix}"))
 
     torch.manual_seed(0)
     if job["kind"] == "layer":
@@ -58,10 +98,18 @@ def build_artifact(job: dict) -> str:
         space = SearchSpace.from_dict(job["space"])
         module = build_network(space, job["arch"])
         shape = [job["batch"], space.in_channels, space.input_size, space.input_size]
-    artifact = runner_class(job["runtime"]).prepare_artifact(module.eval(), torch.randn(*shape), Path(job["work_dir"]),
-                                                             name=job["name"], precision=job["precision"],
-                                                             op_resolver=job.get("op_resolver"))
-    return str(artifact)
+    example, work = torch.randn(*shape), Path(job["work_dir"])
+    if not share:
+        return str(cls.prepare_artifact(module.eval(), example, work, name=job["name"], precision=job["precision"],
+                                        op_resolver=job.get("op_resolver")))
+    made = cls.prepare_artifacts(module.eval(), example, work, name=job["name"], precisions=tuple(share["precisions"]),
+                                 op_resolver=job.get("op_resolver"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for precision, path in made.items():
+        if precision != job["precision"]:
+            _copy_atomically(path, folder / f"{precision}{cls.artifact_suffix}")
+            Path(path).unlink()
+    return str(made[job["precision"]])
 
 
 def _worker_init() -> None:

@@ -50,13 +50,13 @@ def profile_on_target(space, device: DeviceSpec, out_path: str | Path, target, *
                       show_progress: bool = True, force: bool = False, granularity: str = "layer",
                       rounds: int | None = None, runs_per_round: int = 20, cv_threshold: float = 0.05,
                       max_extra_rounds: int | None = None, warmup_s: float | None = None, resume: bool = True,
-                      **_ignored) -> LatencyTable:
+                      share: dict | None = None, **_ignored) -> LatencyTable:
     """Bundle here, time there (interleaved round by round as measure_bundle does, each round
     streamed back and kept for a resume), write the table here."""
     out_path = Path(out_path)
     refuse_shipped(out_path, force=force)
     work = Path(work_dir) if work_dir else out_path.with_name(out_path.stem + ".bundle")
-    build_bundle(space, device, work, show_progress=show_progress, granularity=granularity)
+    build_bundle(space, device, work, show_progress=show_progress, granularity=granularity, share=share)
     manifest = check_manifest(read_json(work / MANIFEST, what="bundle manifest"), str(work))
     entries = manifest["entries"]
     if any(e.get("file") is None for e in entries.values()):

@@ -22,7 +22,7 @@ from dna_deploy import __version__
 from dna_deploy.errors import DataError
 from dna_deploy.host import GRAPH_RECIPE_KEY, graph_recipe, host_description, runtime_versions
 from dna_deploy.io import exclusive_lock, fingerprint, read_json, write_json
-from dna_deploy.latency.artifacts import block_job, build_artifacts, layer_job
+from dna_deploy.latency.artifacts import block_job, build_artifacts, layer_job, share_conversions
 from dna_deploy.latency.devices import DeviceSpec
 from dna_deploy.latency.table import STATISTIC, LatencyTable, refuse_shipped, table_entries, table_file_name
 from dna_deploy.progress import progress_bar
@@ -133,9 +133,10 @@ def shipped_table_for_host(device: DeviceSpec, space: SearchSpace, *,
 
 # ---------------------------------------------------------------- bundle (host side, needs torch)
 def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *, show_progress: bool = True,
-                 granularity: str = "layer") -> Path:
+                 granularity: str = "layer", share: dict | None = None) -> Path:
     """One op model per distinct layer (or per block candidate), plus a manifest. Resumable:
-    existing op models are kept. Slow conversions (LiteRT) run in parallel worker processes."""
+    existing op models are kept. Slow conversions (LiteRT) run in parallel worker processes.
+    `share`: convert together with other precisions (artifacts.share_conversions)."""
     # Only the converters are needed here (they say which extra is missing); TensorRT engines and
     # GPU sessions are built on the target from the bundle's ONNX models.
     cls = runner_class(device.runtime)
@@ -182,8 +183,8 @@ def build_bundle(space: SearchSpace, device: DeviceSpec, out_dir: str | Path, *,
                 specs, where = models[key], dict(runtime=device.runtime, precision=device.precision, work_dir=out_dir,
                                                  name=f"op{i:04d}", op_resolver=device.op_resolver)
                 if key == specs[0].key:  # one layer
-                    return layer_job(asdict(specs[0]), shapes[key], **where)
-                return block_job([asdict(s) for s in specs], shapes[key], **where)
+                    return share_conversions(layer_job(asdict(specs[0]), shapes[key], **where), share)
+                return share_conversions(block_job([asdict(s) for s in specs], shapes[key], **where), share)
 
             build_artifacts([(key, job(i, key)) for i, key in todo], slow=cls.slow_to_prepare, on_done=record)
     write_json(manifest_path, manifest)
@@ -472,10 +473,12 @@ def _time_slice(keys, first_round, samples, probes, speed, bundle, entries, devi
 
 
 def profile(space: SearchSpace, device: DeviceSpec, out_path: str | Path, *, work_dir: str | Path | None = None,
-            show_progress: bool = True, force: bool = False, granularity: str = "layer", **timing) -> LatencyTable:
-    """Bundle + measure on this machine. The bundle folder is kept for resume (and reuse)."""
+            show_progress: bool = True, force: bool = False, granularity: str = "layer", share: dict | None = None,
+            **timing) -> LatencyTable:
+    """Bundle + measure on this machine. The bundle folder is kept for resume (and reuse). `share`:
+    op models converted together with other precisions (artifacts.share_conversions)."""
     out_path = Path(out_path)
     refuse_shipped(out_path, force=force)
     work = Path(work_dir) if work_dir else out_path.with_name(out_path.stem + ".bundle")
-    build_bundle(space, device, work, show_progress=show_progress, granularity=granularity)
+    build_bundle(space, device, work, show_progress=show_progress, granularity=granularity, share=share)
     return measure_bundle(work, out_path, show_progress=show_progress, **timing)

@@ -85,6 +85,19 @@ class Runner(ABC):
         """Host side: a torch module -> what this runtime loads (a file path; for torch the module),
         shaped for the kernels that will run it (op_resolver, for runtimes that have several)."""
 
+    # A converter that makes several precisions of one model in one run (LiteRT: onnx2tf builds the
+    # graph once, then writes fp32 and int8 from it) overrides prepare_artifacts; the others prepare
+    # each precision on its own.
+    converts_precisions_together: ClassVar[bool] = False
+
+    @classmethod
+    def prepare_artifacts(cls, module, example, workdir: Path, *, name: str, precisions: tuple[str, ...],
+                          op_resolver: str | None = None) -> dict[str, Any]:
+        """prepare_artifact for each precision (calibrated on seeded noise: latency does not depend on
+        the values): {precision: artifact}."""
+        return {p: cls.prepare_artifact(module, example, workdir, name=f"{name}-{p}", precision=p, op_resolver=op_resolver)
+                for p in precisions}
+
     @abstractmethod
     def _prepare(self) -> None: ...
 

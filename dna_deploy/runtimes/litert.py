@@ -35,21 +35,36 @@ class LiteRTRunner(Runner):
             return f"LiteRT here runs on the CPU (XNNPACK); device {device!r} needs a GPU/NPU delegate on the target"
         return None
 
+    converts_precisions_together = True
+
     @classmethod
     def prepare_artifact(cls, module, example, workdir: Path, *, name: str, precision: str = "fp32", calibration=None,
                          op_resolver=None):
+        return cls._convert(module, example, workdir, name=name, precisions=(precision,), calibration=calibration,
+                            op_resolver=op_resolver)[precision]
+
+    @classmethod
+    def prepare_artifacts(cls, module, example, workdir: Path, *, name: str, precisions: tuple[str, ...],
+                          op_resolver=None) -> dict:
+        """One onnx2tf run for every precision: the graph is built once (most of a conversion's time)."""
+        return cls._convert(module, example, workdir, name=name, precisions=tuple(precisions), calibration=None,
+                            op_resolver=op_resolver)
+
+    @classmethod
+    def _convert(cls, module, example, workdir: Path, *, name: str, precisions: tuple[str, ...], calibration,
+                 op_resolver) -> dict:
         from dna_deploy.convert.litert import onnx_to_litert
         from dna_deploy.convert.onnx import torch_to_onnx
         from dna_deploy.nn.rewrite import litert_graph
 
         workdir = Path(workdir)
         onnx_path = torch_to_onnx(litert_graph(module, op_resolver), example, workdir / f"{name}.onnx")
-        if precision == "int8" and calibration is None:  # latency does not depend on the values
+        if "int8" in precisions and calibration is None:  # latency does not depend on the values
             calibration = np.random.default_rng(0).standard_normal((8, *example.shape[1:])).astype(np.float32)
-        out = onnx_to_litert(onnx_path, workdir, precisions=(precision,), calibration=calibration, name=name,
+        out = onnx_to_litert(onnx_path, workdir, precisions=precisions, calibration=calibration, name=name,
                              for_timing=True)  # the deployed graph, converted faster (its docstring)
         onnx_path.unlink()
-        return out[precision]
+        return out
 
     def _prepare(self) -> None:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
