@@ -143,6 +143,8 @@ def predict(archs: list[str] = typer.Argument(..., help="Architecture strings.")
 @app.command("validate")
 def validate(table: Path = TableOpt, space: str = SpaceOpt,
              samples: int = typer.Option(P.validate_samples, "--samples", "-n", help="Networks measured end to end (half held out)."),
+             held_out: int = typer.Option(None, "--held-out", help="Of them held out to judge the calibration, the rest fit "
+                                                                    "it [half]; 19 or more give the 90 % interval."),
              seed: int = typer.Option(0, help="Which random networks."),
              rounds: int = typer.Option(P.validate_rounds, min=1, help="Interleaved timing rounds per network."),
              warmup_s: float = typer.Option(P.warmup_s, min=0.0, help="Seconds each timed batch warms up."),
@@ -172,7 +174,7 @@ def validate(table: Path = TableOpt, space: str = SpaceOpt,
                  allow_shipped=beside_shipped, what="calibrated table")
     plot = plot or dest.with_suffix(".fidelity.png")
     check_output(plot, kind="plot", inputs=[table, space], allow_shipped=beside_shipped, what="plot")
-    r = validate_table(table, resolve_space(space, table), samples=samples, seed=seed, plot_path=plot,
+    r = validate_table(table, resolve_space(space, table), samples=samples, held_out=held_out, seed=seed, plot_path=plot,
                        show_progress=fmt == "table", resume=resume, rounds=rounds, output=dest, warmup_s=warmup_s,
                        max_extra_rounds=max_extra_rounds, target=where)
     if fmt == "json":

@@ -194,6 +194,10 @@ class ProfileSettings:
     # networks measured end to end to calibrate (half held out): 40 holds out 20, enough for a
     # 90 % prediction interval of the error (19 at least: latency/validate.prediction_bounds)
     validate_samples: int = 40
+    # of them held out to judge the calibration (the rest fit it); None: half. 19 at least give the
+    # 90 % interval; fitting a line needs few, so 26 networks with 20 held out back the same interval
+    # with 14 fewer networks to build and time (the quickstart's choice)
+    validate_held_out: int | None = None
     validate_rounds: int = 3
     # extra rounds for entries and networks not yet confirmed by two quiet rounds with quiet speed
     # probes (runtimes/base.confirmed); None: 6 after a layer table's rounds, 9 after a block
@@ -214,6 +218,11 @@ class ProfileSettings:
                counts=("max_extra_rounds",), choices={"use_shipped": ("auto", True, False)})
         if self.validate_samples < 6:
             raise DataError("validate_samples must be at least 6 (some to fit the correction, some held out)")
+        if self.validate_held_out is not None and not (
+                isinstance(self.validate_held_out, int) and 2 <= self.validate_held_out <= self.validate_samples - 4):
+            raise DataError(f"validate_held_out must be a whole number from 2 to validate_samples - 4 "
+                            f"({self.validate_samples - 4}: at least 4 networks fit the correction), got "
+                            f"{str(self.validate_held_out)[:40]}")
 
 
 @dataclass(frozen=True)

@@ -401,13 +401,16 @@ def time_interleaved(timings: list[_Timing], speed: SpeedProbe, bar, *, rounds: 
     ended: dict[int, float] = {}
     with contextlib.ExitStack() as stack:
         runners: dict[int, object] = {}
-        task = bar.task(f"timing {len(timings)} artifact(s) in turn", len(timings) * rounds)
+        total = sum(max(0, rounds - len(t.rounds)) for t in timings)  # a resumed timing has rounds already
+        task = bar.task(f"timing {len(timings)} artifact(s) in turn", total)
         while todo := [i for i, t in enumerate(timings) if pending(t)]:
             for i in todo:
                 t = timings[i]
                 if i not in runners:
                     runners[i] = stack.enter_context(_runner_for(t.artifact, t.folder, t.threads, t.resolver))
                 if len(t.rounds) >= rounds:  # an extra round: spaced from the last (a slow phase lasts seconds)
+                    total += 1
+                    bar.update(task, total=total)
                     wait_for_spacing(ended.get(i))
                 elif len(todo) == 1 and t.rounds:
                     time.sleep(0.2)  # time_in_rounds' pause between a lone model's rounds

@@ -108,7 +108,8 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                      runs_per_round: int = 15, warmup: int = 10, show_progress: bool = True, warmup_s: float = WARMUP_S,
                      cache_path: Path | None = None, statistic: str = STATISTIC,
                      max_extra_rounds: int = MAX_EXTRA_ROUNDS,
-                     fastest_probe_ms: float = float("inf"), target=None) -> tuple[dict[str, float], set[str]]:
+                     fastest_probe_ms: float = float("inf"), target=None,
+                     share: dict | None = None) -> tuple[dict[str, float], set[str]]:
     """End-to-end latency of each network: `statistic` of the timed runs of its quiet rounds
     (runtimes/base.quiet_rounds), rounds interleaved across networks so that they are spread over
     time. A network whose fastest round is not backed by a second one, both timed while the
@@ -126,7 +127,7 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
     (latency/on_target.time_networks_on_target), resumed from work_dir's target.jsonl."""
     import torch
 
-    from dna_deploy.latency.artifacts import build_artifacts, network_job
+    from dna_deploy.latency.artifacts import build_artifacts, network_job, share_conversions
     from dna_deploy.nn.builder import build_network
 
     remote = target is not None and not target.is_local
@@ -179,9 +180,9 @@ def measure_networks(space: SearchSpace, device: DeviceSpec, archs: list, work_d
                     write_json(built_path, built)
                     bar.advance(task)
 
-                jobs = [(str(a), network_job(space.to_dict(), str(a), device.batch, runtime=device.runtime,
-                                             precision=device.precision, work_dir=work_dir,
-                                             name=f"net-{fingerprint(str(a))[:12]}", op_resolver=device.op_resolver))
+                jobs = [(str(a), share_conversions(network_job(
+                    space.to_dict(), str(a), device.batch, runtime=device.runtime, precision=device.precision,
+                    work_dir=work_dir, name=f"net-{fingerprint(str(a))[:12]}", op_resolver=device.op_resolver), share))
                         for a in todo if f"{model_id}:{a}" not in built]
                 bar.advance(task, len(todo) - len(jobs))
                 build_artifacts(jobs, slow=cls.slow_to_prepare, on_done=done)
@@ -271,11 +272,13 @@ def calibrated_table_path(table_path: str | Path, *, output: str | Path | None =
 
 
 def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int = 40, holdout: float = 0.5,
+                   held_out: int | None = None,
                    seed: int = 0, plot_path: str | Path | None = None, work_dir: str | Path | None = None,
                    show_progress: bool = True, rounds: int = 3, runs_per_round: int = 15, resume: bool = True,
                    output: str | Path | None = None, force: bool = False, warmup_s: float = WARMUP_S,
-                   max_extra_rounds: int = MAX_EXTRA_ROUNDS, target=None) -> dict:
-    """Measure `samples` networks, fit the calibration on 1 - holdout of them, report on the rest,
+                   max_extra_rounds: int = MAX_EXTRA_ROUNDS, target=None, share: dict | None = None) -> dict:
+    """Measure `samples` networks, fit the calibration on 1 - holdout of them (or on all but
+    `held_out`), report on the rest,
     and store calibration + fidelity (atomically) in the table, or in a copy (calibrated_table_path).
     A remote `target` (targets/): the networks are timed there, and the table is held to that
     target's identity instead of this machine's."""
@@ -284,6 +287,9 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
 
     if samples < 6:
         raise DataError("--samples must be at least 6 (some to fit the correction, some held out to judge it)")
+    if held_out is not None and not 2 <= held_out <= samples - 4:
+        raise DataError(f"--held-out must lie from 2 to --samples - 4 ({samples - 4}: at least 4 networks fit the "
+                        f"correction), got {held_out}")
     table = LatencyTable.load(table_path)
     table.check_space(space)
     dest = calibrated_table_path(table_path, output=output, force=force, target=target)
@@ -307,14 +313,15 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
                                                  warmup_s=warmup_s, show_progress=show_progress,
                                                  cache_path=work / "measurements.json", statistic=table.statistic,
                                                  max_extra_rounds=max_extra_rounds,
-                                                 fastest_probe_ms=SpeedProbe.seeded([table.speed_probe_here()]).fastest_ms)
+                                                 fastest_probe_ms=SpeedProbe.seeded([table.speed_probe_here()]).fastest_ms,
+                                                 share=share)
         raw = {str(a): table.raw_ms(space, a) for a in archs}
         macs = {str(a): network_costs(space, a)["macs"] for a in archs}
         names = [str(a) for a in archs]
         rng = random.Random(seed + 1)
         order = names[2:]
         rng.shuffle(order)
-        n_fit = max(2, round(len(names) * (1 - holdout)) - 2)
+        n_fit = max(2, (len(names) - held_out if held_out is not None else round(len(names) * (1 - holdout))) - 2)
         fit = names[:2] + order[:n_fit]  # the extremes anchor the fit; the judged networks are never fitted
         held = order[n_fit:]
         a, b = fit_linear([raw[k] for k in fit], [measured[k] for k in fit])

@@ -199,6 +199,9 @@ class TeacherStage(Stage):
         return {k: v for k, v in r.items() if k != "history"}
 
 
+SHARED_CONVERSIONS = ".shared-conversions"  # tables/: models converted once for several precisions
+
+
 class TablesStage(Stage):
     """One latency table per device: the shipped one when it was measured on this very host with
     these runtime versions, otherwise measured and validated here."""
@@ -220,6 +223,8 @@ class TablesStage(Stage):
             profile["rounds"] = TIMING_DEFAULTS[granularity]["rounds"]
         if granularity != "layer":
             profile["granularity"] = granularity
+        if profile["validate_held_out"] is None:  # unset, as before it existed: a run keeps its fingerprint
+            profile.pop("validate_held_out")
         return {"devices": [d.to_dict() for d in devices], **profile, "host": host_description(),
                 "versions": {d.runtime + (f":{d.op_resolver}" if d.op_resolver else ""): runtime_versions(d.runtime, d.op_resolver)
                              for d in devices}}
@@ -240,6 +245,7 @@ class TablesStage(Stage):
                          "--runs", p.runs, "--cv-threshold", f"{p.cv_threshold:g}", "--granularity", p.granularity, *extra,
                          *where])
             cmds.append(["profile", "validate", "--table", table, "--space", ctx.cfg.space, "-n", p.validate_samples,
+                         *(["--held-out", p.validate_held_out] if p.validate_held_out is not None else []),
                          "--rounds", p.validate_rounds, "--warmup-s", repr(p.warmup_s), *extra, *where])
         return cmds
 
@@ -251,11 +257,13 @@ class TablesStage(Stage):
 
         p = ctx.cfg.profile
         res = {}
+        shares = self._shared_conversions(ctx)
         for d in ctx.cfg.devices:
             dev = load_device(d.device)
             dst = ctx.table_path(dev.name)
+            share = shares.get(d.device)
             if d.target not in (None, "local"):  # a board or phone: profiled and validated there
-                res[dev.name] = self._on_target(ctx, d, dev, dst)
+                res[dev.name] = self._on_target(ctx, d, dev, dst, share)
                 continue
             shipped, why = shipped_table_for_host(dev, ctx.space, granularity=p.granularity) if p.use_shipped in ("auto", True) else (None, None)
             if shipped is None and p.use_shipped is True:
@@ -275,17 +283,44 @@ class TablesStage(Stage):
             ctx.log(f"[tables] profiling {dev.name} on this machine" + (f" (shipped table: {why})" if why else ""))
             profile(ctx.space, dev, dst, rounds=p.rounds, runs_per_round=p.runs, cv_threshold=p.cv_threshold,
                     show_progress=ctx.show_progress, granularity=p.granularity,
-                    warmup_s=p.warmup_s if p.granularity == "layer" else None, max_extra_rounds=p.max_extra_rounds)
-            rep = validate_table(dst, ctx.space, samples=p.validate_samples, plot_path=dst.with_suffix(".fidelity.png"),
+                    warmup_s=p.warmup_s if p.granularity == "layer" else None, max_extra_rounds=p.max_extra_rounds,
+                    share=share)
+            rep = validate_table(dst, ctx.space, samples=p.validate_samples, held_out=p.validate_held_out, plot_path=dst.with_suffix(".fidelity.png"),
                                  show_progress=ctx.show_progress, rounds=p.validate_rounds, warmup_s=p.warmup_s,
+                                 share=share,
                                  **({"max_extra_rounds": p.max_extra_rounds} if p.max_extra_rounds is not None else {}))
             res[dev.name] = {"table": str(dst), "source": "measured on this machine",
                              "fidelity": LatencyTable.load(dst).fidelity,
                              "validate": {k: rep[k] for k in ("raw_sum", "calibrated", "macs_linear")}}
+        if shares:  # every table that needed them is measured: the converted models are not needed again
+            shutil.rmtree(ctx.out / "tables" / SHARED_CONVERSIONS, ignore_errors=True)
         return res
 
     @staticmethod
-    def _on_target(ctx, d, dev, dst) -> dict:
+    def _shared_conversions(ctx) -> dict:
+        """{device: share} for the devices whose tables will be measured and whose runtime converts
+        several precisions at once (LiteRT fp32 and int8 with the same kernels and batch): their op
+        models and validation networks are converted once for all of them (artifacts.share_conversions)."""
+        from dna_deploy.latency.devices import load_device
+        from dna_deploy.latency.profiler import shipped_table_for_host
+        from dna_deploy.runtimes import runner_class
+
+        p, groups = ctx.cfg.profile, {}
+        for d in ctx.cfg.devices:
+            dev = load_device(d.device)
+            if not runner_class(dev.runtime).converts_precisions_together:
+                continue
+            if d.target in (None, "local") and p.use_shipped in ("auto", True) and \
+                    shipped_table_for_host(dev, ctx.space, granularity=p.granularity)[0] is not None:
+                continue  # a shipped table is taken: nothing to convert
+            key = (dev.runtime, dev.op_resolver, dev.batch, d.target or "local")
+            groups.setdefault(key, []).append((d.device, dev.precision))
+        share_dir = ctx.out / "tables" / SHARED_CONVERSIONS
+        return {name: {"dir": share_dir, "precisions": sorted({q for _, q in members})}
+                for members in groups.values() if len({q for _, q in members}) > 1 for name, _ in members}
+
+    @staticmethod
+    def _on_target(ctx, d, dev, dst, share=None) -> dict:
         from dna_deploy.latency.on_target import profile_on_target
         from dna_deploy.latency.table import LatencyTable
         from dna_deploy.latency.validate import validate_table
@@ -295,9 +330,11 @@ class TablesStage(Stage):
         ctx.log(f"[tables] profiling {dev.name} on {target.url}")
         profile_on_target(ctx.space, dev, dst, target, rounds=p.rounds, runs_per_round=p.runs,
                           cv_threshold=p.cv_threshold, show_progress=ctx.show_progress, granularity=p.granularity,
-                          warmup_s=p.warmup_s if p.granularity == "layer" else None, max_extra_rounds=p.max_extra_rounds)
-        rep = validate_table(dst, ctx.space, samples=p.validate_samples, plot_path=dst.with_suffix(".fidelity.png"),
+                          warmup_s=p.warmup_s if p.granularity == "layer" else None, max_extra_rounds=p.max_extra_rounds,
+                          share=share)
+        rep = validate_table(dst, ctx.space, samples=p.validate_samples, held_out=p.validate_held_out, plot_path=dst.with_suffix(".fidelity.png"),
                              show_progress=ctx.show_progress, rounds=p.validate_rounds, warmup_s=p.warmup_s, target=target,
+                             share=share,
                              **({"max_extra_rounds": p.max_extra_rounds} if p.max_extra_rounds is not None else {}))
         return {"table": str(dst), "source": f"measured on {target.url}", "fidelity": LatencyTable.load(dst).fidelity,
                 "validate": {k: rep[k] for k in ("raw_sum", "calibrated", "macs_linear")}}
