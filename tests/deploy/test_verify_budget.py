@@ -32,6 +32,19 @@ def test_judge_budget_within_the_noise_band_is_met_and_a_clear_miss_is_not():
     assert miss["line"] == "d: 0.2634 ms measured, budget 0.2235 ms (+18 %)"
 
 
+def test_the_band_scales_each_round_by_its_speed_probe():
+    """Rounds timed while the host ran 2 % slower than its fastest probe: the band's low end is the
+    network's figure at full speed, so a miss by less than the host's drift is within the noise."""
+    from dna_deploy.deploy.verify import round_band
+
+    rounds = [[0.287] * 20, [0.288] * 20, [0.2875] * 20]
+    assert round_band(rounds) == (0.287, 0.288)  # no probes: as measured
+    low, high = round_band(rounds, probes=[1.02, 1.02, 1.03], fastest_probe_ms=1.0)
+    assert abs(low - 0.2875 / 1.03) < 1e-12 and high == 0.288  # the round that scales lowest
+    assert judge_budget("d", 0.2858, 0.287, (low, high))["verdict"] == "met within noise"
+    assert round_band(rounds, probes=[0.9, 0.9, 0.9], fastest_probe_ms=1.0)[0] == 0.287  # never scaled up
+
+
 def test_verify_fails_on_a_budget_the_artifact_clearly_misses_and_passes_with_latency_advisory(onnx_export):
     r = runner.invoke(app, ["verify", str(onnx_export), "--max-images", "64", "--budget-ms", f"{DEVICE}=0.001",
                             "--max-extra-rounds", "0"])
