@@ -23,7 +23,10 @@ def _run(config: Path, out: Path | None, fmt: str) -> None:
     reports = r["results"]["verify"]["reports"].values()
     budgets = [b for rep in reports for b in rep.get("budgets", [])]
     confirmation = r["results"]["search"].get("confirmation")
+    seconds = r.get("stage_seconds", {})
     summary = {"architecture": best["arch"], "report": r["report"], "verification": r["verify_passed"],
+               "stage time": f"{sum(v or 0 for v in seconds.values()) / 60:.1f} min ("
+                             + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if v and v >= 1) + ")",
                **({"confirmed in the search": f"#{confirmation['shipped']} of {confirmation['top']} shipped: "
                                               f"{confirmation['why']}"} if confirmation else {}),
                **{f"latency budget {b['device']} {b['precision']}": f"{'met' if b['met'] else 'MISSED'}: {b['line']}"

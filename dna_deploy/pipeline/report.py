@@ -147,8 +147,13 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
     sections.append(("Block-wise distillation" if ctx.cfg.train.method == "dna" else "Block-wise training (DNA++, no teacher)", [
         ("table", [{"block": b, **v} for b, v in R["train"].items()])] + ([("img", "block_losses.png")] if loss_png else [])))
     sections.append(("Reproduce each stage", [("code", "\n".join(c for st in commands.values() for c in st))]))
-    sections.append(("Stages", [("table", [{"stage": k, "seconds": v.get("seconds"), "skipped this run": v.get("skipped", False)}
-                                           for k, v in ctx.stage_times.items() if k != "report"])]))
+    stage_rows = [{"stage": k, "seconds": v.get("seconds"), "skipped this run": v.get("skipped", False)}
+                  for k, v in ctx.stage_times.items() if k != "report"]
+    total = sum(r["seconds"] or 0 for r in stage_rows)
+    ran_now = sum(r["seconds"] or 0 for r in stage_rows if not r["skipped this run"])
+    sections.append(("Stages", [("p", f"The whole pipeline: {total:.0f} s ({total / 60:.1f} min) of stages, each as long as "
+                                      f"it took when it last ran; {ran_now:.0f} s of them ran this time."),
+                                ("table", stage_rows + [{"stage": "all", "seconds": round(total, 1), "skipped this run": ""}])]))
 
     title = f"dna-deploy report: {ctx.cfg.name}"
     atomic_write_text(out / "reproduce.sh", "#!/usr/bin/env bash\n# Each stage of this run by hand (generated from the same settings).\n"

@@ -118,7 +118,8 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, show_progress: bool, log, han
         write_json(state_path, state)
     verify = ctx.results["verify"]["reports"]
     return {"output": str(out), "report": str(out / "report.md"), "results": ctx.results,
-            "verify_passed": all(v["passed"] for v in verify.values())}
+            "verify_passed": all(v["passed"] for v in verify.values()),
+            "stage_seconds": {k: v.get("seconds") for k, v in ctx.stage_times.items()}}
 
 
 def run_pipeline(config_path: str | Path, *, out: str | Path | None = None, show_progress: bool = True,
