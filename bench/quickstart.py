@@ -63,6 +63,10 @@ def main() -> None:
         state = json.loads((clone / "runs" / "quickstart" / "pipeline_state.json").read_text())
         stages = {k: v["seconds"] for k, v in state["stages"].items()}
         fit = shipped_tables_fit(clone / ".venv" / "bin" / "python", clone)
+        fidelity = {}
+        for table in sorted((clone / "runs" / "quickstart" / "tables").glob("*.json")):
+            f = (json.loads(table.read_text()).get("fidelity") or {}).get("calibrated") or {}
+            fidelity[table.stem] = {k: f.get(k) for k in ("n", "within_5pct", "within_10pct", "rmspe_pct")}
         search = state["stages"]["search"]["result"]
         confirmation = search.get("confirmation") or {}
         from dna_deploy.host import host_description
@@ -71,6 +75,7 @@ def main() -> None:
                   "make_demo_seconds": wall, "pipeline_seconds": sum(stages.values()), "stage_seconds": stages,
                   "shipped_tables_fit": {d: why is None for d, why in fit.items()},
                   "why_not": {d: why for d, why in fit.items() if why},
+                  "table_fidelity": fidelity,
                   "confirmation": {k: confirmation.get(k) for k in ("shipped", "top", "seconds", "timed")},
                   "make_demo_tail": demo.stdout.strip().splitlines()[-8:], "host": host_description(),
                   "cores": len(os.sched_getaffinity(0))}
