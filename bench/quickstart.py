@@ -8,8 +8,7 @@ wheels on this disk and PyPI, then runs `dna-deploy quickstart`. Whether the shi
 host is recorded (when they do not, the tables stage profiles and validates three tables here).
 No figure here is a timed assertion in a test; the docs quote bench/results/quickstart.json.
 
-Run:  python bench/quickstart.py              (about 12 minutes on 2 cores, 5 of them installing)
-      python bench/quickstart.py --venv PATH  (reuse an installed venv: the pipeline alone)
+Run:  python bench/quickstart.py   (about 8 minutes on 2 cores, 2 of them installing)
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ def shipped_tables_fit(python: Path, clone: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--venv", type=Path, default=None, help="an installed venv to link in (skips the install)")
     ap.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "quickstart.json")
     args = ap.parse_args()
 
@@ -51,9 +49,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dna-deploy-clean-") as tmp:
         clone = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-        if args.venv:
-            (clone / ".venv").symlink_to(args.venv.resolve())
-            subprocess.run(["touch", str(args.venv / ".installed")], check=True)
         env = {**os.environ, "DNA_DEPLOY_PROGRESS": "log"}
         t0 = time.perf_counter()
         demo = subprocess.run(["make", "demo"], cwd=clone, env=env, capture_output=True, text=True)
@@ -71,7 +66,7 @@ def main() -> None:
         confirmation = search.get("confirmation") or {}
         from dna_deploy.host import host_description
 
-        result = {"commit": commit, "uncommitted_changes": bool(dirty), "venv_reused": bool(args.venv),
+        result = {"commit": commit, "uncommitted_changes": bool(dirty), "venv_reused": False,
                   "make_demo_seconds": wall, "pipeline_seconds": sum(stages.values()), "stage_seconds": stages,
                   "shipped_tables_fit": {d: why is None for d, why in fit.items()},
                   "why_not": {d: why for d, why in fit.items() if why},

@@ -142,7 +142,7 @@ def predict(archs: list[str] = typer.Argument(..., help="Architecture strings.")
 
 @app.command("validate")
 def validate(table: Path = TableOpt, space: str = SpaceOpt,
-             samples: int = typer.Option(P.validate_samples, "--samples", "-n", help="Networks measured end to end (half held out)."),
+             samples: int = typer.Option(P.validate_samples, "--samples", "-n", help="Networks measured end to end (half held out, or --held-out)."),
              held_out: int = typer.Option(None, "--held-out", help="Of them held out to judge the calibration, the rest fit "
                                                                     "it [half]; 19 or more give the 90 % interval."),
              seed: int = typer.Option(0, help="Which random networks."),

@@ -27,7 +27,7 @@ def _run(config: Path, out: Path | None, fmt: str) -> None:
     summary = {"architecture": best["arch"], "report": r["report"], "verification": r["verify_passed"],
                "stage time": f"{sum(v or 0 for v in seconds.values()) / 60:.1f} min ("
                              + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if v and v >= 1) + ")",
-               **({"confirmed in the search": f"#{confirmation['shipped']} of {confirmation['top']} shipped: "
+               **({"confirmed in the search": f"#{confirmation['shipped']} of {len(confirmation['candidates'])} shipped: "
                                               f"{confirmation['why']}"} if confirmation else {}),
                **{f"latency budget {b['device']} {b['precision']}": f"{'met' if b['met'] else 'MISSED'}: {b['line']}"
                   for b in budgets},

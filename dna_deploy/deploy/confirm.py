@@ -111,6 +111,9 @@ def confirm_candidates(space, rows: list[dict], tables: list, budgets_ms: list, 
     devices = [(_device(t), t, b) for t, b in budgeted]
     work = Path(work_dir)
     cache = _load_cache(work)
+    if not (work / "timings.json").is_file():  # ours from the start: a kill before the first pass leaves it resumable
+        work.mkdir(parents=True, exist_ok=True)
+        write_json(work / "timings.json", {"format": FORMAT, "timings": {}})
     candidates = rows[:top]
     cap = MODEL_ROUNDS + MODEL_MAX_EXTRA_ROUNDS
     speed = SpeedProbe.seeded([t.speed_probe_here() for t in tables])
@@ -167,7 +170,7 @@ def confirm_candidates(space, rows: list[dict], tables: list, budgets_ms: list, 
             c["band_ms"][d["name"]] = list(round_band(e["rounds"]))
             c["confirmed"][d["name"]] = confirmed(e["rounds"], e["probes"], speed)
             c["meets"][d["name"]] = bool(measured <= b)
-            c["clearly_meets"][d["name"]] = bool(c["band_ms"][d["name"]][1] <= b)
+            c["clearly_meets"][d["name"]] = bool(measured <= b and c["band_ms"][d["name"]][1] <= b)
         c["meets_all"] = all(c["meets"].values())
         c["clearly_meets_all"] = all(c["clearly_meets"].values())
         out.append(c)
@@ -205,8 +208,11 @@ def _why(out: list[dict], shipped: dict | None, budgets: dict, top: int) -> str:
     return (f"none of the {len(out)} candidates measured within every budget ({misses}). The table predicts "
             f"{np.mean(errors):+.0f} % off what this machine measures now. Try: a budget of at least "
             + ", ".join(f"{v:.4g} ms on {n}" for n, v in fastest.items())
-            + f" (the fastest measured); more candidates (confirm_top {2 * top}) or a larger confirm_step (the rungs "
-              "reach further below the budget); search.budget_margin (search under "
+            + " (the fastest measured); "
+            + (f"more candidates (confirm_top {2 * top}) or a larger confirm_step (the rungs reach further below the "
+               "budget); " if len(out) == top else f"(only {len(out)} candidates fit below the budget: it is close to the "
+                                                    "smallest network's latency); ")
+            + "search.budget_margin (search under "
               "the upper end of each prediction's interval); or profile the tables again on a quieter machine")
 
 

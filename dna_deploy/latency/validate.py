@@ -309,6 +309,9 @@ def validate_table(table_path: str | Path, space: SearchSpace, *, samples: int =
             (work / "measurements.json").unlink(missing_ok=True)
             (work / "artifacts.json").unlink(missing_ok=True)
         archs = sample_networks(space, samples, seed)
+        if held_out is not None and held_out > len(archs) - 4:
+            raise DataError(f"space {space.name!r} has only {len(archs)} distinct networks to sample, too few to hold out "
+                            f"{held_out} and fit on 4 or more: lower --held-out")
         measured, unconfirmed = measure_networks(space, device, archs, work, rounds=rounds, runs_per_round=runs_per_round,
                                                  warmup_s=warmup_s, show_progress=show_progress,
                                                  cache_path=work / "measurements.json", statistic=table.statistic,

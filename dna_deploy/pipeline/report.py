@@ -75,8 +75,9 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
     budgets = R["search"]["budgets_ms"]
     sections.append(("Chosen architecture", [
         ("code", best["arch"]),
-        ("p", (f"The best-rated of the {R['search']['confirmation']['top']} confirmed candidates measured within every "
-               f"budget (#{R['search']['confirmation']['shipped']} by rating; see below). The search: "
+        ("p", (f"Candidate #{R['search']['confirmation']['shipped']} of the "
+               f"{len(R['search']['confirmation']['candidates'])} confirmed (in rating order) shipped: "
+               f"{R['search']['confirmation']['why']} (see below). The search: "
                if (R["search"].get("confirmation") or {}).get("shipped", 1) != 1 else "")
               + f"Exact optimum of the summed block ratings ({R['rate']['metric']}) over "
               f"{ctx.space.count_architectures():,} networks of space `{ctx.space.name}`, found in "
@@ -95,7 +96,7 @@ def write_report(ctx, *, commands: dict[str, list[str]]) -> dict:
         held = {b["artifact"]: b for b in rep.get("budgets", [])}
         budget_rows += [{"device": b["device"], "runtime": b["runtime"], "precision": b["precision"],
                          "budget (ms)": b["budget_ms"], "measured (ms)": b["measured_ms"], "over (%)": b["over_pct"],
-                         "fastest round (ms)": b["band_ms"][0], "budget": _verdict(b)} for b in rep.get("budgets", [])]
+                         "fastest round, at full speed (ms)": b["band_ms"][0], "budget": _verdict(b)} for b in rep.get("budgets", [])]
         for a in rep["artifacts"]:
             s = a["stats"]
             b = held.get(a["path"])
@@ -174,10 +175,10 @@ def _confirmation_blocks(c: dict | None) -> list:
     rows = [{"rank by rating": x["rank"], "arch": x["arch"], "rating": x["rating"],
              **{f"{n} predicted (ms)": x["predicted_ms"][n] for n in c["budgets_ms"]},
              **{f"{n} measured (ms)": x["measured_ms"][n] for n in c["budgets_ms"]},
-             "within every budget": "yes" if x["meets_all"] else "no",
+             "within every budget": ("clearly" if x.get("clearly_meets_all") else "yes") if x["meets_all"] else "no",
              "shipped": "yes" if x["rank"] == c["shipped"] else ""} for x in c["candidates"]]
-    return [("p", f"Confirmed on this machine before retraining: the {c['top']} best-rated candidates under the budgets, "
-                  f"each exported as it ships (random weights) and timed on every budgeted runtime, in turn, as verify "
+    return [("p", f"Confirmed on this machine before retraining: {len(c['candidates'])} candidates, the best under the "
+                  f"budgets and under rungs below them (search.confirm_step), each exported as it ships (random weights) and timed on every budgeted runtime, in turn, as verify "
                   f"times ({c['statistic']}). Shipped: {c['why']}. The confirmation took {c['seconds']:.0f} s "
                   f"({c['timed']} candidate(s) timed, {c['reused']} from earlier timings)."), ("table", rows)]
 

@@ -408,7 +408,10 @@ class SearchStage(Stage):
         return s
 
     def settings(self, ctx):
-        return {**to_mapping(self.search_settings(ctx)), "budgets": ctx.budgets()}
+        s = to_mapping(self.search_settings(ctx))
+        if not s["confirm_top"]:  # nothing confirmed: written as before the rungs existed, a run keeps its fingerprint
+            s.pop("confirm_step")
+        return {**s, "budgets": ctx.budgets()}
 
     def outputs(self, ctx):
         return ["search.json", "pareto.png"]

@@ -468,6 +468,8 @@ def confirmation_ladder(space: SearchSpace, ratings: dict, tables: list, budgets
     out, seen = [], set()
     for i in range(top):
         scale = 1.0 - i * settings.confirm_step
+        if scale <= 0:  # K x step reached the whole budget
+            break
         rung = [b * scale if b is not None else None for b in budgets_ms]
         try:  # i networks are taken: the rung's i + 1 best hold at least one not yet taken
             found = search(space, ratings, tables, rung, max_mmacs=settings.max_mmacs, max_params=settings.max_params,
