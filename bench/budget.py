@@ -29,7 +29,6 @@ Writes bench/results/budget.json (--quick: budget_quick.json).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -66,27 +65,6 @@ def tables_here(space, devices, work: Path, quick: bool) -> list:
             raise SystemExit(f"{path} describes another host or runtime ({t.foreign_reasons()[0]}); remove it")
         out.append(t)
     return out
-
-
-def export_random(space, arch: str, work: Path, to: str) -> Path:
-    """`arch` with random weights, exported as export does (`to`: onnx or tflite)."""
-    import torch
-
-    from dna_deploy.deploy.export import export_model
-    from dna_deploy.distill.checkpoints import save_model
-    from dna_deploy.nn.builder import build_network
-    from dna_deploy.settings import ExportSettings
-
-    folder = work / "shipped" / hashlib.sha256(arch.encode()).hexdigest()[:12]
-    dest = folder / to
-    if (dest / "model.json").is_file():
-        return dest
-    folder.mkdir(parents=True, exist_ok=True)
-    a = space.parse_arch(arch)
-    torch.manual_seed(0)
-    weights = save_model(folder / "model.pt", space, a, build_network(space, a).eval(), data=None, metrics={})
-    export_model(weights, dest, ExportSettings(to=to))
-    return dest
 
 
 def searched(space, ratings, table, budget, settings, confirm_dir) -> dict:
@@ -146,6 +124,7 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args()
 
+    from dna_deploy.deploy.confirm import device_of, export_candidate
     from dna_deploy.deploy.verify import judge_budget, verify_exports
     from dna_deploy.latency.validate import wilson_interval
     from dna_deploy.select.rate import load_ratings
@@ -181,9 +160,8 @@ def main() -> None:
                 f"{m} {row[m].get('predicted_ms', float('nan')):.4f}" for m in methods), flush=True)
             rows.append(row)
         # verify's measurement of every shipped network, in one job of its own
-        to = "onnx" if table.meta["runtime"] == "onnxruntime" else "tflite"
         archs = sorted({r[m]["arch"] for r in rows for m in methods if r[m]["arch"]})
-        folders = {a: export_random(space, a, work, to) for a in archs}
+        folders = {a: export_candidate(space, a, [device_of(table)], work / "shipped")[table.name][0] for a in archs}
         t0 = time.perf_counter()
         only = [table.meta["runtime"]]
         reports = verify_exports(list(folders.values()), data="mnist", tables=[table], max_images=16,

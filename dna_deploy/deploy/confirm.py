@@ -56,7 +56,8 @@ def cheap_here(tables: list, budgets_ms: list) -> str | None:
     return None
 
 
-def _device(table) -> dict:
+def device_of(table) -> dict:
+    """What confirmation needs of a table's device: runtime, precision, threads, kernels."""
     d = table.meta["device"]
     runtime = table.meta.get("runtime", d.get("runtime"))
     if runtime not in EXPORTED:
@@ -108,7 +109,7 @@ def confirm_candidates(space, rows: list[dict], tables: list, budgets_ms: list, 
         if foreign:
             raise DataError(f"confirmation times the candidates on this machine, but {t.name}'s table describes "
                             f"another ({'; '.join(foreign[:2])}): profile {t.name} here, or search without confirmation")
-    devices = [(_device(t), t, b) for t, b in budgeted]
+    devices = [(device_of(t), t, b) for t, b in budgeted]
     work = Path(work_dir)
     cache = _load_cache(work)
     if not (work / "timings.json").is_file():  # ours from the start: a kill before the first pass leaves it resumable
@@ -129,7 +130,7 @@ def confirm_candidates(space, rows: list[dict], tables: list, budgets_ms: list, 
     todo = sorted({rank for (rank, _), e in entries.items() if not e["done"]})
     timings: dict[tuple, _Timing] = {}
     for rank in todo:
-        folders = _export_candidate(space, candidates[rank]["arch"], [d for d, _, _ in devices], work)
+        folders = export_candidate(space, candidates[rank]["arch"], [d for d, _, _ in devices], work)
         for d, _, _ in devices:
             e = entries[rank, d["name"]]
             if e["done"]:
@@ -216,7 +217,7 @@ def _why(out: list[dict], shipped: dict | None, budgets: dict, top: int) -> str:
               "the upper end of each prediction's interval); or profile the tables again on a quieter machine")
 
 
-def _export_candidate(space, arch: str, devices: list[dict], work: Path) -> dict:
+def export_candidate(space, arch: str, devices: list[dict], work: Path) -> dict:
     """One candidate with random weights, exported once per export target the devices need; returns
     {device name: (export folder, its artifact)}."""
     import torch

@@ -23,6 +23,7 @@ from dna_deploy.runtimes.base import (
     QUIET_TOLERANCE,
     SpeedProbe,
     confirmed,
+    quiet_round_indices,
     quiet_rounds,
     quiet_stats,
     time_in_rounds,
@@ -132,9 +133,7 @@ def round_band(rounds: list[list[float]], probes: list[float] | None = None,
     (the quickstart here: 0.287 ms measured against a 0.2858 ms budget it had met), is judged by
     the network, not by the host's state. A round is scaled down by at most QUIET_TOLERANCE. The
     highest end stays as measured."""
-    from dna_deploy.runtimes.base import _quiet_indices
-
-    kept = _quiet_indices(rounds, QUIET_TOLERANCE)
+    kept = quiet_round_indices(rounds, QUIET_TOLERANCE)
     floors = [float(np.percentile(rounds[i], 10)) for i in kept]
     low = min(floors)
     if probes and fastest_probe_ms and np.isfinite(fastest_probe_ms):

@@ -58,19 +58,11 @@ def _shared_key(job: dict) -> str:
     return fingerprint({**what, "tool": __version__, "versions": runtime_versions(job["runtime"], job.get("op_resolver"))})
 
 
-def _copy_atomically(src: Path, dst: Path) -> Path:
-    import shutil
-
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    return dst
-
-
 def build_artifact(job: dict) -> str:
     """One job -> the path of the runtime's artifact (weights seeded, so a rebuild is identical)."""
     import torch
 
+    from dna_deploy.io import atomic_write_bytes
     from dna_deploy.runtimes import runner_class
     from dna_deploy.space import LayerSpec
 
@@ -80,7 +72,8 @@ def build_artifact(job: dict) -> str:
         folder = Path(share["dir"]) / _shared_key(job)
         kept = folder / f"{job['precision']}{cls.artifact_suffix}"
         if kept.is_file():
-            return str(_copy_atomically(kept, Path(job["work_dir"]) / f"{job['name']}_{job['precision']}{cls.artifact_suffix}"))
+            return str(atomic_write_bytes(Path(job["work_dir"]) / f"{job['name']}_{job['precision']}{cls.artifact_suffix}",
+                                          kept.read_bytes()))
 
     torch.manual_seed(0)
     if job["kind"] == "layer":
@@ -104,10 +97,9 @@ def build_artifact(job: dict) -> str:
                                         op_resolver=job.get("op_resolver")))
     made = cls.prepare_artifacts(module.eval(), example, work, name=job["name"], precisions=tuple(share["precisions"]),
                                  op_resolver=job.get("op_resolver"))
-    folder.mkdir(parents=True, exist_ok=True)
     for precision, path in made.items():
         if precision != job["precision"]:
-            _copy_atomically(path, folder / f"{precision}{cls.artifact_suffix}")
+            atomic_write_bytes(folder / f"{precision}{cls.artifact_suffix}", Path(path).read_bytes())
             Path(path).unlink()
     return str(made[job["precision"]])
 

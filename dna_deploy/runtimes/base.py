@@ -85,18 +85,11 @@ class Runner(ABC):
         """Host side: a torch module -> what this runtime loads (a file path; for torch the module),
         shaped for the kernels that will run it (op_resolver, for runtimes that have several)."""
 
-    # A converter that makes several precisions of one model in one run (LiteRT: onnx2tf builds the
-    # graph once, then writes fp32 and int8 from it) overrides prepare_artifacts; the others prepare
-    # each precision on its own.
+    # True for a converter that makes several precisions of one model in one run (LiteRT: onnx2tf
+    # builds the graph once, then writes fp32 and int8 from it); such a runner also has
+    # prepare_artifacts(module, example, workdir, *, name, precisions, op_resolver) -> {precision: path}
+    # (latency/artifacts.share_conversions uses it). The others prepare each precision on its own.
     converts_precisions_together: ClassVar[bool] = False
-
-    @classmethod
-    def prepare_artifacts(cls, module, example, workdir: Path, *, name: str, precisions: tuple[str, ...],
-                          op_resolver: str | None = None) -> dict[str, Any]:
-        """prepare_artifact for each precision (calibrated on seeded noise: latency does not depend on
-        the values): {precision: artifact}."""
-        return {p: cls.prepare_artifact(module, example, workdir, name=f"{name}-{p}", precision=p, op_resolver=op_resolver)
-                for p in precisions}
 
     @abstractmethod
     def _prepare(self) -> None: ...
@@ -275,7 +268,7 @@ def _probe_identity() -> dict:
     return {"loop": SpeedProbe.LOOP, "python": sys.version, "node": platform.node()}
 
 
-def _quiet_indices(rounds: list[list[float]], tolerance: float) -> list[int]:
+def quiet_round_indices(rounds: list[list[float]], tolerance: float) -> list[int]:
     if not rounds:
         return []
     floors = [float(np.percentile(r, 10)) for r in rounds]
@@ -293,7 +286,7 @@ def quiet_rounds(rounds: list[list[float]], tolerance: float = QUIET_TOLERANCE) 
     timing the same 200 networks twice, only 75 % agreed within +-10 %. Interference only ever adds
     time, so the fastest round is the machine's own speed; rounds within `tolerance` of it are kept
     and the rest dropped. On a quiet machine every round is within a few % and all are kept."""
-    return [rounds[i] for i in _quiet_indices(rounds, tolerance)]
+    return [rounds[i] for i in quiet_round_indices(rounds, tolerance)]
 
 
 def confirmed(rounds: list[list[float]], probes: list[float] | None = None, speed: SpeedProbe | None = None,
@@ -302,7 +295,7 @@ def confirmed(rounds: list[list[float]], probes: list[float] | None = None, spee
     or every round so far was slowed: measure another). With each round's probe (`probes`, from
     Runner.time_round) and the measurement's `speed`, both must also have run while the probe
     was quiet: two rounds in the same slow phase back each other."""
-    kept = _quiet_indices(rounds, tolerance)
+    kept = quiet_round_indices(rounds, tolerance)
     if probes is not None and speed is not None:
         kept = [i for i in kept if speed.quiet(probes[i])]
     return len(kept) >= 2
